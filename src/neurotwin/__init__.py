@@ -1,0 +1,3 @@
+"""neurotwin: predictive models ("digital twins") of mouse visual cortex."""
+
+__version__ = "0.1.0"
