@@ -35,6 +35,7 @@ TIERS = (TRAIN_TIER, ORACLE_TIER, *TEST_TIERS, "none")
 
 # Extra files neurotwin writes beside the published ones (never required by the reader).
 SESSION_META_FILE = "meta/neurotwin.json"  # source, units, flags of converted/synthetic sessions
+NOISELESS = "noiseless_responses"  # synthetic only: data/noiseless_responses/{trial}.npy, (N, T)
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""`neurotwin-data`: tools that write datasets in the native layout (synthetic mice, Allen)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from collections.abc import Sequence
+
+from neurotwin.errors import NeurotwinError
+
+# Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
+# sets `func(args) -> int`.
+SUBCOMMAND_MODULES = ("neurotwin.cli.data_synthetic", "neurotwin.cli.data_allen")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurotwin-data", description="write datasets in the native session layout"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NeurotwinError as e:
+        raise SystemExit(f"neurotwin-data {args.command}: error: {e}") from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
