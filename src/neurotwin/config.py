@@ -151,15 +151,32 @@ class TrainConfig:
     """Loss, optimiser, schedule, and the numerics of a training step."""
 
     epochs: int = option(400, "maximum epochs")
-    criterion: str = option("poisson", "loss: poisson")
-    ds_scale: bool = option(True, "scale each session's loss by its number of training trials")
+    criterion: Literal["poisson"] = option(
+        "poisson", "loss: poisson (summed over neurons and frames, averaged over trials)"
+    )
+    ds_scale: bool = option(
+        True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
+    )
     lr: float = option(0.0048, "learning rate")
+    core_lr: float | None = option(None, "learning rate of the core (default: lr)")
     weight_decay: float = option(0.0, "AdamW weight decay")
+    core_weight_decay: float | None = option(
+        None, "AdamW weight decay of the core (default: weight_decay)"
+    )
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(1e-8, "Adam epsilon")
-    schedule_free: bool = option(False, "schedule-free AdamW (package schedulefree)")
+    schedule_free: bool = option(
+        False,
+        "schedule-free AdamW (package schedulefree): no LR reductions; training stops after "
+        "lr_patience epochs without improvement",
+    )
     warmup_steps: int = option(0, "schedule-free: warm-up steps")
+    accumulate_sessions: bool = option(
+        True,
+        "accumulate gradients over as many batches as there are sessions before each optimiser "
+        "step (ViV1T, neuralpredictors); false: one step per batch",
+    )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
     max_reduce: int = option(2, "plateau schedule: reductions before early stopping")
@@ -188,7 +205,11 @@ class RunConfig:
     device: str = option("", "cpu | cuda | cuda:K | mps (default: best available)")
     seed: int = option(1234, "random seed")
     deterministic: bool = option(False, "use deterministic algorithms")
-    restore: str | None = option(None, "resume from this run folder (or checkpoint file)")
+    restore: str | None = option(
+        None,
+        "resume the run in this folder (or from this checkpoint file) where it stopped; its "
+        "saved config is the base and flags given override it",
+    )
     wandb: str | None = option(None, "wandb group; logging to wandb is off unless given")
     wandb_mode: Literal["online", "offline"] = option("online", "wandb mode")
     clear_output_dir: bool = option(False, "delete output_dir before training")
