@@ -74,53 +74,102 @@ class DataConfig:
 
 @dataclass
 class CoreConfig:
-    """The shared core: which one, and its hyperparameters (a core reads only its own fields)."""
+    """The shared core: which one, and its hyperparameters (a core reads only its own fields).
+
+    Defaults are ViV1T's published vivit core (bryanlimy/ViV1T-closed-loop, train.py and the
+    README's training command: causal temporal attention, parallel attention+MLP blocks).
+    """
 
     name: str = option("vivit", "core: conv2d | conv3d | vivit | pretrained")
     core_behavior_mode: Literal[0, 1, 2] = option(
-        2, "0: no behaviour in the core, 1: behaviour+pupil as input channels, 2: both channels "
-        "and tokens/modulation (see the core)"
+        2,
+        "0: no behaviour in the core, 1: behaviour (dilation, speed) as extra input channels, "
+        "2: behaviour and pupil centre as extra input channels (ViV1T's core_behavior_mode)",
     )
-    core_hidden_dim: int = option(64, "conv cores: channels of each hidden layer")
-    core_layers: int = option(4, "conv cores: number of layers")
-    core_input_kernel: int = option(9, "conv cores: spatial kernel of the first layer")
-    core_hidden_kernel: int = option(7, "conv cores: spatial kernel of later layers")
-    core_temporal_kernel: int = option(11, "conv3d core: temporal kernel (causal)")
-    core_dropout: float = option(0.0, "dropout in the core")
+    core_behavior_tokens: bool = option(
+        False, "vivit: add one token per frame made from behaviour and pupil centre"
+    )
+    # conv2d / conv3d (ViV1T's factorized 3D CNN baseline names and defaults)
+    core_num_layers: int = option(4, "conv cores: number of layers")
+    core_hidden_dim: int = option(16, "conv cores: channels of each layer")
+    core_spatial_input_kernel: int = option(11, "conv cores: spatial kernel of the first layer")
+    core_spatial_hidden_kernel: int = option(5, "conv cores: spatial kernel of later layers")
+    core_temporal_input_kernel: int = option(11, "conv3d: temporal kernel of the first layer")
+    core_temporal_hidden_kernel: int = option(5, "conv3d: temporal kernel of later layers")
+    core_dropout: float = option(0.0, "conv cores: dropout after each layer")
     # vivit
-    core_emb_dim: int = option(112, "vivit: token embedding size")
-    core_patch_size: int = option(7, "vivit: spatial patch size of the tube embedding")
-    core_patch_stride: int = option(2, "vivit: spatial patch stride")
-    core_temporal_patch_size: int = option(1, "vivit: temporal patch size")
+    core_spatial_patch_size: int = option(7, "vivit: spatial patch size of the tube embedding")
+    core_spatial_patch_stride: int = option(2, "vivit: spatial patch stride")
+    core_temporal_patch_size: int = option(13, "vivit: temporal patch size (frames per tube)")
     core_temporal_patch_stride: int = option(1, "vivit: temporal patch stride")
-    core_spatial_depth: int = option(3, "vivit: spatial transformer blocks")
-    core_temporal_depth: int = option(5, "vivit: temporal transformer blocks")
-    core_num_heads: int = option(11, "vivit: attention heads")
-    core_head_dim: int = option(48, "vivit: size of each attention head")
-    core_mlp_dim: int = option(136, "vivit: hidden size of the MLP blocks")
-    core_ff_dropout: float = option(0.1, "vivit: dropout in MLP blocks")
-    core_mha_dropout: float = option(0.1, "vivit: dropout on attention output")
-    core_drop_path: float = option(0.0, "vivit: stochastic depth rate")
-    core_causal: bool = option(True, "vivit: causal temporal attention")
-    core_parallel_attention: bool = option(True, "vivit: attention and MLP in parallel per block")
-    core_qk_norm: bool = option(False, "vivit: normalise queries and keys")
-    core_pos_encoding: Literal["rope", "learned"] = option("learned", "vivit: positions")
+    core_pad_frame: bool = option(
+        True,
+        "vivit: zero-pad frames so patches cover the whole frame, and pad the past so that "
+        "there is one output frame per input frame",
+    )
+    core_emb_dim: int = option(112, "vivit: token embedding size")
+    core_spatial_depth: int = option(14, "vivit: spatial transformer blocks")
+    core_temporal_depth: int = option(14, "vivit: temporal transformer blocks")
+    core_num_heads: int = option(2, "vivit: attention heads")
+    core_head_dim: int = option(80, "vivit: size of each attention head")
+    core_ff_dim: int = option(224, "vivit: hidden size of the feed-forward (MLP) blocks")
+    core_ff_activation: Literal["relu", "gelu", "silu", "elu", "tanh"] = option(
+        "relu", "vivit: feed-forward activation"
+    )
+    core_p_dropout: float = option(0.17, "vivit: patch dropout (whole tokens) after embedding")
+    core_mha_dropout: float = option(0.04, "vivit: dropout on the attention output")
+    core_ff_dropout: float = option(0.21, "vivit: dropout in the feed-forward blocks")
+    core_drop_path: float = option(0.43, "vivit: stochastic depth rate of every block")
+    core_use_causal_attention: bool = option(
+        True, "vivit: causal temporal attention (no output depends on later frames)"
+    )
+    core_parallel_attention: bool = option(
+        True, "vivit: attention and MLP in parallel in each block (else one after the other)"
+    )
+    core_norm_qk: bool = option(False, "vivit: layer-normalise queries and keys (per head)")
+    core_pos_encoding: Literal["rope", "learned", "none"] = option(
+        "rope",
+        "vivit: rope (rotary: 2D over patches, 1D over frames) or learned (added spatial and "
+        "temporal embeddings)",
+    )
+    core_reg_tokens: int = option(24, "vivit: learned register tokens per transformer")
+    core_max_frame: int = option(300, "vivit: most frames a clip may have (learned positions)")
     # pretrained
-    core_pretrained_weights: str | None = option(None, "pretrained: local weights file")
+    core_pretrained_weights: str | None = option(
+        None,
+        "pretrained: local .pt state dict of the frozen per-frame conv stack (its layers are "
+        "read from the file; none: a random frozen stack of core_num_layers x core_hidden_dim)",
+    )
 
 
 @dataclass
 class ReadoutConfig:
-    """The per-session readout."""
+    """The per-session readout (defaults: ViV1T's Gaussian readout)."""
 
     name: str = option("gaussian", "readout: gaussian | factorized")
-    readout_bias_init: bool = option(True, "initialise each neuron's bias from its mean response")
-    readout_init_from_coordinates: bool = option(
-        False, "initialise Gaussian positions from the cortical coordinates"
+    readout_bias_mode: Literal[0, 1, 2] = option(
+        2, "0: no bias, 1: bias initialised to zero, 2: bias initialised to the mean response"
     )
-    readout_reg_weight: float = option(0.0076, "L1 penalty on the readout feature weights")
-    readout_init_sigma: float = option(0.1, "gaussian: initial spread of each neuron's position")
-    readout_dropout: float = option(0.0, "dropout on the features before the readout")
+    readout_grid_mode: Literal[0, 1, 2, 3] = option(
+        1,
+        "gaussian positions: 0 free (uniform init), 1 predicted from the (x, y) cortical "
+        "coordinates by a small MLP, 2 predicted from (x, y, z), 3 free, initialised from the "
+        "(x, y) coordinates scaled to [-1, 1]",
+    )
+    readout_gauss_type: Literal["full", "uncorrelated", "isotropic"] = option(
+        "full", "gaussian: covariance of each neuron's position"
+    )
+    readout_init_mu_range: float = option(
+        0.2, "gaussian: free positions start uniform in [-range, range]"
+    )
+    readout_init_sigma: float = option(
+        1.0,
+        "gaussian: initial spread (full: matrix entries uniform in [-s, s]; else all equal s)",
+    )
+    readout_reg_weight: float = option(
+        0.0, "L1 penalty on the readout weights (ViV1T: 0; Sensorium baselines: 0.0076)"
+    )
+    readout_dropout: float = option(0.0, "factorized: dropout on the core features")
 
 
 @dataclass
@@ -131,7 +180,7 @@ class ShifterConfig:
         1, "0: no shifter, 1: shift from pupil centre, 2: from pupil centre and behaviour"
     )
     shifter_layers: int = option(3, "shifter: MLP layers")
-    shifter_hidden: int = option(5, "shifter: hidden units")
+    shifter_size: int = option(5, "shifter: hidden units")
 
 
 @dataclass
@@ -142,7 +191,8 @@ class ModelConfig:
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     shifter: ShifterConfig = field(default_factory=ShifterConfig)
     output_activation: Literal["none", "elu1", "exp", "softplus", "sigmoid"] = option(
-        "elu1", "keeps rates positive: none | elu1 | exp | softplus | sigmoid"
+        "elu1",
+        "keeps rates positive: none | elu1 (ELU+1) | exp | softplus (learnable beta) | sigmoid",
     )
 
 
