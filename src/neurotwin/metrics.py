@@ -1,0 +1,344 @@
+"""Metrics of predicted against recorded responses, with the Sensorium 2023 conventions.
+
+Conventions (checked against the published code: ecker-lab/sensorium_2023
+`sensorium/utility/scores.py`, sinzlab/sensorium `sensorium/utility/metrics.py`, sinzlab/neuralpredictors
+0.3.0 `measures/np_functions.py`, bryanlimy/ViV1T `src/viv1t/metrics.py` and `utils/utils.py`):
+
+- The first `skip` = 50 frames of every trial are left out (the model has not yet seen enough of the
+  movie); a trial with T valid frames contributes its last T - 50 frames.
+- Correlations are per neuron, over the frames of all trials concatenated, then averaged over neurons.
+  A neuron whose responses or predictions do not vary gets a correlation of 0, never NaN (the
+  published code adds 1e-8 to each standard deviation and sets remaining NaNs to 0).
+- Repeats: a "stimulus" is one frame of one clip; the oracle (and test) tiers show each clip several
+  times. Which trials repeat one clip is not recorded anywhere in the layout, so `group_repeats`
+  groups trials by a hash of their valid video frames (`video_hash`): identical movies, one group.
+
+Metrics (all return the mean over neurons unless `per_neuron=True`):
+
+- `single_trial_correlation`: Pearson r between prediction and response of each neuron over all
+  (trial, frame) samples.
+- `correlation_to_average`: r between the prediction averaged over the repeats of each clip and the
+  response averaged over the same repeats, over all (clip, frame) stimuli (sinzlab/sensorium
+  `correlation_to_mean_across_repeats`).
+- `feve`: fraction of explainable variance explained (neuralpredictors `fev`): with stimuli =
+  (clip, frame), total variance = var of all responses (ddof=1), noise variance = mean over stimuli
+  of the variance across repeats (ddof=1), FEV = (total - noise) / total, and
+  FEVE = 1 - (MSE - noise) / (total - noise), MSE over every (repeat, stimulus). The mean is over
+  neurons whose FEV >= 0.15 only (sinzlab/sensorium `Metrics.feve(fev_threshold=0.15)`).
+- `normalized_correlation`: CC_norm of Schoppe et al. (2016, Front. Comput. Neurosci. 10:10),
+  CC_abs / CC_max, with CC_abs = `correlation_to_average` per neuron and CC_max = sqrt(SP / Var(mean
+  response)); the signal power SP = Var(mean response) - mean over stimuli of (noise variance /
+  number of repeats), i.e. Schoppe's estimator with the noise power taken per stimulus across
+  repeats (so that clips may have different numbers of repeats). Neurons without signal power
+  (SP <= 0) get 0 and are left out of the mean.
+
+Trials are given as a sequence of (N, T_i) arrays (numpy or torch; lengths may differ) or one
+(B, N, T) array. Everything is computed in float64 numpy; `correlation` also works on torch tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+SKIP_FRAMES = 50  # Sensorium 2023: frames left out at the start of every trial
+FEV_THRESHOLD = 0.15  # Sensorium: FEVE averages over neurons with FEV >= this
+
+ArrayLike = np.ndarray | torch.Tensor
+Trials = ArrayLike | Sequence[ArrayLike]
+
+# A variance at or below this fraction of the mean square counts as "no variance" (what is left of
+# a constant signal after float rounding).
+_REL_VAR_EPS = 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# Basic correlation
+# ------------------------------------------------------------------------------------------------
+
+
+def _no_variance(var: Any, mean_square: Any) -> Any:
+    return var <= _REL_VAR_EPS * mean_square
+
+
+def correlation(x: ArrayLike, y: ArrayLike, axis: int = -1) -> ArrayLike:
+    """Pearson correlation of `x` and `y` along `axis` (numpy or torch, same type back).
+
+    Where `x` or `y` does not vary along `axis` the result is 0, never NaN.
+    """
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y, device=x.device)
+        dtype = torch.float64 if x.device.type != "mps" else torch.float32
+        x, y = x.to(dtype), y.to(dtype)
+        xc = x - x.mean(dim=axis, keepdim=True)
+        yc = y - y.mean(dim=axis, keepdim=True)
+        vx, vy = (xc * xc).mean(dim=axis), (yc * yc).mean(dim=axis)
+        cov = (xc * yc).mean(dim=axis)
+        bad = _no_variance(vx, (x * x).mean(dim=axis)) | _no_variance(vy, (y * y).mean(dim=axis))
+        denom = torch.sqrt(torch.where(bad, torch.ones_like(vx), vx * vy))
+        return torch.where(bad, torch.zeros_like(cov), cov / denom)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc = x - x.mean(axis=axis, keepdims=True)
+    yc = y - y.mean(axis=axis, keepdims=True)
+    vx, vy = (xc * xc).mean(axis=axis), (yc * yc).mean(axis=axis)
+    cov = (xc * yc).mean(axis=axis)
+    bad = _no_variance(vx, (x * x).mean(axis=axis)) | _no_variance(vy, (y * y).mean(axis=axis))
+    denom = np.sqrt(np.where(bad, 1.0, vx * vy))
+    return np.where(bad, 0.0, cov / denom)
+
+
+# ------------------------------------------------------------------------------------------------
+# Input handling
+# ------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(a: ArrayLike) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _as_trials(trials: Trials, name: str) -> list[np.ndarray]:
+    """A list of (N, T_i) float64 arrays."""
+    if isinstance(trials, (np.ndarray, torch.Tensor)):
+        arr = _to_numpy(trials)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise ValueError(f"{name}: expected (B, N, T) or a list of (N, T), got {arr.shape}")
+        return list(arr)
+    out = [_to_numpy(t) for t in trials]
+    for i, t in enumerate(out):
+        if t.ndim != 2:
+            raise ValueError(f"{name}[{i}]: expected (N, T), got shape {t.shape}")
+    return out
+
+
+def _check_pair(responses: list[np.ndarray], predictions: list[np.ndarray]) -> None:
+    if len(responses) != len(predictions):
+        raise ValueError(
+            f"{len(responses)} response trials but {len(predictions)} prediction trials"
+        )
+    if not responses:
+        raise ValueError("no trials")
+    n = responses[0].shape[0]
+    for i, (r, p) in enumerate(zip(responses, predictions)):
+        if r.shape != p.shape:
+            raise ValueError(f"trial {i}: responses {r.shape} but predictions {p.shape}")
+        if r.shape[0] != n:
+            raise ValueError(f"trial {i}: {r.shape[0]} neurons, trial 0 has {n}")
+
+
+def skip_frames(trial: np.ndarray, skip: int = SKIP_FRAMES) -> np.ndarray:
+    """The frames of an (N, T) trial that are scored: all but the first `skip`."""
+    return trial[:, skip:]
+
+
+def _mean(values: np.ndarray, per_neuron: bool) -> Any:
+    return values if per_neuron else float(np.mean(values))
+
+
+# ------------------------------------------------------------------------------------------------
+# Repeats
+# ------------------------------------------------------------------------------------------------
+
+
+def video_hash(video: ArrayLike, length: int | None = None) -> str:
+    """Hash of a trial's valid video frames (time is the last axis; frames past `length` ignored).
+
+    Two trials with equal hashes showed the same movie: they are repeats of one clip.
+    """
+    v = _to_numpy(video).astype(np.float32)
+    if length is not None:
+        v = v[..., :length]
+    v = np.ascontiguousarray(v)
+    h = hashlib.sha1(str(v.shape).encode())
+    h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def group_repeats(keys: Sequence[Any]) -> list[np.ndarray]:
+    """Group positions by equal key (e.g. `video_hash`), in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return [np.asarray(g, dtype=np.int64) for g in groups.values()]
+
+
+def _repeat_blocks(
+    responses: list[np.ndarray],
+    predictions: list[np.ndarray],
+    groups: Sequence[Sequence[int]],
+    skip: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per clip with >= 2 repeats: (responses, predictions), each (R, N, T') after skipping."""
+    blocks = []
+    for g in groups:
+        g = [int(i) for i in g]
+        if len(g) < 2:
+            continue
+        lengths = {responses[i].shape[1] for i in g}
+        if len(lengths) != 1:
+            raise ValueError(f"repeats {g} have different lengths {sorted(lengths)}")
+        r = np.stack([skip_frames(responses[i], skip) for i in g])
+        p = np.stack([skip_frames(predictions[i], skip) for i in g])
+        if r.shape[-1] > 0:
+            blocks.append((r, p))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def single_trial_correlation(
+    responses: Trials, predictions: Trials, skip: int = SKIP_FRAMES, per_neuron: bool = False
+) -> Any:
+    """Correlation per neuron over the frames (after `skip`) of all trials; mean over neurons."""
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    r = np.concatenate([skip_frames(t, skip) for t in resp], axis=1)
+    p = np.concatenate([skip_frames(t, skip) for t in pred], axis=1)
+    if r.shape[1] == 0:
+        raise ValueError(f"no frames left after skipping the first {skip} of each trial")
+    return _mean(correlation(r, p, axis=1), per_neuron)
+
+
+def correlation_to_average(
+    responses: Trials,
+    predictions: Trials,
+    groups: Sequence[Sequence[int]],
+    skip: int = SKIP_FRAMES,
+    per_neuron: bool = False,
+) -> Any:
+    """Correlation of repeat-averaged predictions with repeat-averaged responses.
+
+    `groups` lists, per clip, the positions of its repeats in `responses` (see `group_repeats`);
+    clips with fewer than 2 repeats are left out. Returns None when no clip has 2 repeats.
+    """
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    blocks = _repeat_blocks(resp, pred, groups, skip)
+    if not blocks:
+        return None
+    r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)
+    p = np.concatenate([b[1].mean(axis=0) for b in blocks], axis=1)
+    return _mean(correlation(r, p, axis=1), per_neuron)
+
+
+def explainable_variance(
+    responses: Trials, groups: Sequence[Sequence[int]], skip: int = SKIP_FRAMES
+) -> np.ndarray | None:
+    """Fraction of explainable variance (FEV) per neuron, (total - noise) / total (0 if no variance)."""
+    resp = _as_trials(responses, "responses")
+    blocks = _repeat_blocks(resp, resp, groups, skip)
+    if not blocks:
+        return None
+    total, noise, _ = _variances(blocks)
+    ok = ~_no_variance(total, _mean_square(blocks))
+    return np.where(ok, (total - noise) / np.where(ok, total, 1.0), 0.0)
+
+
+def _mean_square(blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    n = sum(b[0].shape[0] * b[0].shape[2] for b in blocks)
+    return sum((b[0] ** 2).sum(axis=(0, 2)) for b in blocks) / n
+
+
+def _variances(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """(total variance ddof=1, noise variance = mean over stimuli of var across repeats, MSE)."""
+    all_r = np.concatenate([b[0].transpose(1, 0, 2).reshape(b[0].shape[1], -1) for b in blocks], 1)
+    total = all_r.var(axis=1, ddof=1)
+    # (N, stimuli): variance across repeats of each (clip, frame)
+    noise = np.concatenate([b[0].var(axis=0, ddof=1) for b in blocks], axis=1).mean(axis=1)
+    sq = np.concatenate(
+        [((b[0] - b[1]) ** 2).transpose(1, 0, 2).reshape(b[0].shape[1], -1) for b in blocks], 1
+    )
+    return total, noise, sq.mean(axis=1)
+
+
+def feve(
+    responses: Trials,
+    predictions: Trials,
+    groups: Sequence[Sequence[int]],
+    skip: int = SKIP_FRAMES,
+    fev_threshold: float = FEV_THRESHOLD,
+    per_neuron: bool = False,
+) -> Any:
+    """Fraction of explainable variance explained, mean over neurons with FEV >= `fev_threshold`.
+
+    With `per_neuron=True`, returns FEVE for every neuron (0 where the responses or the explainable
+    variance are zero) — the threshold is then up to the caller (see `explainable_variance`). Returns None
+    when no clip has 2 repeats, NaN when no neuron passes the threshold.
+    """
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    blocks = _repeat_blocks(resp, pred, groups, skip)
+    if not blocks:
+        return None
+    total, noise, mse = _variances(blocks)
+    explainable = total - noise
+    ok_total = ~_no_variance(total, _mean_square(blocks))
+    fev = np.where(ok_total, explainable / np.where(ok_total, total, 1.0), 0.0)
+    ok = ok_total & (np.abs(explainable) > _REL_VAR_EPS * np.where(ok_total, total, 0.0))
+    values = np.where(ok, 1.0 - (mse - noise) / np.where(ok, explainable, 1.0), 0.0)
+    if per_neuron:
+        return values
+    keep = ok & (fev >= fev_threshold)
+    return float(values[keep].mean()) if keep.any() else float("nan")
+
+
+def normalized_correlation(
+    responses: Trials,
+    predictions: Trials,
+    groups: Sequence[Sequence[int]],
+    skip: int = SKIP_FRAMES,
+    per_neuron: bool = False,
+) -> Any:
+    """CC_norm = CC_abs / CC_max (Schoppe et al. 2016); mean over neurons with signal power > 0.
+
+    Returns None when no clip has 2 repeats, NaN when no neuron has signal power.
+    """
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    blocks = _repeat_blocks(resp, pred, groups, skip)
+    if not blocks:
+        return None
+    mean_r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)  # (N, stimuli)
+    mean_p = np.concatenate([b[1].mean(axis=0) for b in blocks], axis=1)
+    cc_abs = correlation(mean_r, mean_p, axis=1)
+    var_mean = mean_r.var(axis=1)
+    # noise power left in the repeat average of each stimulus: var across repeats / repeats
+    noise = np.concatenate([b[0].var(axis=0, ddof=1) / b[0].shape[0] for b in blocks], axis=1).mean(
+        axis=1
+    )
+    signal = var_mean - noise
+    ok = (signal > 0) & ~_no_variance(var_mean, (mean_r**2).mean(axis=1))
+    cc_max = np.sqrt(np.where(ok, signal / np.where(ok, var_mean, 1.0), 1.0))
+    values = np.where(ok, cc_abs / cc_max, 0.0)
+    if per_neuron:
+        return values
+    return float(values[ok].mean()) if ok.any() else float("nan")
+
+
+def compute_metrics(
+    responses: Trials,
+    predictions: Trials,
+    groups: Sequence[Sequence[int]] | None = None,
+    skip: int = SKIP_FRAMES,
+) -> dict[str, float | None]:
+    """All metrics as one dict (repeat-based ones None when there are no repeats)."""
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    groups = groups if groups is not None else []
+    return {
+        "single_trial_correlation": single_trial_correlation(resp, pred, skip),
+        "correlation_to_average": correlation_to_average(resp, pred, groups, skip),
+        "feve": feve(resp, pred, groups, skip),
+        "normalized_correlation": normalized_correlation(resp, pred, groups, skip),
+    }
