@@ -1,0 +1,150 @@
+"""Checkpoints: written atomically, loadable with `torch.load(..., weights_only=True)`.
+
+A checkpoint is a dict of tensors, dicts, lists, tuples, str, int, float, bool and None only (no
+numpy objects), with the keys `model`, `optimizer`, `scheduler`, `epoch`, `rng`, `config`,
+`sessions`, `best_value` and `version` (see CONTRACT.md). It is written to a temporary file in the
+same folder, flushed to disk, then renamed over the old one: a write that is interrupted midway
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurotwin.errors import CheckpointError
+
+VERSION = 1
+TMP_PREFIX = "."
+TMP_SUFFIX = ".tmp"
+
+
+def plain(obj: Any) -> Any:
+    """`obj` with numpy arrays and scalars turned into tensors and Python numbers."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(plain(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(plain(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+        pass
+    return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete temporary files left by a process killed while writing a checkpoint."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only); CheckpointError if bad."""
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a weights-only checkpoint
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
+    missing = [k for k in ("model", "epoch", "config") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a neurotwin checkpoint (missing keys {missing})")
+    return state
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A run folder (-> checkpoints/{which}.pt), a checkpoints folder, or a file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / f"{which}.pt", path / f"{which}.pt"):
+        if candidate.is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run folder or checkpoint")
+    raise CheckpointError(f"{path}: no checkpoints/{which}.pt in this folder")
+
+
+# ------------------------------------------------------------------------------------------------
+# Random number generator states (torch, CUDA, numpy, Python) as plain values
+# ------------------------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "numpy" in state:
+        s = state["numpy"]
+        keys = s["keys"].numpy().astype(np.uint32)
+        np.random.set_state((s["name"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+    if "python" in state:
+        s = state["python"]
+        random.setstate((s["version"], tuple(s["state"]), s["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda_states])

@@ -1,0 +1,229 @@
+"""Optimisers, the plateau LR schedule with early stopping, and gradient clipping (incl. AutoClip).
+
+- `build_optimizer`: AdamW, or schedule-free AdamW (package `schedulefree`), with the core in its own
+  parameter group (`core_lr`, `core_weight_decay`, as ViV1T).
+- `set_optimizer_mode`: schedule-free optimisers keep two sets of weights; `eval` puts the averaged
+  weights into the model (for validation and checkpoints), `train` puts the training point back.
+  Plain optimisers ignore it.
+- `Plateau`: reduce the LR by `factor` after `patience` epochs without improvement of the monitored
+  value (validation correlation, higher is better), restore the best weights when it does, and ask
+  to stop after `max_reduce` reductions; with a schedule-free optimiser the LR is never reduced and
+  training stops after `patience` epochs without improvement.
+- `GradClipper`: clip the global gradient norm to a fixed value or, with AutoClip (Seetharaman et al.
+  2020), to a percentile of the norms seen so far.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurotwin.config import TrainConfig
+from neurotwin.errors import ConfigError
+
+
+def _check(config: TrainConfig) -> None:
+    if config.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {config.lr}")
+    if config.core_lr is not None and config.core_lr <= 0:
+        raise ConfigError(f"train.core_lr: must be > 0, got {config.core_lr}")
+    if not 0 < config.lr_factor < 1:
+        raise ConfigError(f"train.lr_factor: must be in (0, 1), got {config.lr_factor}")
+    if config.lr_patience < 1:
+        raise ConfigError(f"train.lr_patience: must be >= 1, got {config.lr_patience}")
+    if config.max_reduce < 0:
+        raise ConfigError(f"train.max_reduce: must be >= 0, got {config.max_reduce}")
+    if config.grad_norm is not None and config.grad_norm <= 0:
+        raise ConfigError(f"train.grad_norm: must be > 0 or none, got {config.grad_norm}")
+    p = config.autoclip_percentile
+    if p is not None and not 0 < p <= 100:
+        raise ConfigError(f"train.autoclip_percentile: must be in (0, 100], got {p}")
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"train.{name}: must be in [0, 1), got {value}")
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Two groups: the shared core and everything else (readouts, shifters, activation)."""
+    core = getattr(model, "core", None)
+    core_ids = {id(p) for p in core.parameters()} if isinstance(core, nn.Module) else set()
+    core_params, other_params = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (core_params if id(p) in core_ids else other_params).append(p)
+    groups = []
+    if core_params:
+        groups.append(
+            {
+                "name": "core",
+                "params": core_params,
+                "lr": config.core_lr if config.core_lr is not None else config.lr,
+                "weight_decay": (
+                    config.core_weight_decay
+                    if config.core_weight_decay is not None
+                    else config.weight_decay
+                ),
+            }
+        )
+    if other_params:
+        groups.append(
+            {
+                "name": "readouts",
+                "params": other_params,
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            }
+        )
+    if not groups:
+        raise ConfigError("the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or schedule-free AdamW over `parameter_groups(model)`."""
+    _check(config)
+    groups = parameter_groups(model, config)
+    betas = (config.adam_beta1, config.adam_beta2)
+    if config.schedule_free:
+        import schedulefree
+
+        optimizer = schedulefree.AdamWScheduleFree(
+            groups, lr=config.lr, betas=betas, eps=config.adam_eps, warmup_steps=config.warmup_steps
+        )
+        optimizer.train()
+        return optimizer
+    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    return callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None)
+    )
+
+
+def set_optimizer_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Switch a schedule-free optimiser's weights: `eval` (averaged x) or `train` (point y)."""
+    if not is_schedule_free(optimizer):
+        return
+    if mode == "eval":
+        optimizer.eval()
+    elif mode == "train":
+        optimizer.train()
+    else:  # pragma: no cover - programming error
+        raise ValueError(mode)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The LR of the last group (the readouts'), as logged."""
+    group = optimizer.param_groups[-1]
+    return float(group.get("scheduled_lr") or group["lr"])
+
+
+class Plateau:
+    """Plateau LR schedule and early stopping on a value to maximise.
+
+    `step(value, epoch)` returns "improved", "wait", "reduced" or "stop". On "reduced" the caller
+    restores the best weights (`best_state`) and the LR of every group is multiplied by `factor`.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        patience: int,
+        factor: float,
+        max_reduce: int,
+        min_epochs: int = 0,
+        reduce_lr: bool = True,
+        min_lr: float = 1e-7,
+    ):
+        self.optimizer = optimizer
+        self.patience = patience
+        self.factor = factor
+        self.max_reduce = max_reduce
+        self.min_epochs = min_epochs
+        self.reduce_lr = reduce_lr
+        self.min_lr = min_lr
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.num_reduce = 0
+
+    def step(self, value: float, epoch: int) -> str:
+        if math.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_epoch, self.wait = float(value), int(epoch), 0
+            return "improved"
+        self.wait += 1
+        if self.wait < self.patience or epoch < self.min_epochs:
+            return "wait"
+        if not self.reduce_lr or self.num_reduce >= self.max_reduce:
+            return "stop"
+        self.num_reduce += 1
+        self.wait = 0
+        for group in self.optimizer.param_groups:
+            group["lr"] = max(group["lr"] * self.factor, self.min_lr)
+        return "reduced"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "num_reduce": self.num_reduce,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_value = float(state["best_value"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+        self.num_reduce = int(state["num_reduce"])
+
+
+def grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients (0 when none)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+    )
+
+
+class GradClipper:
+    """Clip to `max_norm`, or with AutoClip to the `percentile` of all norms seen so far."""
+
+    def __init__(self, max_norm: float | None = None, percentile: float | None = None):
+        self.max_norm = max_norm
+        self.percentile = percentile
+        self.history: list[float] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_norm is not None or self.percentile is not None
+
+    def __call__(self, parameters: list[torch.Tensor]) -> float | None:
+        """Clip in place; returns the norm before clipping (None when clipping is off)."""
+        if not self.enabled:
+            return None
+        params = [p for p in parameters if p.grad is not None]
+        value = float(grad_norm(params))
+        limit = self.max_norm
+        if self.percentile is not None:
+            if math.isfinite(value):
+                self.history.append(value)
+            if not self.history:
+                return value
+            history = torch.tensor(self.history, dtype=torch.float64)
+            limit = float(torch.quantile(history, self.percentile / 100))
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, limit)
+        return value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": torch.tensor(self.history, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [float(v) for v in state.get("history", torch.zeros(0)).tolist()]
