@@ -58,10 +58,15 @@ class DataConfig:
         300, "frames per training sample (random crop of consecutive frames; -1: whole trial)"
     )
     transform_input: Literal[0, 1, 2] = option(
-        1, "video/behaviour/pupil transform: 0 none, 1 standardise, 2 normalise to [0, 1]"
+        1,
+        "video/behaviour/pupil transform (ViV1T's): 0 none, 1 standardise (video and pupil "
+        "centre z-scored, behaviour divided by its std), 2 normalise (x - min) / (max - min)",
     )
     transform_output: Literal[0, 1, 2] = option(
-        2, "response transform: 0 none, 1 standardise, 2 divide by std (Sensorium scoring)"
+        1,
+        "response transform (ViV1T's; never centred, responses stay >= 0 for the Poisson "
+        "loss): 0 none, 1 divide by each neuron's std (Sensorium's r / std), 2 normalise per "
+        "neuron (r - min) / (max - min)",
     )
     shipped_statistics: bool = option(
         False,

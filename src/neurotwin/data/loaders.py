@@ -1,0 +1,178 @@
+"""{split: {session: DataLoader}} from a DataConfig, and the iterator that interleaves sessions.
+
+Training loaders shuffle their trials with (seed, epoch); with ``world_size > 1`` each rank reads
+its own share (every rank gets the same number of batches: the shuffled list is padded by
+repeating its first trials, as torch's DistributedSampler does). Evaluation loaders read whole
+trials in order, split between ranks without padding, one trial a batch unless all trials of
+the tier have the same length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from neurotwin.config import DataConfig
+from neurotwin.data import layout
+from neurotwin.data.dataset import OutputTransform, SessionDataset
+from neurotwin.data.sensorium import SensoriumSession, find_sessions
+
+TRAIN_SPLIT = "train"
+
+
+class TrialSampler(Sampler[int]):
+    """Dataset indices for one rank: shuffled under (seed, epoch) or in order."""
+
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in 0..{world_size - 1}")
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if self.world_size > 1:
+            if self.pad and self.n:
+                order = np.resize(order, math.ceil(self.n / self.world_size) * self.world_size)
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.n
+        if self.pad:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def open_sessions(data_config: DataConfig) -> list[SensoriumSession]:
+    """The sessions a DataConfig selects (data_dir, mouse_ids, limit_neurons)."""
+    return [
+        SensoriumSession(path, limit_neurons=data_config.limit_neurons)
+        for path in find_sessions(data_config.data_dir, data_config.mouse_ids)
+    ]
+
+
+def _statistics(session: SensoriumSession, data_config: DataConfig):
+    return session.statistics(shipped=data_config.shipped_statistics, tier=data_config.train_tier)
+
+
+def build_loaders(
+    data_config: DataConfig,
+    splits: Mapping[str, str],
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> dict[str, dict[str, DataLoader]]:
+    """{split: {session name: DataLoader}} for `splits` (split name -> tier).
+
+    The split named "train" gets random crops of `crop_frame` frames, shuffling, and
+    `limit_data` (a random subset, seeded by `seed`, of at most that many trials per session);
+    the others give whole trials in order.
+    """
+    sessions = open_sessions(data_config)
+    out: dict[str, dict[str, DataLoader]] = {split: {} for split in splits}
+    for session in sessions:
+        needs_stats = data_config.transform_input or data_config.transform_output
+        stats = _statistics(session, data_config) if needs_stats else None
+        for split, tier in splits.items():
+            training = split == TRAIN_SPLIT
+            trial_ids = session.trial_ids(tier)
+            if (
+                training
+                and data_config.limit_data is not None
+                and len(trial_ids) > data_config.limit_data
+            ):
+                rng = np.random.default_rng(seed)
+                trial_ids = np.sort(
+                    rng.choice(trial_ids, size=data_config.limit_data, replace=False)
+                )
+            dataset = SessionDataset(
+                session,
+                tier,
+                crop_frame=data_config.crop_frame if training else -1,
+                transform_input=data_config.transform_input,
+                transform_output=data_config.transform_output,
+                statistics=stats,
+                random_crop=training and data_config.crop_frame > 0,
+                trial_ids=trial_ids,
+                seed=seed,
+            )
+            sampler = TrialSampler(
+                len(dataset),
+                shuffle=training,
+                seed=seed,
+                rank=rank,
+                world_size=world_size,
+                pad=training,
+            )
+            batch_size = data_config.batch_size if dataset.equal_lengths else 1
+            out[split][session.name] = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                num_workers=data_config.num_workers,
+                pin_memory=pin_memory,
+                drop_last=False,
+            )
+    return out
+
+
+def interleave(
+    loaders_by_session: Mapping[str, DataLoader], seed: int, epoch: int
+) -> Iterator[tuple[str, dict]]:
+    """(session, batch) pairs: every session's batches once, in an order shuffled under
+    (seed, epoch); each loader's sampler and dataset are set to `epoch` first."""
+    for loader in loaders_by_session.values():
+        for obj in (loader.sampler, loader.dataset):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+    names = sorted(loaders_by_session)
+    order = [name for name in names for _ in range(len(loaders_by_session[name]))]
+    np.random.default_rng([seed, epoch, 7]).shuffle(order)
+    iterators: dict[str, Iterator] = {}
+    for name in order:
+        if name not in iterators:
+            iterators[name] = iter(loaders_by_session[name])
+        yield name, next(iterators[name])
+
+
+def session_specs(data_config: DataConfig) -> dict[str, dict]:
+    """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
+    output space, "unit_ids" (N,)}} for building a model's per-session parts."""
+    specs = {}
+    for session in open_sessions(data_config):
+        stats = _statistics(session, data_config)
+        transform = OutputTransform(stats, data_config.transform_output, session.n_neurons)
+        mean = np.asarray(stats[layout.RESPONSES]["mean"], dtype=np.float32)
+        if mean.ndim > 1:  # shipped statistics with a frame axis
+            mean = np.nanmean(mean.reshape(mean.shape[0], -1), axis=1)
+        specs[session.name] = {
+            "n_neurons": session.n_neurons,
+            "coordinates": session.coordinates,
+            "mean_response": transform.transform_mean(mean),
+            "unit_ids": session.unit_ids,
+        }
+    return specs
