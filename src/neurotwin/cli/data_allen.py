@@ -1,0 +1,286 @@
+"""`neurotwin-data allen-ophys` and `neurotwin-data allen-ecephys`: Allen NWB -> native sessions.
+
+Local NWB files need only h5py. With allensdk installed (`pip install neurotwin[allen]`, Python
+3.8-3.11: allensdk 2.16.2 pins numpy<1.24, pandas==1.5.3, scipy<1.11), `--experiment-id` /
+`--session-id` download into allensdk's cache first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from neurotwin.data.allen import trials
+from neurotwin.errors import DataFormatError, NeurotwinError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "allensdk is not installed: `pip install neurotwin[allen]` (allensdk 2.16.2 installs on "
+    "Python 3.8-3.11 only), or download the NWB file yourself and give --nwb PATH"
+)
+
+
+def register(subparsers) -> None:
+    o = subparsers.add_parser(
+        "allen-ophys",
+        help="Allen Brain Observatory 2-photon experiment NWB -> native session",
+        description="dF/F (or events) per cell during natural_movie_one/two/three, one trial per "
+        "clip of each movie repeat.",
+    )
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--nwb", type=Path, help="ophys experiment NWB file (BrainObservatoryCache)")
+    src.add_argument(
+        "--experiment-id",
+        "--experiment_id",
+        dest="experiment_id",
+        type=int,
+        help="ophys experiment id: fetch with allensdk's BrainObservatoryCache",
+    )
+    o.add_argument(
+        "--response",
+        choices=("dff", "events"),
+        default="dff",
+        help="dF/F traces or allensdk's extracted events (default dff)",
+    )
+    o.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        help="events .npz (key 'ev'), allensdk's ophys_experiment_events/<id>_events.npz",
+    )
+    _common(o)
+    o.set_defaults(func=run_ophys)
+
+    e = subparsers.add_parser(
+        "allen-ecephys",
+        help="Allen Visual Coding Neuropixels session NWB -> native session",
+        description="spike counts per unit in each displayed frame of natural_movie_one/three.",
+    )
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--nwb", type=Path, help="session NWB file (EcephysProjectCache)")
+    src.add_argument(
+        "--session-id",
+        "--session_id",
+        dest="session_id",
+        type=int,
+        help="ecephys session id: fetch with allensdk's EcephysProjectCache",
+    )
+    e.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        metavar="[MOVIE=]PATH",
+        help="movie frames when the session file has none: MOVIE=PATH pairs (npy "
+        "natural_movie_<n>.h5 from EcephysProjectCache, or NWB/HDF5 with "
+        "stimulus/templates) or one PATH holding every movie",
+    )
+    e.add_argument(
+        "--areas",
+        nargs="+",
+        default=None,
+        help="keep units whose peak channel is in these structures (VISp VISl LGd ...)",
+    )
+    e.add_argument(
+        "--amplitude-cutoff-maximum",
+        "--amplitude_cutoff_maximum",
+        type=float,
+        default=0.1,
+        dest="amplitude_cutoff_maximum",
+        help="allensdk default 0.1",
+    )
+    e.add_argument(
+        "--presence-ratio-minimum",
+        "--presence_ratio_minimum",
+        type=float,
+        default=0.95,
+        dest="presence_ratio_minimum",
+        help="allensdk default 0.95",
+    )
+    e.add_argument(
+        "--isi-violations-maximum",
+        "--isi_violations_maximum",
+        type=float,
+        default=0.5,
+        dest="isi_violations_maximum",
+        help="allensdk default 0.5",
+    )
+    e.add_argument(
+        "--no-validity-filter",
+        "--no_validity_filter",
+        action="store_true",
+        help="also keep units not 'good', on invalid channels, or outside the brain",
+    )
+    _common(e)
+    e.set_defaults(func=run_ecephys)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="folder to write the session into")
+    p.add_argument("--name", default=None, help="session folder name (default allen-<kind>-<id>)")
+    p.add_argument(
+        "--cache-dir",
+        "--cache_dir",
+        dest="cache_dir",
+        type=Path,
+        default=Path("data/allen_cache"),
+        help="allensdk cache (with an id)",
+    )
+    p.add_argument(
+        "--movies",
+        nargs="+",
+        default=None,
+        choices=trials.MOVIES,
+        help="movies to use (default: every natural movie in the file)",
+    )
+    p.add_argument(
+        "--frame-size",
+        "--frame_size",
+        dest="frame_size",
+        nargs=2,
+        type=int,
+        default=(36, 64),
+        metavar=("H", "W"),
+        help="video size (default 36 64)",
+    )
+    p.add_argument(
+        "--clip-length",
+        "--clip_length",
+        dest="clip_length",
+        type=int,
+        default=300,
+        help="frames per trial (each movie repeat is cut into clips; default 300)",
+    )
+    p.add_argument(
+        "--heldout-clips",
+        "--heldout_clips",
+        dest="heldout_clips",
+        nargs="*",
+        default=list(trials.DEFAULT_HELDOUT),
+        metavar="MOVIE:CLIP",
+        help="clips whose repeats form the oracle and test tiers (default natural_movie_one:0)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        "--test_fraction",
+        dest="test_fraction",
+        type=float,
+        default=0.5,
+        help="share of a held-out clip's (last) repeats in the test tier",
+    )
+    p.add_argument(
+        "--test-tier",
+        "--test_tier",
+        dest="test_tier",
+        default="final_test_main",
+        help="tier name for the held-out test repeats",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing session folder")
+
+
+def _common_kwargs(args) -> dict:
+    return dict(
+        movies=args.movies,
+        frame_size=tuple(args.frame_size),
+        clip_length=args.clip_length,
+        heldout_clips=args.heldout_clips,
+        test_fraction=args.test_fraction,
+        test_tier=args.test_tier,
+        name=args.name,
+        overwrite=args.overwrite,
+    )
+
+
+def _import_allensdk():
+    try:
+        import allensdk  # noqa: F401
+    except ImportError:
+        raise NeurotwinError(INSTALL_HINT) from None
+
+
+def fetch_ophys(experiment_id: int, cache_dir: Path, events: bool) -> tuple[Path, Path | None]:
+    """Download an ophys experiment NWB (and events) into allensdk's cache; their paths."""
+    _import_allensdk()
+    from allensdk.core.brain_observatory_cache import BrainObservatoryCache
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    boc = BrainObservatoryCache(manifest_file=str(cache_dir / "brain_observatory_manifest.json"))
+    data_set = boc.get_ophys_experiment_data(experiment_id)
+    events_path = None
+    if events:
+        boc.get_ophys_experiment_events(experiment_id)
+        events_path = Path(boc.get_cache_path(None, boc.EVENTS_DATA_KEY, experiment_id))
+    return Path(data_set.nwb_file), events_path
+
+
+def fetch_ecephys(session_id: int, cache_dir: Path, movies) -> tuple[Path, dict]:
+    """Download a Neuropixels session NWB and the movie templates; their paths."""
+    _import_allensdk()
+    from allensdk.brain_observatory.ecephys.ecephys_project_cache import EcephysProjectCache
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = EcephysProjectCache.from_warehouse(manifest=str(cache_dir / "manifest.json"))
+    cache.get_session_data(session_id)
+    path = Path(cache.get_cache_path(None, cache.SESSION_NWB_KEY, session_id, session_id))
+    templates = {}
+    for movie, number in (("natural_movie_one", 1), ("natural_movie_three", 3)):
+        if movies and movie not in movies:
+            continue
+        cache.get_natural_movie_template(number)
+        templates[movie] = Path(cache.get_cache_path(None, cache.NATURAL_MOVIE_KEY, number))
+    return path, templates
+
+
+def run_ophys(args) -> int:
+    from neurotwin.data.allen.ophys import convert_ophys
+
+    nwb_path, events = args.nwb, args.events
+    if args.experiment_id is not None:
+        nwb_path, fetched = fetch_ophys(
+            args.experiment_id, args.cache_dir, args.response == "events"
+        )
+        events = events or fetched
+    folder = convert_ophys(
+        nwb_path, args.out, response=args.response, events_path=events, **_common_kwargs(args)
+    )
+    log.info("wrote %s", folder)
+    return 0
+
+
+def _parse_templates(values) -> dict | Path | None:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return Path(values[0])
+    out = {}
+    for v in values:
+        movie, sep, path = v.partition("=")
+        if not sep or movie not in trials.MOVIES:
+            raise DataFormatError(
+                "--templates", f"expected MOVIE=PATH with MOVIE in {trials.MOVIES}, got {v!r}"
+            )
+        out[movie] = Path(path)
+    return out
+
+
+def run_ecephys(args) -> int:
+    from neurotwin.data.allen.ecephys import convert_ecephys
+
+    nwb_path, templates = args.nwb, _parse_templates(args.templates)
+    if args.session_id is not None:
+        nwb_path, fetched = fetch_ecephys(args.session_id, args.cache_dir, args.movies)
+        templates = templates or fetched
+    folder = convert_ecephys(
+        nwb_path,
+        args.out,
+        templates=templates,
+        areas=args.areas,
+        amplitude_cutoff_maximum=args.amplitude_cutoff_maximum,
+        presence_ratio_minimum=args.presence_ratio_minimum,
+        isi_violations_maximum=args.isi_violations_maximum,
+        filter_by_validity=not args.no_validity_filter,
+        **_common_kwargs(args),
+    )
+    log.info("wrote %s", folder)
+    return 0

@@ -1,0 +1,462 @@
+"""Allen Visual Coding Neuropixels session NWB (NWB 2, EcephysProjectCache) -> native session.
+
+Reads, with h5py only, the HDF5 layout that allensdk's `EcephysNwbSessionApi`
+(allensdk/brain_observatory/ecephys/ecephys_session_api/ecephys_nwb_session_api.py) reads
+through pynwb:
+
+- units: /units DynamicTable: id (n,), spike_times (all spikes, float64 s) + spike_times_index
+  (n,) VectorIndex of end offsets, quality ("good"), isi_violations, amplitude_cutoff,
+  presence_ratio, peak_channel_id, ...
+- channels: /general/extracellular_ephys/electrodes DynamicTable: id, location (structure
+  acronym: VISp, VISl, LGd, ... ; "" or "None" outside the brain), x, y, z (CCF anterior-posterior,
+  dorsal-ventral, left-right, um; NaN without CCF), probe_vertical_position,
+  probe_horizontal_position (um), probe_id, valid_data
+- stimulus: /intervals/natural_movie_{one,three}_presentations TimeIntervals: start_time,
+  stop_time (s), frame (movie frame index), stimulus_name, stimulus_block, ...
+- running: /processing/running/running_speed/{data (cm/s), timestamps (interval starts)}
+- eye tracking (some sessions): /processing/filtered_gaze_mapping (else raw_gaze_mapping)
+  /pupil_area/{data, timestamps} and /screen_coordinates_spherical/{data (n, 2): [:, 0] = y
+  (altitude), [:, 1] = x (azimuth), degrees}
+- movie frames are not in the session file: from stimulus/templates/<movie>_image_stack/data
+  when present, else a templates file (`natural_movie_<n>.h5` from EcephysProjectCache, which is
+  an .npy, or any NWB/HDF5 with stimulus/templates, e.g. an ophys experiment file).
+
+Units are kept as allensdk's get_units does by default (allensdk.brain_observatory.ecephys
+UNIT_FILTER_DEFAULTS and probes.Probes.get_units_table): quality == "good", peak channel
+valid_data and inside the brain, amplitude_cutoff <= 0.1, presence_ratio >= 0.95,
+isi_violations <= 0.5. Responses are exact spike counts per unit in each displayed frame's
+[start_time, stop_time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from neurotwin.data.allen import nwb, trials
+from neurotwin.data.allen.resample import area_resize, count_in_intervals, fill_nan, interval_mean
+from neurotwin.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+UNITS = "units"
+ELECTRODES = "general/extracellular_ephys/electrodes"
+INTERVALS = "intervals"
+RUNNING = "processing/running/running_speed"
+GAZE_MODULES = ("processing/filtered_gaze_mapping", "processing/raw_gaze_mapping")
+TEMPLATES = "stimulus/templates"
+ECEPHYS_MOVIES = ("natural_movie_one", "natural_movie_three")
+
+# allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS
+AMPLITUDE_CUTOFF_MAXIMUM = 0.1
+PRESENCE_RATIO_MINIMUM = 0.95
+ISI_VIOLATIONS_MAXIMUM = 0.5
+
+
+def convert_ecephys(
+    nwb_path: str | Path,
+    out_dir: str | Path,
+    *,
+    templates: Mapping[str, str | Path] | str | Path | None = None,
+    movies: Sequence[str] | None = None,
+    areas: Sequence[str] | None = None,
+    amplitude_cutoff_maximum: float = AMPLITUDE_CUTOFF_MAXIMUM,
+    presence_ratio_minimum: float = PRESENCE_RATIO_MINIMUM,
+    isi_violations_maximum: float = ISI_VIOLATIONS_MAXIMUM,
+    filter_by_validity: bool = True,
+    frame_size: tuple[int, int] = (36, 64),
+    clip_length: int = 300,
+    heldout_clips: Sequence[str] = trials.DEFAULT_HELDOUT,
+    test_fraction: float = 0.5,
+    test_tier: str = "final_test_main",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert one Neuropixels session NWB; returns the session folder written under out_dir.
+
+    `templates`: a movie -> file mapping, or one file holding stimulus/templates for every movie
+    (used when the session file has no stimulus/templates).
+    """
+    nwb_path = Path(nwb_path)
+    with nwb.open_nwb(nwb_path) as f:
+        session_id = nwb.read_str(f, "identifier")
+        session_type = nwb.read_str(f, "general/stimulus")  # nwbfile.stimulus_notes
+        units = _units(f)
+        channels = _channels(f)
+        keep, unit_area, unit_channel = _select_units(
+            f,
+            units,
+            channels,
+            areas,
+            amplitude_cutoff_maximum,
+            presence_ratio_minimum,
+            isi_violations_maximum,
+            filter_by_validity,
+        )
+        spikes = [np.sort(units["spike_times"][i]) for i in keep]
+        unit_ids = units["id"][keep].astype(np.int64)
+        coords, coord_kind = _coordinates(channels, unit_channel)
+        running_t, running = _running(f)
+        eye = _gaze(f)
+        names = _movie_names(f, movies)
+        recordings = [
+            _movie(f, m, spikes, running_t, running, eye, templates, frame_size) for m in names
+        ]
+    extra = {
+        "neurons/area.npy": np.asarray(unit_area, dtype=str),
+        "neurons/peak_channel_id.npy": np.asarray(unit_channel, dtype=np.int64),
+        "neurons/probe_id.npy": np.asarray(
+            [channels["probe_id"][channels["row"][c]] for c in unit_channel], dtype=np.int64
+        )
+        if "probe_id" in channels
+        else np.zeros(len(keep), np.int64),
+        "neurons/depth.npy": np.asarray(
+            [channels["probe_vertical_position"][channels["row"][c]] for c in unit_channel],
+            dtype=np.float32,
+        ),
+    }
+    for col in ("isi_violations", "amplitude_cutoff", "presence_ratio", "firing_rate"):
+        if col in units:
+            extra[f"neurons/{col}.npy"] = np.asarray(units[col][keep], dtype=np.float32)
+    session = trials.build_session(
+        recordings,
+        unit_ids,
+        coords,
+        clip_length=clip_length,
+        heldout_clips=heldout_clips,
+        test_fraction=test_fraction,
+        test_tier=test_tier,
+        extra_meta=extra,
+        source=nwb_path,
+    )
+    sid = int(session_id) if session_id and session_id.strip().isdigit() else session_id
+    folder = Path(out_dir) / (name or f"allen-ecephys-{sid if sid else nwb_path.stem}")
+    areas_found = sorted(set(unit_area))
+    json_meta = {
+        "source": "allen_visual_coding_neuropixels",
+        "modality": "Neuropixels extracellular electrophysiology",
+        "nwb_file": str(nwb_path.resolve()),
+        "ecephys_session_id": sid,
+        "session_type": session_type,
+        "areas": areas_found,
+        "area_filter": list(areas) if areas else None,
+        "unit_filters": {
+            "quality": "good" if filter_by_validity else None,
+            "valid_data_and_in_brain": filter_by_validity,
+            "amplitude_cutoff_maximum": amplitude_cutoff_maximum,
+            "presence_ratio_minimum": presence_ratio_minimum,
+            "isi_violations_maximum": isi_violations_maximum,
+        },
+        "n_units_in_file": int(units["id"].size),
+        "n_units_kept": int(len(keep)),
+        "responses": "spike counts",
+        "response_units": "spikes per displayed movie frame",
+        "alignment": "spikes in each displayed frame's [start_time, stop_time)",
+        "behavior": ["pupil_area (pixels^2) or zeros", "running_speed (cm/s)"],
+        "pupil_center": "screen_coordinates_spherical (degrees: azimuth x, altitude y)",
+        "has_eye_tracking": eye is not None,
+        "has_running_speed": running is not None,
+        "coordinates": coord_kind,
+        "movies": [r.name for r in recordings],
+        "frame_size": list(frame_size),
+        "clip_length": clip_length,
+        "heldout_clips": list(heldout_clips),
+        "test_fraction": test_fraction,
+        "test_tier": test_tier,
+        "frame_rate_hz": 30.0,
+    }
+    return trials.write(folder, session, json_meta, overwrite)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _table_column(f: h5py.File, table: str, column: str, n: int, numeric: bool = True):
+    path = f"{table}/{column}"
+    if numeric:
+        value = nwb.read(f, path, ndim=1, what=f"column {column!r}")
+    else:
+        value = nwb.read_strings(f, path)
+    if value.shape[0] != n:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"column has {value.shape[0]} rows, table has {n} (length of {table}/id)",
+            path,
+        )
+    return value
+
+
+def _units(f: h5py.File) -> dict:
+    nwb.group(f, UNITS, "units table")
+    ids = nwb.read(f, f"{UNITS}/id", ndim=1, what="unit ids")
+    out: dict = {"id": ids}
+    spike_times = nwb.read_ragged(f, f"{UNITS}/spike_times", f"{UNITS}/spike_times_index")
+    if len(spike_times) != ids.size:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"{len(spike_times)} spike trains for {ids.size} units",
+            f"{UNITS}/spike_times_index",
+        )
+    out["spike_times"] = spike_times
+    for col in ("peak_channel_id", "isi_violations", "amplitude_cutoff", "presence_ratio"):
+        out[col] = _table_column(f, UNITS, col, ids.size)
+    for col in ("firing_rate",):
+        if nwb.has(f, f"{UNITS}/{col}"):
+            out[col] = _table_column(f, UNITS, col, ids.size)
+    if nwb.has(f, f"{UNITS}/quality"):
+        out["quality"] = _table_column(f, UNITS, "quality", ids.size, numeric=False)
+    return out
+
+
+def _channels(f: h5py.File) -> dict:
+    nwb.group(f, ELECTRODES, "electrodes (channels) table")
+    ids = nwb.read(f, f"{ELECTRODES}/id", ndim=1, what="channel ids")
+    out: dict = {"id": ids, "row": {int(c): i for i, c in enumerate(ids)}}
+    out["location"] = _table_column(f, ELECTRODES, "location", ids.size, numeric=False)
+    for col in (
+        "x",
+        "y",
+        "z",
+        "probe_vertical_position",
+        "probe_horizontal_position",
+        "probe_id",
+        "valid_data",
+    ):
+        if nwb.has(f, f"{ELECTRODES}/{col}"):
+            out[col] = _table_column(f, ELECTRODES, col, ids.size)
+    for col in ("probe_vertical_position", "probe_horizontal_position"):
+        if col not in out:
+            raise DataFormatError(
+                nwb.file_path(f), "missing dataset (channel position)", f"{ELECTRODES}/{col}"
+            )
+    return out
+
+
+def _select_units(f, units, channels, areas, amp_max, pr_min, isi_max, by_validity):
+    n = units["id"].size
+    keep = np.ones(n, bool)
+    rows = np.full(n, -1)
+    for i, c in enumerate(units["peak_channel_id"].astype(np.int64)):
+        rows[i] = channels["row"].get(int(c), -1)
+    if np.any(rows < 0):
+        bad = units["peak_channel_id"][rows < 0][:5].tolist()
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"peak channel(s) {bad} not in {ELECTRODES}/id",
+            f"{UNITS}/peak_channel_id",
+        )
+    location = np.asarray([str(v) for v in channels["location"][rows]], dtype=object)
+    in_brain = ~np.isin(location, ["", "None", "none", "nan"])
+    if by_validity:
+        if "valid_data" in channels:
+            keep &= channels["valid_data"][rows].astype(bool)
+        keep &= in_brain
+        if "quality" in units:
+            keep &= units["quality"] == "good"
+    with np.errstate(invalid="ignore"):
+        keep &= units["amplitude_cutoff"] <= (amp_max if amp_max is not None else np.inf)
+        keep &= units["presence_ratio"] >= (pr_min if pr_min is not None else -np.inf)
+        keep &= units["isi_violations"] <= (isi_max if isi_max is not None else np.inf)
+    if areas:
+        keep &= np.isin(location, list(areas))
+    idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"no unit passes the filters (areas={list(areas) if areas else 'all'}, "
+            f"amplitude_cutoff <= {amp_max}, presence_ratio >= {pr_min}, isi_violations <= "
+            f"{isi_max}; areas in file: {sorted(set(location[in_brain]))})",
+            UNITS,
+        )
+    unit_channel = units["peak_channel_id"][idx].astype(np.int64)
+    return idx, location[idx].tolist(), unit_channel
+
+
+def _coordinates(channels: dict, unit_channel: np.ndarray) -> tuple[np.ndarray, str]:
+    rows = np.asarray([channels["row"][int(c)] for c in unit_channel])
+    if all(k in channels for k in ("x", "y", "z")):
+        ccf = np.column_stack([channels["x"][rows], channels["y"][rows], channels["z"][rows]])
+        if np.all(np.isfinite(ccf)) and np.any(ccf != 0):
+            return ccf.astype(np.float32), (
+                "CCF of the peak channel (anterior-posterior, dorsal-ventral, left-right; um)"
+            )
+    probe = channels["probe_id"][rows] if "probe_id" in channels else np.zeros(rows.size)
+    _, probe_index = np.unique(probe, return_inverse=True)
+    pos = np.column_stack(
+        [
+            channels["probe_horizontal_position"][rows],
+            channels["probe_vertical_position"][rows],
+            probe_index.astype(np.float64),
+        ]
+    )
+    return pos.astype(np.float32), (
+        "peak channel position on the probe (horizontal um, vertical um, probe index)"
+    )
+
+
+def _running(f: h5py.File):
+    if not nwb.has(f, RUNNING):
+        log.warning("%s: no %s: running speed zeros", f.filename, RUNNING)
+        return None, None
+    v = nwb.read(f, f"{RUNNING}/data", ndim=1, what="running speed (cm/s)")
+    t = nwb.read(f, f"{RUNNING}/timestamps", ndim=1, what="running speed times")
+    if t.size != v.size:
+        raise DataFormatError(
+            nwb.file_path(f), f"{v.size} samples, {t.size} timestamps", f"{RUNNING}/timestamps"
+        )
+    v, ok = fill_nan(t, v)
+    return (t, v) if ok else (None, None)
+
+
+def _gaze(f: h5py.File):
+    for module in GAZE_MODULES:
+        area, coords = f"{module}/pupil_area", f"{module}/screen_coordinates_spherical"
+        if not (nwb.has(f, area) and nwb.has(f, coords)):
+            continue
+        a = nwb.read(f, f"{area}/data", ndim=1, what="pupil area")
+        at = nwb.read(f, f"{area}/timestamps", ndim=1)
+        c = nwb.read(f, f"{coords}/data", ndim=2, what="gaze (n, 2): altitude, azimuth")
+        ct = nwb.read(f, f"{coords}/timestamps", ndim=1)
+        if a.size != at.size or c.shape != (ct.size, 2):
+            raise DataFormatError(
+                nwb.file_path(f),
+                f"pupil area {a.shape} / times {at.shape}, "
+                f"gaze {c.shape} / times {ct.shape} do not match",
+                module,
+            )
+        a, ok_a = fill_nan(at, a)
+        x, ok_x = fill_nan(ct, c[:, 1])
+        y, ok_y = fill_nan(ct, c[:, 0])
+        if ok_a and ok_x and ok_y:
+            return at, a, ct, np.stack([x, y])
+    return None
+
+
+def _movie_names(f: h5py.File, wanted: Sequence[str] | None) -> list[str]:
+    if not nwb.has(f, INTERVALS):
+        raise DataFormatError(nwb.file_path(f), "missing group (stimulus presentations)", INTERVALS)
+    present = [m for m in trials.MOVIES if nwb.has(f, f"{INTERVALS}/{m}_presentations")]
+    if wanted:
+        missing = [m for m in wanted if m not in present]
+        if missing:
+            raise DataFormatError(
+                nwb.file_path(f), f"movie(s) {missing} not presented (found {present})", INTERVALS
+            )
+        present = [m for m in present if m in wanted]
+    if not present:
+        raise DataFormatError(
+            nwb.file_path(f),
+            "no natural movie stimulus: expected one of "
+            f"{[m + '_presentations' for m in ECEPHYS_MOVIES]} (found "
+            f"{sorted(f[INTERVALS].keys())})",
+            INTERVALS,
+        )
+    return present
+
+
+def _frames_column(f: h5py.File, path: str, n: int) -> np.ndarray:
+    raw = nwb.dataset(f, path, "movie frame index")[()]
+    raw = np.asarray(raw).reshape(-1)
+    if raw.shape[0] != n:
+        raise DataFormatError(nwb.file_path(f), f"{raw.shape[0]} rows, expected {n}", path)
+    if np.issubdtype(raw.dtype, np.number):
+        frames = raw.astype(np.float64)
+    else:  # some tables store parameters as strings
+        try:
+            frames = np.asarray([float(nwb.decode(v)) for v in raw])
+        except ValueError:
+            raise DataFormatError(nwb.file_path(f), "frame column is not numeric", path) from None
+    if not np.all(np.isfinite(frames)) or np.any(frames != np.round(frames)):
+        raise DataFormatError(nwb.file_path(f), "frame indices must be whole numbers", path)
+    return frames.astype(np.int64)
+
+
+def _template(f: h5py.File, movie: str, templates) -> np.ndarray:
+    inside = f"{TEMPLATES}/{movie}_image_stack/data"
+    if nwb.has(f, inside):
+        return nwb.read(f, inside, ndim=3, what="movie frames (F, h, w)")
+    source = templates.get(movie) if isinstance(templates, Mapping) else templates
+    if source is None:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"no frames for {movie}: the session file has no {inside}; give --templates "
+            f"{movie}=PATH (EcephysProjectCache natural_movie_templates/natural_movie_<n>.h5, an "
+            ".npy (F, h, w), or an NWB file with stimulus/templates)",
+            inside,
+        )
+    return read_template_file(source, movie)
+
+
+def read_template_file(path: str | Path, movie: str) -> np.ndarray:
+    """Movie frames (F, h, w) from an .npy (EcephysProjectCache stores natural_movie_<n>.h5
+    files that are .npy inside) or an HDF5/NWB file with stimulus/templates."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, f"template file for {movie} not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic.startswith(b"\x93NUMPY"):
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 3:
+            raise DataFormatError(path, f"expected frames (F, h, w), got shape {arr.shape}")
+        return arr
+    with nwb.open_nwb(path) as g:
+        return nwb.read(
+            g, f"{TEMPLATES}/{movie}_image_stack/data", ndim=3, what="movie frames (F, h, w)"
+        )
+
+
+def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
+    table = f"{INTERVALS}/{movie}_presentations"
+    start = nwb.read(f, f"{table}/start_time", ndim=1, what="presentation start (s)")
+    stop = _table_column(f, table, "stop_time", start.size)
+    frame = _frames_column(f, f"{table}/frame", start.size)
+    order = np.argsort(start, kind="stable")
+    start, stop, frame = start[order], stop[order], frame[order]
+    if np.any(stop < start):
+        raise DataFormatError(nwb.file_path(f), "stop_time before start_time", table)
+    template = _template(f, movie, templates)
+    n_frames = template.shape[0]
+    if frame.size and (frame.min() < 0 or frame.max() >= n_frames):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"frame index outside the movie's [0, {n_frames}) frames",
+            f"{table}/frame",
+        )
+    frames = area_resize(template, frame_size)
+    counts = (
+        np.stack([count_in_intervals(s, start, stop) for s in spikes])
+        if spikes
+        else (np.zeros((0, start.size)))
+    )
+    run = (
+        interval_mean(running_t, running, start, stop)
+        if running is not None
+        else np.zeros(start.size)
+    )
+    if eye is not None:
+        at, a, ct, c = eye
+        pupil, center = interval_mean(at, a, start, stop), interval_mean(ct, c, start, stop)
+    else:
+        pupil, center = np.zeros(start.size), np.zeros((2, start.size))
+    rec = trials.MovieRecording(movie, frames)
+    for rows in trials.split_repeats(frame):
+        idx = frame[rows]
+        r = np.full((counts.shape[0], n_frames), np.nan)
+        b = np.zeros((2, n_frames))
+        cc = np.zeros((2, n_frames))
+        shown = np.zeros(n_frames, bool)
+        r[:, idx] = counts[:, rows]
+        b[0, idx], b[1, idx] = pupil[rows], run[rows]
+        cc[:, idx] = center[:, rows]
+        shown[idx] = True
+        rec.responses.append(r)
+        rec.behavior.append(b)
+        rec.pupil_center.append(cc)
+        rec.shown.append(shown)
+        rec.start_times.append(float(start[rows[0]]))
+    return rec

@@ -1,0 +1,128 @@
+"""Small h5py helpers for reading Allen NWB files (v1 for 2-photon ophys, v2 for Neuropixels).
+
+Every reader here raises `DataFormatError(file, problem, field=<HDF5 path>)` for a missing group or
+dataset, a wrong shape or a wrong type, so that a user sees which file and which path is wrong.
+pynwb is not needed: the converters read the HDF5 layout directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from neurotwin.errors import DataFormatError
+
+
+def open_nwb(path: str | Path) -> h5py.File:
+    """Open an NWB (HDF5) file read-only, or raise DataFormatError saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataFormatError(path, f"not a readable NWB/HDF5 file ({e})") from None
+
+
+def file_path(f: h5py.File) -> Path:
+    return Path(f.filename)
+
+
+def has(f: h5py.File | h5py.Group, path: str) -> bool:
+    try:
+        return path in f
+    except (KeyError, ValueError):
+        return False
+
+
+def group(f: h5py.File, path: str, what: str = "") -> h5py.Group:
+    """The group at `path`; DataFormatError if it is missing or not a group."""
+    if not has(f, path):
+        raise DataFormatError(file_path(f), f"missing group{_what(what)}", field=path)
+    obj = f[path]
+    if not isinstance(obj, h5py.Group):
+        raise DataFormatError(file_path(f), f"expected a group{_what(what)}, found a dataset", path)
+    return obj
+
+
+def dataset(f: h5py.File, path: str, what: str = "") -> h5py.Dataset:
+    """The dataset at `path`; DataFormatError if it is missing or not a dataset."""
+    if not has(f, path):
+        raise DataFormatError(file_path(f), f"missing dataset{_what(what)}", field=path)
+    obj = f[path]
+    if not isinstance(obj, h5py.Dataset):
+        raise DataFormatError(file_path(f), f"expected a dataset{_what(what)}, found a group", path)
+    return obj
+
+
+def read(
+    f: h5py.File,
+    path: str,
+    ndim: int | Sequence[int] | None = None,
+    numeric: bool = True,
+    what: str = "",
+) -> np.ndarray:
+    """Read a whole dataset, checking its number of dimensions and that it is numeric."""
+    ds = dataset(f, path, what)
+    value = ds[()]
+    array = np.asarray(value)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if array.ndim not in allowed:
+            raise DataFormatError(
+                file_path(f),
+                f"expected {' or '.join(f'{n}-d' for n in allowed)} data{_what(what)}, "
+                f"got shape {array.shape}",
+                path,
+            )
+    if numeric and not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataFormatError(
+            file_path(f), f"expected numbers{_what(what)}, got dtype {array.dtype}", path
+        )
+    return array
+
+
+def read_str(f: h5py.File, path: str, default: str | None = None) -> str | None:
+    """A scalar (or 1-element) string dataset as str; `default` when it is missing."""
+    if not has(f, path) or not isinstance(f[path], h5py.Dataset):
+        return default
+    return decode(f[path][()])
+
+
+def decode(value) -> str:
+    """bytes / numpy bytes / 0-d or 1-element arrays -> str."""
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            return ", ".join(decode(v) for v in value.reshape(-1))
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def read_strings(f: h5py.File, path: str) -> np.ndarray:
+    """A 1-d string dataset (or a column of a DynamicTable) as an array of str."""
+    raw = dataset(f, path)[()]
+    return np.asarray([decode(v) for v in np.asarray(raw).reshape(-1)], dtype=object)
+
+
+def read_ragged(f: h5py.File, data_path: str, index_path: str) -> list[np.ndarray]:
+    """A ragged column of a DynamicTable: `data` plus a VectorIndex of end offsets (NWB 2)."""
+    data = read(f, data_path, ndim=1)
+    index = read(f, index_path, ndim=1).astype(np.int64)
+    if index.size and (np.any(np.diff(index) < 0) or index[-1] > data.size or index[0] < 0):
+        raise DataFormatError(
+            file_path(f),
+            f"VectorIndex must hold non-decreasing end offsets <= {data.size} (len of "
+            f"{data_path}); got first {index[:3].tolist()} last {index[-1]}",
+            index_path,
+        )
+    starts = np.concatenate([[0], index[:-1]])
+    return [data[s:e] for s, e in zip(starts, index)]
+
+
+def _what(what: str) -> str:
+    return f" ({what})" if what else ""

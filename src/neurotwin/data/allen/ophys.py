@@ -1,0 +1,392 @@
+"""Allen Brain Observatory 2-photon (Visual Coding ophys) NWB v1 -> native session folder.
+
+Reads, with h5py only, the paths allensdk's `BrainObservatoryNwbDataSet`
+(allensdk/core/brain_observatory_nwb_data_set.py) reads:
+
+- dF/F: processing/brain_observatory_pipeline/DfOverF/imaging_plane_1/{data (N, T), timestamps (T,)}
+- cells: processing/brain_observatory_pipeline/ImageSegmentation/cell_specimen_ids (N,) and
+  .../ImageSegmentation/imaging_plane_1/roi_list (N,) names -> .../imaging_plane_1/<roi>/img_mask
+- natural movies: stimulus/presentation/natural_movie_{one,two,three}_stimulus (or without the
+  `_stimulus` suffix) with data (frame index per displayed frame) and frame_duration (n, 2):
+  the [start, end) of each displayed frame as 2-photon frame indices (allensdk casts them to int)
+- movie frames: stimulus/templates/natural_movie_*_image_stack/data (F, 304, 608) uint8
+- running speed: .../BehavioralTimeSeries/running_speed/{data, timestamps} (cm/s)
+- eye tracking (only some experiments): .../PupilTracking/pupil_size/{data, timestamps} and
+  .../EyeTracking/pupil_location_spherical/{data (n, 2) degrees, timestamps}
+- metadata: general/session_id (ophys experiment id), general/experiment_container_id,
+  general/session_type, general/subject/genotype (Cre line = first ';' part, as allensdk),
+  general/optophysiology/imaging_plane_1/{location, "imaging depth", indicator}, general/fov.
+
+Alignment: displayed movie frame i spans 2-photon samples [start_i, end_i); its response is the
+mean of the dF/F samples in that span, or the nearest sample when the span is empty
+(start == end). Behaviour and pupil use the same span in seconds (timestamps[start],
+timestamps[end]). Extracted events (`response="events"`) come from allensdk's events file
+(`ophys_experiment_events/<id>_events.npz`, key "ev", (N, T) on the same timestamps).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from neurotwin.data.allen import nwb, trials
+from neurotwin.data.allen.resample import area_resize, fill_nan, interval_mean
+from neurotwin.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "processing/brain_observatory_pipeline"
+DFF = f"{PIPELINE}/DfOverF/imaging_plane_1"
+SEGMENTATION = f"{PIPELINE}/ImageSegmentation"
+RUNNING = f"{PIPELINE}/BehavioralTimeSeries/running_speed"
+PUPIL_SIZE = f"{PIPELINE}/PupilTracking/pupil_size"
+PUPIL_LOCATION = f"{PIPELINE}/EyeTracking/pupil_location_spherical"
+PRESENTATION = "stimulus/presentation"
+TEMPLATES = "stimulus/templates"
+PLANE = "general/optophysiology/imaging_plane_1"
+
+
+def convert_ophys(
+    nwb_path: str | Path,
+    out_dir: str | Path,
+    *,
+    response: str = "dff",
+    events_path: str | Path | None = None,
+    movies: Sequence[str] | None = None,
+    frame_size: tuple[int, int] = (36, 64),
+    clip_length: int = 300,
+    heldout_clips: Sequence[str] = trials.DEFAULT_HELDOUT,
+    test_fraction: float = 0.5,
+    test_tier: str = "final_test_main",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert one ophys experiment NWB file; returns the session folder written under out_dir."""
+    nwb_path = Path(nwb_path)
+    if response not in ("dff", "events"):
+        raise DataFormatError(nwb_path, f"response must be 'dff' or 'events', got {response!r}")
+    with nwb.open_nwb(nwb_path) as f:
+        timestamps = nwb.read(f, f"{DFF}/timestamps", ndim=1, what="2-photon frame times (s)")
+        dff = nwb.read(f, f"{DFF}/data", ndim=2, what="dF/F, (cells, frames)")
+        if dff.shape[1] != timestamps.size:
+            raise DataFormatError(
+                nwb_path,
+                f"dF/F must be (cells, frames) with frames = len(timestamps) = {timestamps.size}; "
+                f"got shape {dff.shape}",
+                f"{DFF}/data",
+            )
+        cell_ids = nwb.read(f, f"{SEGMENTATION}/cell_specimen_ids", ndim=1, what="cell ids")
+        if cell_ids.size != dff.shape[0]:
+            raise DataFormatError(
+                nwb_path,
+                f"{cell_ids.size} cell ids for {dff.shape[0]} dF/F traces",
+                f"{SEGMENTATION}/cell_specimen_ids",
+            )
+        traces = dff
+        if response == "events":
+            traces = _read_events(events_path, dff.shape, nwb_path)
+        meta = _metadata(f)
+        centroids, centroid_units = _roi_centroids(f, cell_ids.size, meta.get("fov"))
+        depth = meta.get("imaging_depth_um")
+        coordinates = np.column_stack(
+            [centroids, np.full(cell_ids.size, np.nan if depth is None else float(depth))]
+        )
+        coordinates = np.nan_to_num(coordinates, nan=0.0)
+        running_t, running = _series(f, RUNNING, timestamps, "running speed")
+        eye = _eye_tracking(f)
+        names = _movie_names(f, movies)
+        recordings = []
+        for movie in names:
+            recordings.append(
+                _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size)
+            )
+    n_cells = cell_ids.size
+    area = meta.get("targeted_structure") or ""
+    extra = {
+        "neurons/area.npy": np.asarray([area] * n_cells, dtype=str),
+        "neurons/depth.npy": np.full(n_cells, np.nan if depth is None else depth, np.float32),
+        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n_cells, dtype=str),
+        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
+    }
+    session = trials.build_session(
+        recordings,
+        cell_ids.astype(np.int64),
+        coordinates,
+        clip_length=clip_length,
+        heldout_clips=heldout_clips,
+        test_fraction=test_fraction,
+        test_tier=test_tier,
+        extra_meta=extra,
+        source=nwb_path,
+    )
+    exp_id = meta.get("ophys_experiment_id")
+    folder = Path(out_dir) / (name or f"allen-ophys-{exp_id if exp_id else nwb_path.stem}")
+    json_meta = {
+        "source": "allen_brain_observatory_ophys",
+        "modality": "2-photon calcium imaging",
+        "nwb_file": str(nwb_path.resolve()),
+        "ophys_experiment_id": exp_id,
+        "experiment_container_id": meta.get("experiment_container_id"),
+        "session_type": meta.get("session_type"),
+        "targeted_structure": area,
+        "imaging_depth_um": depth,
+        "cre_line": meta.get("cre_line"),
+        "genotype": meta.get("genotype"),
+        "indicator": meta.get("indicator"),
+        "responses": response,
+        "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
+        "alignment": "mean of 2-photon samples in each displayed frame's [start, end); "
+        "nearest sample when empty",
+        "behavior": ["pupil_size (pixels, area) or zeros", "running_speed (cm/s)"],
+        "pupil_center": "pupil_location_spherical (degrees; columns as stored: x, y)",
+        "has_eye_tracking": eye is not None,
+        "has_running_speed": running is not None,
+        "coordinates": f"ROI centroid x, y ({centroid_units}), imaging depth (um)",
+        "movies": [r.name for r in recordings],
+        "frame_size": list(frame_size),
+        "clip_length": clip_length,
+        "heldout_clips": list(heldout_clips),
+        "test_fraction": test_fraction,
+        "test_tier": test_tier,
+        "frame_rate_hz": 30.0,
+    }
+    return trials.write(folder, session, json_meta, overwrite)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_events(path: str | Path | None, shape: tuple[int, int], nwb_path: Path) -> np.ndarray:
+    if path is None:
+        raise DataFormatError(
+            nwb_path,
+            "response 'events' needs the experiment's events file (allensdk "
+            "BrainObservatoryCache: ophys_experiment_events/<id>_events.npz); give --events PATH",
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "events file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "ev" not in z:
+                raise DataFormatError(path, f"no array 'ev' (has {sorted(z.files)})", "ev")
+            ev = np.asarray(z["ev"], dtype=np.float64)
+    except (OSError, ValueError) as e:
+        raise DataFormatError(path, f"not a readable .npz file ({e})") from None
+    if ev.shape != tuple(shape):
+        raise DataFormatError(
+            path, f"events must match dF/F shape {tuple(shape)}, got {ev.shape}", "ev"
+        )
+    return ev
+
+
+def _metadata(f: h5py.File) -> dict:
+    meta: dict = {}
+    exp = nwb.read_str(f, "general/session_id")
+    meta["ophys_experiment_id"] = int(exp) if exp and exp.strip().isdigit() else exp
+    cont = nwb.read_str(f, "general/experiment_container_id")
+    meta["experiment_container_id"] = int(cont) if cont and cont.strip().isdigit() else cont
+    meta["session_type"] = nwb.read_str(f, "general/session_type")
+    genotype = nwb.read_str(f, "general/subject/genotype")
+    meta["genotype"] = genotype
+    # allensdk: cre_line = genotype.split(';')[0]; we also drop the allele ("Cux2-CreERT2/wt").
+    meta["cre_line"] = genotype.split(";")[0].split("/")[0].strip() if genotype else None
+    location = nwb.read_str(f, f"{PLANE}/location")
+    if location:
+        m = re.search(r"area:\s*([A-Za-z0-9]+)", location)
+        location = m.group(1) if m else location.strip()
+    meta["targeted_structure"] = location
+    depth = nwb.read_str(f, f"{PLANE}/imaging depth")
+    try:
+        meta["imaging_depth_um"] = int(float(depth.split()[0])) if depth else None
+    except ValueError:
+        meta["imaging_depth_um"] = None
+    meta["indicator"] = nwb.read_str(f, f"{PLANE}/indicator")
+    meta["fov"] = nwb.read_str(f, "general/fov")
+    return meta
+
+
+def _roi_centroids(f: h5py.File, n: int, fov: str | None) -> tuple[np.ndarray, str]:
+    """(N, 2) ROI centroids (x = column, y = row) from img_mask, in um when general/fov gives
+    the scale ("400x400 microns (512 x 512 pixels)"), else in pixels; NaN when missing."""
+    plane = f"{SEGMENTATION}/imaging_plane_1"
+    out = np.full((n, 2), np.nan)
+    if not nwb.has(f, f"{plane}/roi_list"):
+        log.warning("%s: no %s/roi_list: cell x, y set to 0", f.filename, plane)
+        return out, "pixels"
+    roi_names = nwb.read_strings(f, f"{plane}/roi_list")
+    if roi_names.size != n:
+        raise DataFormatError(
+            nwb.file_path(f), f"{roi_names.size} ROIs for {n} cells", f"{plane}/roi_list"
+        )
+    shape = None
+    for i, roi in enumerate(roi_names):
+        mask = nwb.read(f, f"{plane}/{roi}/img_mask", ndim=2, what="ROI mask")
+        shape = mask.shape
+        ys, xs = np.nonzero(mask)
+        if xs.size:
+            w = np.asarray(mask[ys, xs], dtype=np.float64)
+            out[i] = (np.average(xs, weights=w), np.average(ys, weights=w))
+    scale = _fov_scale(fov, shape)
+    if scale is None:
+        return out, "pixels"
+    return out * np.asarray(scale), "um"
+
+
+def _fov_scale(fov: str | None, shape: tuple[int, int] | None) -> tuple[float, float] | None:
+    if not fov:
+        return None
+    um = re.search(r"([\d.]+)\s*x\s*([\d.]+)\s*micro", fov)
+    px = re.search(r"([\d.]+)\s*x\s*([\d.]+)\s*pix", fov)
+    if not um:
+        return None
+    if px:
+        w_px, h_px = float(px.group(1)), float(px.group(2))
+    elif shape is not None:
+        h_px, w_px = shape
+    else:
+        return None
+    return float(um.group(1)) / w_px, float(um.group(2)) / h_px
+
+
+def _series(f: h5py.File, path: str, default_t: np.ndarray, what: str):
+    """(timestamps, values 1-d) of a TimeSeries, NaNs interpolated; (None, None) if missing."""
+    if not nwb.has(f, path):
+        log.warning("%s: no %s (%s): zeros", f.filename, path, what)
+        return None, None
+    values = nwb.read(f, f"{path}/data", ndim=(1, 2), what=what)
+    if values.ndim == 2:  # pipeline v0.9 stored (n, 1)
+        values = values[:, 0]
+    t = (
+        nwb.read(f, f"{path}/timestamps", ndim=(1, 2), what=f"{what} times").reshape(-1)
+        if nwb.has(f, f"{path}/timestamps")
+        else default_t[: values.size]
+    )
+    if t.size != values.size:
+        raise DataFormatError(
+            nwb.file_path(f), f"{values.size} samples, {t.size} timestamps", f"{path}/timestamps"
+        )
+    values, ok = fill_nan(t, values)
+    return (t, values) if ok else (None, None)
+
+
+def _eye_tracking(f: h5py.File):
+    if not (nwb.has(f, PUPIL_SIZE) and nwb.has(f, PUPIL_LOCATION)):
+        return None
+    size_t, size = _series(f, PUPIL_SIZE, np.zeros(0), "pupil size")
+    loc = nwb.read(f, f"{PUPIL_LOCATION}/data", ndim=2, what="pupil location (n, 2)")
+    loc_t = nwb.read(f, f"{PUPIL_LOCATION}/timestamps", ndim=(1, 2)).reshape(-1)
+    if loc.shape[0] != loc_t.size and loc.shape[1] == loc_t.size:
+        loc = loc.T
+    if loc.shape != (loc_t.size, 2):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"expected ({loc_t.size}, 2), got {loc.shape}",
+            f"{PUPIL_LOCATION}/data",
+        )
+    x, okx = fill_nan(loc_t, loc[:, 0])
+    y, oky = fill_nan(loc_t, loc[:, 1])
+    if size is None or not (okx and oky):
+        return None
+    return size_t, size, loc_t, np.stack([x, y])
+
+
+def _movie_names(f: h5py.File, wanted: Sequence[str] | None) -> list[str]:
+    if not nwb.has(f, PRESENTATION):
+        raise DataFormatError(
+            nwb.file_path(f), "missing group (stimulus presentations)", PRESENTATION
+        )
+    present = []
+    for movie in trials.MOVIES:
+        if _presentation_path(f, movie) is not None:
+            present.append(movie)
+    if wanted:
+        missing = [m for m in wanted if m not in present]
+        if missing:
+            raise DataFormatError(
+                nwb.file_path(f),
+                f"movie(s) {missing} not presented (found {present})",
+                PRESENTATION,
+            )
+        present = [m for m in present if m in wanted]
+    if not present:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"no natural movie stimulus: expected one of {[m + '_stimulus' for m in trials.MOVIES]}"
+            f" (found {sorted(f[PRESENTATION].keys())})",
+            PRESENTATION,
+        )
+    return present
+
+
+def _presentation_path(f: h5py.File, movie: str) -> str | None:
+    for candidate in (f"{PRESENTATION}/{movie}_stimulus", f"{PRESENTATION}/{movie}"):
+        if nwb.has(f, candidate) and isinstance(f[candidate], h5py.Group):
+            return candidate
+    return None
+
+
+def _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size):
+    path = _presentation_path(f, movie)
+    frame = nwb.read(f, f"{path}/data", ndim=(1, 2), what="movie frame per display frame")
+    frame = frame.reshape(frame.shape[0], -1)[:, 0].astype(np.int64)
+    dur = nwb.read(f, f"{path}/frame_duration", ndim=2, what="[start, end) 2-photon frames")
+    if dur.shape != (frame.size, 2):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"expected shape ({frame.size}, 2), got {dur.shape}",
+            f"{path}/frame_duration",
+        )
+    start, end = dur[:, 0].astype(np.int64), dur[:, 1].astype(np.int64)
+    order = np.lexsort((end, start))  # allensdk sorts the table by (start, end)
+    frame, start, end = frame[order], start[order], end[order]
+    n_t = timestamps.size
+    if start.min() < 0 or end.max() > n_t or np.any(end < start):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"frame intervals must lie in [0, {n_t}] 2-photon frames with start <= end",
+            f"{path}/frame_duration",
+        )
+    template_path = f"{TEMPLATES}/{movie}_image_stack/data"
+    template = nwb.read(f, template_path, ndim=3, what="movie frames (F, h, w)")
+    n_frames = template.shape[0]
+    if frame.min() < 0 or frame.max() >= n_frames:
+        raise DataFormatError(
+            nwb.file_path(f), f"movie frame index outside [0, {n_frames})", f"{path}/data"
+        )
+    frames = area_resize(template, frame_size)
+    # display span in seconds: [t(start), t(end)); end == n_t -> one frame period past the end
+    period = float(np.median(np.diff(timestamps))) if n_t > 1 else 1.0 / 30
+    t_ext = np.concatenate([timestamps, [timestamps[-1] + period]])
+    t0, t1 = t_ext[start], t_ext[end]
+    resp = interval_mean(timestamps, traces, t0, t1)  # (N, rows)
+    run = interval_mean(running_t, running, t0, t1) if running is not None else np.zeros(frame.size)
+    if eye is not None:
+        size_t, size, loc_t, loc = eye
+        pupil = interval_mean(size_t, size, t0, t1)
+        center = interval_mean(loc_t, loc, t0, t1)
+    else:
+        pupil, center = np.zeros(frame.size), np.zeros((2, frame.size))
+    rec = trials.MovieRecording(movie, frames)
+    n = traces.shape[0]
+    for rows in trials.split_repeats(frame):
+        r = np.full((n, n_frames), np.nan)
+        b = np.zeros((2, n_frames))
+        c = np.zeros((2, n_frames))
+        shown = np.zeros(n_frames, bool)
+        idx = frame[rows]
+        r[:, idx] = resp[:, rows]
+        b[0, idx], b[1, idx] = pupil[rows], run[rows]
+        c[:, idx] = center[:, rows]
+        shown[idx] = True
+        rec.responses.append(r)
+        rec.behavior.append(b)
+        rec.pupil_center.append(c)
+        rec.shown.append(shown)
+        rec.start_times.append(float(t0[rows[0]]))
+    return rec

@@ -1,0 +1,211 @@
+"""Movie repeats -> native trials, tiers by clip, statistics, and the session folder.
+
+Both converters reduce a recording to `MovieRecording`s: one per natural movie, holding the movie
+frames (already resized) and, for each repeat of the movie, the per-frame responses (N, F),
+behaviour (2, F) and pupil centre (2, F), with a mask of the frames actually shown in that repeat.
+Here each repeat is cut into clips of `clip_length` frames; each (repeat, clip) is one trial.
+Clips named in `heldout_clips` ("natural_movie_one:0" = the first clip of natural_movie_one) are
+held out: the first repeats of each go to the `oracle` tier, the last `test_fraction` of them to
+`test_tier`; every other clip's repeats are `train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neurotwin.data import layout
+from neurotwin.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+# Frames of each Brain Observatory natural movie (30 Hz): natural_movie_one 30 s, two 30 s,
+# three 120 s (allensdk stimulus templates; natural_movie_*_image_stack is (frames, 304, 608)).
+MOVIE_FRAMES = {"natural_movie_one": 900, "natural_movie_two": 900, "natural_movie_three": 3600}
+MOVIES = tuple(MOVIE_FRAMES)
+DEFAULT_HELDOUT = ("natural_movie_one:0",)
+
+
+@dataclass
+class MovieRecording:
+    """One natural movie of a session: frames (F, H, W) and, per repeat, per-frame data."""
+
+    name: str
+    frames: np.ndarray  # (F, H, W) float32
+    responses: list[np.ndarray] = field(default_factory=list)  # per repeat (N, F)
+    behavior: list[np.ndarray] = field(default_factory=list)  # per repeat (2, F)
+    pupil_center: list[np.ndarray] = field(default_factory=list)  # per repeat (2, F)
+    shown: list[np.ndarray] = field(default_factory=list)  # per repeat (F,) bool
+    start_times: list[float] = field(default_factory=list)  # per repeat, seconds
+
+
+def parse_clip_specs(specs: Sequence[str], source: str = "heldout_clips") -> set[tuple[str, int]]:
+    """["natural_movie_one:0", ...] -> {("natural_movie_one", 0), ...}."""
+    out = set()
+    for spec in specs:
+        name, sep, index = str(spec).rpartition(":")
+        if not sep or not name or not index.strip().lstrip("-").isdigit():
+            raise DataFormatError(source, f"expected MOVIE:CLIP_INDEX, got {spec!r}")
+        out.add((name.strip(), int(index)))
+    return out
+
+
+def split_repeats(frame_index: np.ndarray) -> list[np.ndarray]:
+    """Rows (in display order) -> one index array per repeat: a repeat ends where the movie
+    frame index stops increasing (the movie restarts)."""
+    frame_index = np.asarray(frame_index).reshape(-1)
+    if frame_index.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(frame_index) <= 0) + 1
+    return [np.asarray(r) for r in np.split(np.arange(frame_index.size), breaks)]
+
+
+def build_session(
+    movies: Sequence[MovieRecording],
+    unit_ids: np.ndarray,
+    coordinates: np.ndarray,
+    clip_length: int = 300,
+    heldout_clips: Sequence[str] = DEFAULT_HELDOUT,
+    test_fraction: float = 0.5,
+    test_tier: str = "final_test_main",
+    extra_meta: Mapping[str, np.ndarray] | None = None,
+    source: str | Path = "allen",
+) -> layout.SessionArrays:
+    """Cut each movie repeat into clips (trials), assign tiers, compute training statistics."""
+    if clip_length < 1:
+        raise DataFormatError(source, f"clip_length must be >= 1, got {clip_length}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise DataFormatError(source, f"test_fraction must be in [0, 1], got {test_fraction}")
+    if test_tier not in layout.TIERS:
+        raise DataFormatError(source, f"test_tier must be one of {layout.TIERS}, got {test_tier}")
+    heldout = parse_clip_specs(heldout_clips)
+    known = {m.name for m in movies}
+    for name, clip in sorted(heldout):
+        if name not in known:
+            log.warning(
+                "held-out clip %s:%d: movie not in this session (has %s)", name, clip, sorted(known)
+            )
+    trials: dict[int, dict[str, np.ndarray]] = {}
+    tiers: list[str] = []
+    info: dict[str, list] = {
+        "movie": [],
+        "clip": [],
+        "repeat": [],
+        "start_frame": [],
+        "start_time": [],
+    }
+    dropped = 0
+    for movie in movies:
+        n_frames = movie.frames.shape[0]
+        n_clips = math.ceil(n_frames / clip_length)
+        n_rep = len(movie.responses)
+        for clip in range(n_clips):
+            a, b = clip * clip_length, min((clip + 1) * clip_length, n_frames)
+            is_heldout = (movie.name, clip) in heldout
+            n_test = int(round(test_fraction * n_rep)) if is_heldout else 0
+            for rep in range(n_rep):
+                if not (
+                    movie.shown[rep][a:b].all() and np.isfinite(movie.responses[rep][:, a:b]).all()
+                ):
+                    dropped += 1
+                    continue
+                trial = len(tiers)
+                trials[trial] = _trial_arrays(movie, rep, a, b, clip_length)
+                if not is_heldout:
+                    tiers.append(layout.TRAIN_TIER)
+                else:
+                    tiers.append(test_tier if rep >= n_rep - n_test else layout.ORACLE_TIER)
+                info["movie"].append(movie.name)
+                info["clip"].append(clip)
+                info["repeat"].append(rep)
+                info["start_frame"].append(a)
+                info["start_time"].append(movie.start_times[rep] if movie.start_times else np.nan)
+    if dropped:
+        log.warning(
+            "%s: %d trial(s) dropped: movie frames missing from the stimulus table "
+            "or NaN responses",
+            source,
+            dropped,
+        )
+    if not trials:
+        raise DataFormatError(source, "no complete movie repeat: nothing to write")
+    tiers_arr = np.asarray(tiers)
+    train = [trials[i] for i in range(len(tiers)) if tiers[i] == layout.TRAIN_TIER]
+    if not train:
+        log.warning(
+            "%s: no training trial (every clip held out); statistics from all trials", source
+        )
+        train = list(trials.values())
+    statistics = {
+        layout.VIDEOS: layout.trial_statistics((t[layout.VIDEOS] for t in train), None),
+        layout.RESPONSES: layout.trial_statistics((t[layout.RESPONSES] for t in train), 0),
+        layout.BEHAVIOR: layout.trial_statistics((t[layout.BEHAVIOR] for t in train), 0),
+        layout.PUPIL_CENTER: layout.trial_statistics((t[layout.PUPIL_CENTER] for t in train), 0),
+    }
+    meta = {
+        "trials/movie.npy": np.asarray(info["movie"], dtype=str),
+        "trials/clip.npy": np.asarray(info["clip"], dtype=np.int64),
+        "trials/repeat.npy": np.asarray(info["repeat"], dtype=np.int64),
+        "trials/start_frame.npy": np.asarray(info["start_frame"], dtype=np.int64),
+        "trials/start_time.npy": np.asarray(info["start_time"], dtype=np.float64),
+    }
+    meta.update(extra_meta or {})
+    return layout.SessionArrays(
+        tiers=tiers_arr,
+        unit_ids=np.asarray(unit_ids, dtype=np.int64),
+        coordinates=np.asarray(coordinates, dtype=np.float32),
+        trials=trials,
+        statistics=statistics,
+        extra_meta=meta,
+    )
+
+
+def _trial_arrays(movie: MovieRecording, rep: int, a: int, b: int, length: int) -> dict:
+    n = b - a
+    H, W = movie.frames.shape[1:]
+    video = np.full((H, W, length), np.nan, dtype=np.float32)
+    video[:, :, :n] = np.moveaxis(movie.frames[a:b], 0, -1)
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        out = np.full((x.shape[0], length), np.nan, dtype=np.float32)
+        out[:, :n] = x[:, a:b]
+        return out
+
+    return {
+        layout.VIDEOS: video,
+        layout.RESPONSES: pad(movie.responses[rep]),
+        layout.BEHAVIOR: pad(movie.behavior[rep]),
+        layout.PUPIL_CENTER: pad(movie.pupil_center[rep]),
+    }
+
+
+def write(folder: Path, session: layout.SessionArrays, meta: dict, overwrite: bool) -> Path:
+    """Write the session folder, then meta/neurotwin.json (temp name, then rename)."""
+    folder = layout.write_session(folder, session, overwrite=overwrite)
+    target = folder / layout.SESSION_META_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
+    os.replace(tmp, target)
+    return folder
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
