@@ -1,0 +1,90 @@
+"""Output activations: map readout values to rates (positive for all but `none`).
+
+Each has `inverse(y)`, used to initialise readout biases so that the initial rate of a neuron
+is close to its mean response.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurotwin.models.registry import ACTIVATIONS
+
+_EPS = 1e-4
+
+
+@ACTIVATIONS.register("none")
+class Identity(nn.Module):
+    """No activation (rates may be negative)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+@ACTIVATIONS.register("elu1")
+class ELU1(nn.Module):
+    """ELU(x) + 1 > 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x) + 1.0
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.clamp_min(_EPS)
+        return torch.where(y >= 1.0, y - 1.0, torch.log(y))
+
+
+@ACTIVATIONS.register("exp")
+class Exp(nn.Module):
+    """exp(x) > 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.log(y.clamp_min(_EPS))
+
+
+@ACTIVATIONS.register("softplus")
+class LearnableSoftplus(nn.Module):
+    """log(1 + exp(beta x)) / beta with a learnable beta > 0 (stored as log beta)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.log_beta.exp()
+        bx = beta * x
+        # softplus(bx)/beta, linear above the threshold; the tiny floor keeps rates > 0 where
+        # exp(bx) underflows in float32
+        out = torch.where(bx < self.threshold, F.softplus(bx) / beta, x)
+        return out.clamp_min(1e-12)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        beta = self.log_beta.exp().detach()
+        by = (beta * y.clamp_min(_EPS)).clamp_max(self.threshold)
+        return torch.log(torch.expm1(by)) / beta
+
+
+@ACTIVATIONS.register("sigmoid")
+class Sigmoid(nn.Module):
+    """1 / (1 + exp(-x)) in (0, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.logit(y.clamp(_EPS, 1 - _EPS))
+
+
+def build_activation(name: str) -> nn.Module:
+    """An output activation by name (`none`, `elu1`, `exp`, `softplus`, `sigmoid`)."""
+    return ACTIVATIONS.get(name)()

@@ -1,0 +1,78 @@
+"""What every core is: video (+ behaviour, pupil) -> features (B, C', T', h, w).
+
+A core's output frames align with the LAST T' input frames (T' <= T). `out_channels` and
+`out_shape(frame_shape)` let the readouts be built without running the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurotwin.errors import ConfigError
+
+BEHAVIOR_CHANNELS = {0: 0, 1: 2, 2: 4}
+
+
+def behavior_channels(mode: int) -> int:
+    """Extra input channels for ViV1T's core_behavior_mode (0 none, 1 behaviour, 2 + pupil)."""
+    if mode not in BEHAVIOR_CHANNELS:
+        raise ConfigError(f"core_behavior_mode: expected 0, 1 or 2, got {mode!r}")
+    return BEHAVIOR_CHANNELS[mode]
+
+
+def concat_behavior(
+    video: torch.Tensor, behavior: torch.Tensor | None, pupil_center: torch.Tensor | None, mode: int
+) -> torch.Tensor:
+    """Append behaviour (mode 1) or behaviour and pupil centre (mode 2), each (B, 2, T), to the
+    video (B, C, T, H, W) as spatially constant channels."""
+    if mode == 0:
+        return video
+    b, _, t, h, w = video.shape
+    parts = [behavior] if mode == 1 else [behavior, pupil_center]
+    if any(p is None for p in parts):
+        raise ValueError(f"core_behavior_mode {mode} needs behaviour and pupil centre inputs")
+    extra = torch.cat(parts, dim=1).to(video.dtype)
+    if extra.shape[0] != b or extra.shape[2] != t:
+        raise ValueError(
+            f"behaviour/pupil of shape {tuple(extra.shape)} do not match the video {tuple(video.shape)}"
+        )
+    extra = extra[..., None, None].expand(-1, -1, -1, h, w)
+    return torch.cat((video, extra), dim=1)
+
+
+class Core(nn.Module):
+    """Base class: subclasses set `out_channels` and implement `out_shape` and `forward`."""
+
+    out_channels: int
+    registered_name: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    @classmethod
+    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> Core:
+        raise NotImplementedError
+
+    def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the feature maps for frames of shape (H, W)."""
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in the backward pass where the core supports it."""
+        self.grad_checkpointing = bool(enabled)
+
+    def regularizer(self) -> torch.Tensor:
+        p = next(self.parameters(), None)
+        return torch.zeros((), device=None if p is None else p.device)
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        behavior: torch.Tensor | None = None,
+        pupil_center: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError

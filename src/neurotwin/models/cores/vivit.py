@@ -1,0 +1,458 @@
+"""vivit: factorized spatiotemporal transformer core (the design of ViV1T, Li et al.).
+
+    video (B, C, T, H, W) [+ behaviour/pupil channels]
+      -> tube embedding: patches of pt frames x ps x ps pixels (strides st, ss), each patch
+         layer-normalised and projected to emb_dim, layer norm, patch dropout, positions
+      -> spatial transformer over the patches of each frame (tokens: registers, optional
+         behaviour token, patches)
+      -> temporal transformer over the frames of each patch (optionally causal)
+      -> features (B, emb_dim, T', h, w)
+
+Implementation notes (GPU efficiency):
+- The tube embedding "unfold -> LayerNorm(patch) -> Linear" is computed without materialising
+  the unfolded patches (300 x 576 x 3185 values for a Sensorium trial): with W' = W * gamma,
+      y = (conv3d(x, W') - mean_p * sum(W')) / std_p + (W beta + b),
+  where mean_p and std_p are the patch statistics from average pooling. This is exactly the
+  same function and the same parameters (LayerNorm(patch_dim) + Linear), in one conv3d.
+- Attention uses `F.scaled_dot_product_attention` on (B, heads, L, d) views of one fused
+  projection (q, k, v and, with parallel blocks, the MLP input), with `is_causal=True` for
+  causal temporal attention, so flash / memory-efficient kernels are used on GPU.
+- Register tokens are a prefix of each sequence, so that under the causal mask every frame can
+  attend to them (they are input independent, so causality is kept).
+- With `core_pad_frame`, frames are zero-padded spatially so the patches cover the frame, and
+  pt - 1 frames are padded in the past, so there is one output frame per input frame and
+  output frame t depends on input frames <= t only (with causal attention).
+- RoPE: 2D (half of each head for patch rows, half for columns) in the spatial transformer,
+  1D over frames in the temporal transformer; registers are not rotated.
+- Per-block gradient checkpointing via `set_grad_checkpointing(True)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from neurotwin.errors import ConfigError
+from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
+from neurotwin.models.registry import CORES
+
+FF_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the branch of whole sequences (rows of the batch) with prob p."""
+    if p <= 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+def rope_frequencies(n: int, dim: int, device=None) -> torch.Tensor:
+    """Angles (n, dim/2) of 1D rotary embedding for positions 0..n-1 over `dim` channels."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    pos = torch.arange(n, device=device, dtype=torch.float32)
+    return pos[:, None] * inv_freq[None, :]
+
+
+def rope_tables(angles: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (prefix + n, d) for `rotate_half` RoPE; prefix rows are the identity."""
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    if prefix:
+        cos = torch.cat((cos.new_ones(prefix, cos.shape[1]), cos), dim=0)
+        sin = torch.cat((sin.new_zeros(prefix, sin.shape[1]), sin), dim=0)
+    return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., L, d) by the tables (L, d) (pairs (i, i + d/2))."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+def apply_rope_any(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """1D RoPE with (cos, sin), or 2D RoPE with (cos_y, sin_y, cos_x, sin_x): the first half of
+    each head is rotated by the row angles, the second half by the column angles."""
+    if len(tables) == 2:
+        return apply_rope(x, *tables)
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((apply_rope(a, *tables[:2]), apply_rope(b, *tables[2:])), dim=-1)
+
+
+class TubeEmbedding(nn.Module):
+    """Unfold 3D patches -> LayerNorm(patch_dim) -> Linear(patch_dim, emb_dim), as one conv3d."""
+
+    def __init__(
+        self, in_channels: int, emb_dim: int, kernel: tuple[int, int, int], stride
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.kernel, self.stride = in_channels, tuple(kernel), tuple(stride)
+        patch_dim = in_channels * math.prod(kernel)
+        self.patch_norm = nn.LayerNorm(patch_dim)
+        # patch order (c, pt, ph, pw), as unfold + flatten would give
+        self.proj = nn.Linear(patch_dim, emb_dim)
+        self.eps = self.patch_norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, T, H, W) -> tokens (B, T', h, w, E) (a view of a channels-last conv output)."""
+        e = self.proj.out_features
+        w = (self.proj.weight * self.patch_norm.weight).view(e, self.in_channels, *self.kernel)
+        b_eff = self.proj.bias + self.proj.weight @ self.patch_norm.bias
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        y = F.conv3d(x, w.to(x.dtype), stride=self.stride)  # bf16 under autocast
+        # patch statistics in float32
+        xf = x.float()
+        mean = F.avg_pool3d(xf.mean(1, keepdim=True), self.kernel, self.stride)
+        sq = F.avg_pool3d(xf.square().mean(1, keepdim=True), self.kernel, self.stride)
+        rstd = torch.rsqrt((sq - mean.square()).clamp_min(0.0) + self.eps)
+        w_sum = w.sum(dim=(1, 2, 3, 4)).float().view(1, e, 1, 1, 1)
+        y = (y.float() - mean * w_sum) * rstd + b_eff.float().view(1, e, 1, 1, 1)
+        return y.permute(0, 2, 3, 4, 1)  # (B, T', h, w, E); contiguous for channels-last
+
+
+class Attention(nn.Module):
+    """Shared parts of the transformer blocks: fused projection, QK-norm, RoPE, SDPA."""
+
+    def __init__(self, emb_dim, num_heads, head_dim, extra_out, mha_dropout, norm_qk, causal):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.inner = num_heads * head_dim
+        self.extra_out = extra_out
+        self.causal = causal
+        self.mha_dropout = mha_dropout
+        self.norm = nn.LayerNorm(emb_dim)
+        self.fused = nn.Linear(emb_dim, 3 * self.inner + extra_out, bias=False)
+        self.attn_out = nn.Linear(self.inner, emb_dim, bias=False)
+        self.norm_q = nn.LayerNorm(head_dim) if norm_qk else None
+        self.norm_k = nn.LayerNorm(head_dim) if norm_qk else None
+
+    def attend(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (N, L, E) -> attention branch output (N, L, E) and the extra (MLP) slice."""
+        n, length, _ = x.shape
+        h = self.norm(x)
+        proj = self.fused(h)
+        qkv = proj[..., : 3 * self.inner].view(n, length, 3, self.num_heads, self.head_dim)
+        q, k, v = (qkv.select(2, i).transpose(1, 2) for i in range(3))  # (N, heads, L, d) views
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        if rope is not None:
+            q, k = apply_rope_any(q, rope), apply_rope_any(k, rope)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        a = a.transpose(1, 2).reshape(n, length, self.inner)
+        a = F.dropout(a, self.mha_dropout, self.training)
+        extra = proj[..., 3 * self.inner :] if self.extra_out else None
+        return self.attn_out(a), extra
+
+
+class ParallelBlock(nn.Module):
+    """x + DropPath(Attention(LN x)) + DropPath(MLP(LN x)), one fused input projection."""
+
+    def __init__(self, emb_dim, num_heads, head_dim, ff_dim, ff_activation, mha_dropout, ff_dropout,
+                 drop_path, norm_qk, causal):  # fmt: skip
+        super().__init__()
+        self.attn = Attention(emb_dim, num_heads, head_dim, ff_dim, mha_dropout, norm_qk, causal)
+        self.ff_out = nn.Sequential(
+            FF_ACTIVATIONS[ff_activation](),
+            nn.Dropout(ff_dropout),
+            nn.Linear(ff_dim, emb_dim, bias=False),
+        )
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        a, ff = self.attn.attend(x, rope)
+        return (
+            x
+            + drop_path(a, self.drop_path, self.training)
+            + drop_path(self.ff_out(ff), self.drop_path, self.training)
+        )
+
+
+class SequentialBlock(nn.Module):
+    """Pre-norm block: x + DropPath(Attention(LN x)), then + DropPath(MLP(LN x))."""
+
+    def __init__(self, emb_dim, num_heads, head_dim, ff_dim, ff_activation, mha_dropout, ff_dropout,
+                 drop_path, norm_qk, causal):  # fmt: skip
+        super().__init__()
+        self.attn = Attention(emb_dim, num_heads, head_dim, 0, mha_dropout, norm_qk, causal)
+        self.ff = nn.Sequential(
+            nn.LayerNorm(emb_dim),
+            nn.Linear(emb_dim, ff_dim, bias=False),
+            FF_ACTIVATIONS[ff_activation](),
+            nn.Dropout(ff_dropout),
+            nn.Linear(ff_dim, emb_dim, bias=False),
+        )
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        a, _ = self.attn.attend(x, rope)
+        x = x + drop_path(a, self.drop_path, self.training)
+        return x + drop_path(self.ff(x), self.drop_path, self.training)
+
+
+class Transformer(nn.Module):
+    def __init__(self, depth: int, parallel: bool, **kwargs: Any) -> None:
+        super().__init__()
+        block = ParallelBlock if parallel else SequentialBlock
+        self.blocks = nn.ModuleList([block(**kwargs) for _ in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for blk in self.blocks:
+            if use_ckpt:
+                x = checkpoint(blk, x, rope, use_reentrant=False)
+            else:
+                x = blk(x, rope)
+        return x
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+@CORES.register("vivit")
+class ViViTCore(Core):
+    """Factorized spatiotemporal transformer; see the module docstring."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        frame_shape: tuple[int, int],
+        behavior_mode: int = 2,
+        behavior_tokens: bool = False,
+        spatial_patch_size: int = 7,
+        spatial_patch_stride: int = 2,
+        temporal_patch_size: int = 13,
+        temporal_patch_stride: int = 1,
+        pad_frame: bool = True,
+        emb_dim: int = 112,
+        spatial_depth: int = 14,
+        temporal_depth: int = 14,
+        num_heads: int = 2,
+        head_dim: int = 80,
+        ff_dim: int = 224,
+        ff_activation: str = "relu",
+        p_dropout: float = 0.17,
+        mha_dropout: float = 0.04,
+        ff_dropout: float = 0.21,
+        drop_path: float = 0.43,
+        causal: bool = True,
+        parallel_attention: bool = True,
+        norm_qk: bool = False,
+        pos_encoding: str = "rope",
+        reg_tokens: int = 24,
+        max_frame: int = 300,
+    ) -> None:
+        super().__init__()
+        if ff_activation not in FF_ACTIVATIONS:
+            raise ConfigError(
+                f"core_ff_activation: {ff_activation!r} not in {list(FF_ACTIVATIONS)}"
+            )
+        if pos_encoding not in ("rope", "learned", "none"):
+            raise ConfigError(f"core_pos_encoding: {pos_encoding!r} not in rope | learned | none")
+        if pos_encoding == "rope" and head_dim % 4:
+            raise ConfigError(f"core_head_dim must be a multiple of 4 for 2D RoPE, got {head_dim}")
+        self.behavior_mode = behavior_mode
+        self.pt, self.st = temporal_patch_size, temporal_patch_stride
+        self.ps, self.ss = spatial_patch_size, spatial_patch_stride
+        self.pad_frame = pad_frame
+        self.emb_dim, self.head_dim = emb_dim, head_dim
+        self.pos_encoding = pos_encoding
+        self.reg_tokens = reg_tokens
+        self.max_frame = max_frame
+        self.p_dropout = p_dropout
+        c = in_channels + behavior_channels(behavior_mode)
+
+        h, w = frame_shape
+        if pad_frame:
+            ph, pw = self._pad(h, self.ps, self.ss), self._pad(w, self.ps, self.ss)
+            self.spatial_padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            h, w = h + ph, w + pw
+        else:
+            self.spatial_padding = (0, 0, 0, 0)
+        if h < self.ps or w < self.ps:
+            raise ConfigError(
+                f"frames {frame_shape} are smaller than core_spatial_patch_size {self.ps}"
+            )
+        self.grid = ((h - self.ps) // self.ss + 1, (w - self.ps) // self.ss + 1)
+        self.frame_shape = tuple(frame_shape)
+
+        self.embed = TubeEmbedding(
+            c, emb_dim, (self.pt, self.ps, self.ps), (self.st, self.ss, self.ss)
+        )
+        self.embed_norm = nn.LayerNorm(emb_dim)
+        n_patches = self.grid[0] * self.grid[1]
+        if pos_encoding == "learned":
+            self.spatial_pos = nn.Parameter(torch.randn(1, 1, n_patches, emb_dim))
+            self.temporal_pos = nn.Parameter(torch.randn(1, max_frame, 1, emb_dim))
+        self.spatial_reg = nn.Parameter(torch.randn(reg_tokens, emb_dim)) if reg_tokens else None
+        self.temporal_reg = nn.Parameter(torch.randn(reg_tokens, emb_dim)) if reg_tokens else None
+        self.behavior_token = nn.Linear(4, emb_dim) if behavior_tokens else None
+
+        kw = dict(
+            emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim, ff_dim=ff_dim,
+            ff_activation=ff_activation, mha_dropout=mha_dropout, ff_dropout=ff_dropout,
+            drop_path=drop_path, norm_qk=norm_qk,
+        )  # fmt: skip
+        self.spatial = Transformer(spatial_depth, parallel_attention, causal=False, **kw)
+        self.temporal = Transformer(temporal_depth, parallel_attention, causal=causal, **kw)
+        self.spatial.apply(_init_weights)
+        self.temporal.apply(_init_weights)
+        self.out_channels = emb_dim
+
+    @staticmethod
+    def _pad(dim: int, patch: int, stride: int) -> int:
+        """Zero padding so that patches of `patch` with `stride` cover all of `dim`."""
+        return max((math.ceil(dim / stride) - 1) * stride + patch - dim, 0)
+
+    @classmethod
+    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> ViViTCore:
+        return cls(
+            in_channels,
+            frame_shape,
+            behavior_mode=config.core_behavior_mode,
+            behavior_tokens=config.core_behavior_tokens,
+            spatial_patch_size=config.core_spatial_patch_size,
+            spatial_patch_stride=config.core_spatial_patch_stride,
+            temporal_patch_size=config.core_temporal_patch_size,
+            temporal_patch_stride=config.core_temporal_patch_stride,
+            pad_frame=config.core_pad_frame,
+            emb_dim=config.core_emb_dim,
+            spatial_depth=config.core_spatial_depth,
+            temporal_depth=config.core_temporal_depth,
+            num_heads=config.core_num_heads,
+            head_dim=config.core_head_dim,
+            ff_dim=config.core_ff_dim,
+            ff_activation=config.core_ff_activation,
+            p_dropout=config.core_p_dropout,
+            mha_dropout=config.core_mha_dropout,
+            ff_dropout=config.core_ff_dropout,
+            drop_path=config.core_drop_path,
+            causal=config.core_use_causal_attention,
+            parallel_attention=config.core_parallel_attention,
+            norm_qk=config.core_norm_qk,
+            pos_encoding=config.core_pos_encoding,
+            reg_tokens=config.core_reg_tokens,
+            max_frame=config.core_max_frame,
+        )
+
+    def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
+        if tuple(frame_shape) != self.frame_shape:
+            raise ValueError(
+                f"vivit core was built for frames {self.frame_shape}, not {frame_shape}"
+            )
+        return self.grid
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        super().set_grad_checkpointing(enabled)
+        self.spatial.grad_checkpointing = bool(enabled)
+        self.temporal.grad_checkpointing = bool(enabled)
+
+    def _frame_index(self, t_in: int, n_tokens: int, device) -> tuple[torch.Tensor, int]:
+        """For each output frame, the token (tube) whose last frame is the latest <= that frame.
+
+        Returns (index over tokens, first input frame with an output)."""
+        if self.pad_frame:  # tube k ends at input frame k * st
+            first = 0
+            idx = torch.arange(t_in, device=device) // self.st
+        else:  # tube k ends at input frame k * st + pt - 1
+            first = self.pt - 1
+            idx = (torch.arange(first, t_in, device=device) - first) // self.st
+        return idx.clamp_max(n_tokens - 1), first
+
+    def forward(self, video, behavior=None, pupil_center=None):
+        b, _, t_in, _, _ = video.shape
+        if (video.shape[-2], video.shape[-1]) != self.frame_shape:
+            raise ValueError(
+                f"vivit core was built for frames {self.frame_shape}, got {tuple(video.shape[-2:])}"
+            )
+        if not self.pad_frame and t_in < self.pt:
+            raise ValueError(
+                f"clip of {t_in} frames is shorter than core_temporal_patch_size {self.pt}"
+            )
+        x = concat_behavior(video, behavior, pupil_center, self.behavior_mode)
+        tp = self.pt - 1 if self.pad_frame else 0
+        if self.pad_frame:
+            x = F.pad(x, (*self.spatial_padding, tp, 0))
+
+        tokens = self.embed(x)  # (B, T', h, w, E)
+        _, nt, gh, gw, e = tokens.shape
+        p = gh * gw
+        tokens = self.embed_norm(tokens.reshape(b, nt, p, e))
+        if self.training and self.p_dropout > 0:  # drop whole tokens
+            keep = 1.0 - self.p_dropout
+            mask = tokens.new_empty(b, nt, p, 1).bernoulli_(keep).div_(keep)
+            tokens = tokens * mask
+        if self.pos_encoding == "learned":
+            if nt > self.max_frame:
+                raise ValueError(
+                    f"clip has {nt} frames after embedding, more than core_max_frame {self.max_frame}"
+                )
+            tokens = tokens + self.spatial_pos + self.temporal_pos[:, :nt]
+
+        # --- spatial transformer over the patches of each frame ---
+        x = tokens.reshape(b * nt, p, e)
+        prefix = []
+        if self.spatial_reg is not None:
+            prefix.append(self.spatial_reg.to(x.dtype).expand(b * nt, -1, -1))
+        if self.behavior_token is not None:
+            prefix.append(self._behavior_tokens(behavior, pupil_center, t_in, nt, x.dtype))
+        n_prefix = sum(t.shape[1] for t in prefix)
+        if prefix:
+            x = torch.cat((*prefix, x), dim=1)
+        rope = self._spatial_rope(n_prefix, x.device) if self.pos_encoding == "rope" else None
+        x = self.spatial(x, rope)
+        x = x[:, n_prefix:]
+
+        # --- temporal transformer over the frames of each patch ---
+        x = x.view(b, nt, p, e).transpose(1, 2)  # (B, P, T', E) view
+        r = self.reg_tokens
+        if self.temporal_reg is not None:
+            x = torch.cat((self.temporal_reg.to(x.dtype).expand(b, p, -1, -1), x), dim=2)
+        x = x.reshape(b * p, r + nt, e)
+        rope = self._temporal_rope(nt, r, x.device) if self.pos_encoding == "rope" else None
+        x = self.temporal(x, rope)
+        x = x[:, r:]
+
+        # (B*P, T', E) -> (B, E, T', h, w) (a view)
+        out = x.view(b, gh, gw, nt, e).permute(0, 4, 3, 1, 2)
+        if self.st > 1:  # one output per input frame: the latest tube ending at or before it
+            out = out.index_select(2, self._frame_index(t_in, nt, out.device)[0])
+        return out
+
+    def _behavior_tokens(self, behavior, pupil_center, t_in, nt, dtype):
+        if behavior is None or pupil_center is None:
+            raise ValueError("core_behavior_tokens needs behaviour and pupil centre inputs")
+        # the last input frame of each tube
+        if self.pad_frame:
+            frames = torch.arange(nt, device=behavior.device) * self.st
+        else:
+            frames = torch.arange(nt, device=behavior.device) * self.st + self.pt - 1
+        state = torch.cat((behavior, pupil_center), dim=1)[..., frames]  # (B, 4, T')
+        tok = self.behavior_token(state.transpose(1, 2).to(self.behavior_token.weight.dtype))
+        return tok.to(dtype).reshape(-1, 1, self.emb_dim)
+
+    def _spatial_rope(self, prefix: int, device):
+        gh, gw = self.grid
+        q = self.head_dim // 2
+        ay = rope_frequencies(gh, q, device)  # (gh, q/2)
+        ax = rope_frequencies(gw, q, device)
+        ay = ay[:, None, :].expand(gh, gw, -1).reshape(gh * gw, -1)
+        ax = ax[None, :, :].expand(gh, gw, -1).reshape(gh * gw, -1)
+        return (*rope_tables(ay, prefix), *rope_tables(ax, prefix))
+
+    def _temporal_rope(self, n: int, prefix: int, device):
+        return rope_tables(rope_frequencies(n, self.head_dim, device), prefix)

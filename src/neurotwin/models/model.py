@@ -1,0 +1,144 @@
+"""NeuralPredictor = shared core -> per-session readout (moved by a shifter) -> output activation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import neurotwin.models.cores  # noqa: F401  (registers the cores)
+import neurotwin.models.readouts  # noqa: F401  (registers the readouts)
+from neurotwin.errors import ConfigError
+from neurotwin.models.activations import build_activation
+from neurotwin.models.registry import CORES, READOUTS
+from neurotwin.models.shifter import MLPShifter
+
+
+class NeuralPredictor(nn.Module):
+    """video (B, C, T, H, W), behaviour (B, 2, T), pupil centre (B, 2, T), session name ->
+    rates (B, N_session, T'); T' <= T and the rates align with the last T' input frames.
+
+    `readouts` and `shifters` are ModuleDicts keyed by session (shifters may be None or lack a
+    session). `output_activation` is one module for all sessions or a ModuleDict by session.
+    """
+
+    def __init__(
+        self,
+        core: nn.Module,
+        readouts: nn.ModuleDict | Mapping[str, nn.Module],
+        shifters: nn.ModuleDict | Mapping[str, nn.Module] | None = None,
+        output_activation: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.readouts = readouts if isinstance(readouts, nn.ModuleDict) else nn.ModuleDict(readouts)
+        if shifters is not None and not isinstance(shifters, nn.ModuleDict):
+            shifters = nn.ModuleDict(shifters)
+        self.shifters = shifters if shifters is not None and len(shifters) else None
+        if output_activation is None:
+            output_activation = build_activation("elu1")
+        self.output_activation = output_activation
+
+    @property
+    def sessions(self) -> list[str]:
+        return list(self.readouts.keys())
+
+    def _check_session(self, session: str) -> None:
+        if session not in self.readouts:
+            raise KeyError(f"unknown session {session!r}; the model has {self.sessions}")
+
+    def activation(self, session: str) -> nn.Module:
+        if isinstance(self.output_activation, nn.ModuleDict):
+            return self.output_activation[session]
+        return self.output_activation
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        session: str,
+        behavior: torch.Tensor | None = None,
+        pupil_center: torch.Tensor | None = None,
+        activate: bool = True,
+    ) -> torch.Tensor:
+        self._check_session(session)
+        features = self.core(video, behavior, pupil_center)
+        if features.dtype != torch.float32 and video.dtype == torch.float32:
+            features = features.float()  # readouts in float32 (autocast keeps the core in bf16)
+        t = features.shape[2]
+        shift = None
+        if self.shifters is not None and session in self.shifters:
+            if pupil_center is None:
+                raise ValueError("the shifter needs pupil_center")
+            shift = self.shifters[session](
+                None if behavior is None else behavior[..., -t:], pupil_center[..., -t:]
+            )
+        y = self.readouts[session](features, shift)
+        return self.activation(session)(y) if activate else y
+
+    def regularizer(self, session: str) -> torch.Tensor:
+        """Readout (and shifter) penalty of one session, a scalar tensor."""
+        self._check_session(session)
+        reg = self.readouts[session].regularizer()
+        if self.shifters is not None and session in self.shifters:
+            reg = reg + self.shifters[session].regularizer()
+        return reg
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Per-block gradient checkpointing in the core (where the core supports it)."""
+        core = getattr(self.core, "_orig_mod", self.core)  # torch.compile wrapper
+        if hasattr(core, "set_grad_checkpointing"):
+            core.set_grad_checkpointing(enabled)
+
+
+def _readout_config_check(model_config: Any) -> None:
+    if model_config.core.name not in CORES:
+        CORES.get(model_config.core.name)  # raises ConfigError listing the known cores
+    if model_config.readout.name not in READOUTS:
+        READOUTS.get(model_config.readout.name)
+
+
+def build_model(
+    model_config: Any,
+    sessions: Mapping[str, Mapping[str, Any]],
+    in_channels: int = 1,
+    frame_shape: tuple[int, int] = (36, 64),
+) -> NeuralPredictor:
+    """Build the model of `model_config` (config.ModelConfig) for the sessions given as
+    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), ...}}."""
+    _readout_config_check(model_config)
+    if not sessions:
+        raise ConfigError("build_model: no sessions given")
+    frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+    core = CORES.get(model_config.core.name).from_config(
+        model_config.core, in_channels, frame_shape
+    )
+    in_shape = (core.out_channels, *core.out_shape(frame_shape))
+
+    readouts, shifters, activations = {}, {}, {}
+    readout_cls = READOUTS.get(model_config.readout.name)
+    for name, spec in sessions.items():
+        if "n_neurons" not in spec:
+            raise ConfigError(f"session {name}: spec lacks n_neurons")
+        act = build_activation(model_config.output_activation)
+        mean = spec.get("mean_response")
+        bias_init = None
+        if mean is not None:
+            mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
+            bias_init = act.inverse(mean_t).detach()
+        readouts[name] = readout_cls.from_config(model_config.readout, in_shape, spec, bias_init)
+        activations[name] = act
+        if model_config.shifter.shifter_mode:
+            shifters[name] = MLPShifter(
+                model_config.shifter.shifter_mode,
+                model_config.shifter.shifter_size,
+                model_config.shifter.shifter_layers,
+            )
+    return NeuralPredictor(
+        core,
+        nn.ModuleDict(readouts),
+        nn.ModuleDict(shifters) if shifters else None,
+        nn.ModuleDict(activations),
+    )

@@ -1,0 +1,61 @@
+"""What every readout is: core features (B, C, T, h, w) -> responses (B, N, T) of one session.
+
+Readouts are applied to every time step (time is folded into the batch). Positions are in the
+coordinates of `torch.nn.functional.grid_sample` with align_corners=True: (-1, -1) is the centre
+of the top-left feature-map pixel, (1, 1) the centre of the bottom-right one; x indexes width,
+y height. A shift (B, T, 2) from a shifter is added to every neuron's position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Readout(nn.Module):
+    registered_name: str
+
+    def __init__(self, in_shape: tuple[int, int, int], n_neurons: int, reg_weight: float = 0.0):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.n_neurons = int(n_neurons)
+        self.reg_weight = float(reg_weight)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        in_shape: tuple[int, int, int],
+        spec: dict[str, Any],
+        bias_init: torch.Tensor | None,
+    ) -> Readout:
+        raise NotImplementedError
+
+    def regularizer(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def make_bias(n: int, mode: int, bias_init: torch.Tensor | None) -> nn.Parameter | None:
+    """ViV1T's readout_bias_mode: 0 none, 1 zeros, 2 from the mean response (given as
+    `bias_init`, already mapped through the inverse output activation)."""
+    if mode == 0:
+        return None
+    bias = torch.zeros(n)
+    if mode == 2 and bias_init is not None:
+        bias_init = torch.as_tensor(np.asarray(bias_init, dtype=np.float32)).reshape(-1)
+        if bias_init.numel() != n:
+            raise ValueError(f"mean_response has {bias_init.numel()} values, expected {n}")
+        bias = torch.nan_to_num(bias_init.clone(), nan=0.0, posinf=0.0, neginf=0.0)
+    return nn.Parameter(bias)
+
+
+def fold_time(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, h, w) -> (B*T, C, h, w)."""
+    b, c, t, h, w = features.shape
+    return features.transpose(1, 2).reshape(b * t, c, h, w)

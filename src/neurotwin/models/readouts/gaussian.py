@@ -1,0 +1,160 @@
+"""gaussian: each neuron reads the core features at one position with its own feature weights.
+
+Per neuron: position mu in [-1, 1]^2 (grid_sample coordinates, see readouts/base.py) and a
+spread sigma. Training samples a position mu + Sigma n, n ~ N(0, I) for every (trial, frame),
+clipped to [-1, 1]; evaluation uses mu (deterministic). The features at the position are read
+with bilinear `F.grid_sample(align_corners=True)`, weighted per neuron and summed, plus a bias.
+Shifts from the shifter are added to the positions after clipping.
+
+readout_grid_mode: 0 free mu (uniform in +-init_mu_range); 1 mu = MLP(x, y cortical
+coordinates) with tanh output; 2 the same from (x, y, z); 3 free mu initialised from the (x, y)
+coordinates scaled to [-1, 1] per axis. Modes 1-3 need coordinates that vary; otherwise they
+fall back to mode 0 with a warning.
+readout_gauss_type: full (2x2 matrix per neuron), uncorrelated (2 values), isotropic (1 value).
+Regulariser: reg_weight * sum |feature weights| (L1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurotwin.models.readouts.base import Readout, fold_time, make_bias
+from neurotwin.models.registry import READOUTS
+
+
+def normalise_coordinates(coords: np.ndarray, dims: int, mode: str) -> np.ndarray | None:
+    """First `dims` cortical coordinates, centred and scaled (None when they do not vary)."""
+    if coords is None:
+        return None
+    c = np.asarray(coords, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] < dims or not np.all(np.isfinite(c[:, :dims])):
+        return None
+    c = c[:, :dims]
+    if mode == "minmax":  # each axis to [-1, 1]
+        lo, hi = c.min(0), c.max(0)
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+        out = 2 * (c - lo) / span - 1
+        if np.all(hi - lo <= 0):
+            return None
+        return out.astype(np.float32)
+    c = c - c.mean(0, keepdims=True)  # "predictor": centred, divided by the largest |value|
+    m = np.abs(c).max()
+    return None if m <= 0 else (c / m).astype(np.float32)
+
+
+@READOUTS.register("gaussian")
+class GaussianReadout(Readout):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        n_neurons: int,
+        coordinates: np.ndarray | None = None,
+        bias_init: torch.Tensor | None = None,
+        bias_mode: int = 2,
+        grid_mode: int = 1,
+        gauss_type: str = "full",
+        init_mu_range: float = 0.2,
+        init_sigma: float = 1.0,
+        reg_weight: float = 0.0,
+    ) -> None:
+        super().__init__(in_shape, n_neurons, reg_weight)
+        if not 0 < init_mu_range <= 1 or init_sigma <= 0:
+            raise ValueError("readout_init_mu_range must be in (0, 1] and readout_init_sigma > 0")
+        c = in_shape[0]
+        n = self.n_neurons
+        self.gauss_type = gauss_type
+        self.mu_transform: nn.Module | None = None
+        source = None
+        if grid_mode in (1, 2):
+            source = normalise_coordinates(coordinates, grid_mode + 1, "predictor")
+        elif grid_mode == 3:
+            source = normalise_coordinates(coordinates, 2, "minmax")
+        if grid_mode != 0 and source is None:
+            warnings.warn(
+                f"readout_grid_mode {grid_mode}: cortical coordinates missing or constant; "
+                "using free positions (mode 0)",
+                stacklevel=2,
+            )
+            grid_mode = 0
+        self.grid_mode = grid_mode
+        if grid_mode in (1, 2):
+            self.register_buffer("source_grid", torch.from_numpy(source))
+            self.mu_transform = nn.Sequential(
+                nn.Linear(source.shape[1], 30), nn.ELU(), nn.Linear(30, 2), nn.Tanh()
+            )
+            self._mu = None
+        elif grid_mode == 3:
+            self._mu = nn.Parameter(torch.from_numpy(source).clamp(-1, 1).clone())
+        else:
+            self._mu = nn.Parameter(torch.empty(n, 2).uniform_(-init_mu_range, init_mu_range))
+        if gauss_type == "full":
+            self.sigma = nn.Parameter(torch.empty(n, 2, 2).uniform_(-init_sigma, init_sigma))
+        elif gauss_type == "uncorrelated":
+            self.sigma = nn.Parameter(torch.full((n, 2), float(init_sigma)))
+        elif gauss_type == "isotropic":
+            self.sigma = nn.Parameter(torch.full((n, 1), float(init_sigma)))
+        else:
+            raise ValueError(
+                f"readout_gauss_type {gauss_type!r} not in full | uncorrelated | isotropic"
+            )
+        self.features = nn.Parameter(torch.full((c, n), 1.0 / c))
+        self.bias = make_bias(n, bias_mode, bias_init)
+
+    @classmethod
+    def from_config(cls, config: Any, in_shape, spec, bias_init) -> GaussianReadout:
+        return cls(
+            in_shape,
+            spec["n_neurons"],
+            coordinates=spec.get("coordinates"),
+            bias_init=bias_init,
+            bias_mode=config.readout_bias_mode,
+            grid_mode=config.readout_grid_mode,
+            gauss_type=config.readout_gauss_type,
+            init_mu_range=config.readout_init_mu_range,
+            init_sigma=config.readout_init_sigma,
+            reg_weight=config.readout_reg_weight,
+        )
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """(N, 2) mean positions (x, y) in [-1, 1]."""
+        if self.mu_transform is not None:
+            return self.mu_transform(self.source_grid)
+        return self._mu
+
+    def sample_grid(self, batch: int, sample: bool | None = None) -> torch.Tensor:
+        """(batch, N, 2) positions: mu + Sigma n in training (or when sample=True), else mu."""
+        if self._mu is not None:
+            with torch.no_grad():
+                self._mu.clamp_(-1.0, 1.0)
+        mu = self.mu
+        sample = self.training if sample is None else sample
+        if not sample:
+            return mu.unsqueeze(0).expand(batch, -1, -1)
+        noise = mu.new_empty(batch, self.n_neurons, 2).normal_()
+        if self.gauss_type == "full":
+            offset = torch.einsum("ncd,bnd->bnc", self.sigma, noise)
+        else:
+            offset = noise * self.sigma
+        return (mu + offset).clamp(-1.0, 1.0)
+
+    def regularizer(self) -> torch.Tensor:
+        return self.reg_weight * self.features.abs().sum()
+
+    def forward(self, features, shift=None, sample: bool | None = None):
+        b, c, t, h, w = features.shape
+        x = fold_time(features)  # (B*T, C, h, w)
+        grid = self.sample_grid(b * t, sample)  # (B*T, N, 2)
+        if shift is not None:
+            grid = grid + shift.reshape(b * t, 1, 2).to(grid.dtype)
+        y = F.grid_sample(x, grid.unsqueeze(2).to(x.dtype), mode="bilinear", align_corners=True)
+        y = torch.einsum("bcn,cn->bn", y.squeeze(-1), self.features.to(y.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(b, t, self.n_neurons).transpose(1, 2)
