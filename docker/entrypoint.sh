@@ -33,6 +33,17 @@ examples:
 USAGE
 }
 
+# exec a neurotwin program, or say clearly that this environment lacks it.
+run_tool() {
+    local tool=$1
+    shift
+    if ! command -v -- "${tool}" >/dev/null 2>&1; then
+        echo "neurotwin: '${tool}' is not on PATH: is the neurotwin package installed here?" >&2
+        exit 127
+    fi
+    exec "${tool}" "$@"
+}
+
 if [[ $# -eq 0 ]]; then
     usage >&2
     echo "neurotwin: no command given" >&2
@@ -47,15 +58,15 @@ case "${command_name}" in
         ;;
     train)
         shift
-        exec neurotwin-train "$@"
+        run_tool neurotwin-train "$@"
         ;;
     predict)
         shift
-        exec neurotwin-predict "$@"
+        run_tool neurotwin-predict "$@"
         ;;
     data)
         shift
-        exec neurotwin-data "$@"
+        run_tool neurotwin-data "$@"
         ;;
     torchrun)
         exec "$@"

@@ -86,6 +86,18 @@ def test_entrypoint_dispatch_passes_arguments_unchanged(fake_bin, command, progr
     assert proc.stdout.split("\n")[:-1] == [program, *args]
 
 
+def test_entrypoint_without_the_package(tmp_path):
+    bash = shutil.which("bash")
+    env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [bash, str(ENTRYPOINT), "train", "--help"], capture_output=True, text=True, env=env
+    )
+    if shutil.which("neurotwin-train", path=env["PATH"]):
+        pytest.skip("neurotwin-train is installed system-wide")
+    assert proc.returncode == 127
+    assert "'neurotwin-train' is not on PATH" in proc.stderr
+
+
 def test_entrypoint_runs_other_programs_as_given(fake_bin):
     proc = run_entrypoint("printf", "%s|", "a b", "--help", path_first=fake_bin)
     assert (proc.returncode, proc.stdout) == (0, "a b|--help|")
