@@ -43,12 +43,14 @@ def write_native_session(
     dtype: type = np.float32,
     meta: dict | None = None,
     overwrite: bool = False,
-) -> Path:
+    return_arrays: bool = False,
+) -> Path | tuple[Path, layout.SessionArrays]:
     """Write a session folder with chosen sizes; returns its path.
 
     `trial_lengths`: valid frames per trial (int for all, a sequence per trial in file order;
     None: every third trial is NaN-padded to 3/4 of `n_frames`). `hidden`: "zeros" or "nan", the
     way responses of `hidden_tiers` are withheld. `meta` is written to meta/neurotwin.json.
+    `return_arrays`: also return the `layout.SessionArrays` that were written.
     """
     rng = np.random.default_rng(seed)
     tiers = np.array(list(tiers))
@@ -106,7 +108,7 @@ def write_native_session(
         import json
 
         (path / layout.SESSION_META_FILE).write_text(json.dumps(meta))
-    return path
+    return (path, session) if return_arrays else path
 
 
 def write_native_dataset(root: str | Path, n_sessions: int = 3, **kwargs) -> list[Path]:

@@ -1,0 +1,161 @@
+"""build_loaders, interleave and session_specs over three small sessions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from native_fixture import published_name, write_native_session
+from neurotwin.config import DataConfig
+from neurotwin.data.loaders import TrialSampler, build_loaders, interleave, session_specs
+from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.errors import DataFormatError
+
+SPLITS = {"train": "train", "val": "oracle"}
+
+
+def _config(data_dir, **kw) -> DataConfig:
+    base = {"data_dir": str(data_dir), "crop_frame": 12, "batch_size": 4, "num_workers": 0}
+    return DataConfig(**{**base, **kw})
+
+
+def _epoch(loaders, seed, epoch):
+    return [(s, b["trial_id"].tolist(), b["video"]) for s, b in interleave(loaders, seed, epoch)]
+
+
+def test_every_training_trial_once_per_epoch(native_dataset):
+    loaders = build_loaders(_config(native_dataset), SPLITS, seed=0)
+    assert set(loaders) == {"train", "val"}
+    assert sorted(loaders["train"]) == sorted(published_name(i) for i in range(3))
+    for epoch in range(2):
+        seen: dict[str, Counter] = {}
+        sessions = []
+        for session, batch in interleave(loaders["train"], seed=0, epoch=epoch):
+            sessions.append(session)
+            assert set(batch["session"]) == {session}
+            assert batch["video"].shape[1:] == (1, 12, 6, 8)
+            seen.setdefault(session, Counter()).update(batch["trial_id"].tolist())
+        for name, loader in loaders["train"].items():
+            expected = loader.dataset.session.trial_ids("train").tolist()
+            assert sorted(seen[name].elements()) == expected  # each exactly once
+            assert sessions.count(name) == len(loader) == 2  # 6 trials, batches of 4
+        # sessions are interleaved, not one after the other
+        assert sessions != sorted(sessions)
+
+
+def test_interleave_deterministic_under_seed_and_epoch(native_dataset):
+    cfg = _config(native_dataset)
+    a = _epoch(build_loaders(cfg, SPLITS, seed=5)["train"], 5, 3)
+    b = _epoch(build_loaders(cfg, SPLITS, seed=5)["train"], 5, 3)
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x[2], y[2])
+    c = _epoch(build_loaders(cfg, SPLITS, seed=5)["train"], 5, 4)
+    assert [x[:2] for x in a] != [x[:2] for x in c]
+    d = _epoch(build_loaders(cfg, SPLITS, seed=6)["train"], 6, 3)
+    assert [x[:2] for x in a] != [x[:2] for x in d]
+
+
+def test_workers_give_the_same_batches(native_dataset):
+    loaders0 = build_loaders(_config(native_dataset, mouse_ids=["29002-2-3"]), SPLITS, seed=1)
+    loaders2 = build_loaders(
+        _config(native_dataset, mouse_ids=["29002-2-3"], num_workers=2), SPLITS, seed=1
+    )
+    a, b = _epoch(loaders0["train"], 1, 2), _epoch(loaders2["train"], 1, 2)
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x[2], y[2])
+
+
+def test_evaluation_loaders_whole_trials_in_order(native_dataset):
+    loaders = build_loaders(_config(native_dataset), {"val": "oracle", "test": "live_test_main"}, 0)
+    for name, loader in loaders["val"].items():
+        session = loader.dataset.session
+        ids = [i for b in loader for i in b["trial_id"].tolist()]
+        assert ids == session.trial_ids("oracle").tolist()
+        lengths = {session.trial_length(i) for i in ids}
+        assert loader.batch_size == (4 if len(lengths) == 1 else 1)
+        for batch in loader:
+            b = len(batch["trial_id"])
+            t = session.trial_length(batch["trial_id"][0].item())
+            assert batch["video"].shape == (b, 1, t, 6, 8)
+            assert batch["response"].shape == (b, session.n_neurons, t)
+        assert loaders["test"][name].dataset.responses_hidden
+
+
+def test_equal_length_evaluation_batches(tmp_path):
+    write_native_session(tmp_path / "m1", trial_lengths=24)
+    loaders = build_loaders(_config(tmp_path, batch_size=2), {"val": "oracle"}, 0)
+    (batch,) = list(loaders["val"]["m1"])
+    assert batch["video"].shape == (2, 1, 24, 6, 8)
+
+
+def test_rank_sharding(native_dataset):
+    cfg = _config(native_dataset, batch_size=1)
+    shares = [build_loaders(cfg, SPLITS, seed=2, rank=r, world_size=4) for r in range(4)]
+    name = published_name(0)
+    for split, tier in SPLITS.items():
+        ids = [
+            [b["trial_id"].item() for _, b in interleave({name: s[split][name]}, 2, 0)]
+            for s in shares
+        ]
+        trials = shares[0][split][name].dataset.session.trial_ids(tier).tolist()
+        assert sorted(set().union(*map(set, ids))) == trials  # together: every trial
+        if split == "train":  # 6 trials on 4 ranks: padded to 2 each
+            assert [len(x) for x in ids] == [2, 2, 2, 2]
+        else:  # evaluation: 2 trials, no padding, no duplicates
+            assert sorted(sum(ids, [])) == trials
+
+
+def test_trial_sampler():
+    s = TrialSampler(10, shuffle=True, seed=1)
+    first = list(s)
+    assert sorted(first) == list(range(10)) and first == list(s)
+    s.set_epoch(1)
+    assert list(s) != first and sorted(s) == list(range(10))
+    parts = [list(TrialSampler(10, True, 1, r, 3)) for r in range(3)]
+    assert [len(p) for p in parts] == [4, 4, 4] and set(sum(parts, [])) == set(range(10))
+    parts = [list(TrialSampler(10, False, 1, r, 3, pad=False)) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10))
+    assert len(TrialSampler(10, False, 1, 2, 3, pad=False)) == 3
+    with pytest.raises(ValueError):
+        TrialSampler(3, True, rank=2, world_size=2)
+
+
+def test_limit_data_and_neurons(native_dataset):
+    cfg = _config(native_dataset, limit_data=3, limit_neurons=4, batch_size=8)
+    loaders = build_loaders(cfg, SPLITS, seed=0)
+    for name, loader in loaders["train"].items():
+        (batch,) = list(loader)
+        assert len(batch["trial_id"]) == 3 and batch["response"].shape[1] == 4
+        assert set(batch["trial_id"].tolist()) <= set(
+            loader.dataset.session.trial_ids("train").tolist()
+        )
+        assert len(loaders["val"][name].dataset) == 2  # limit_data is for training only
+
+
+def test_unknown_session_and_empty_tier(native_dataset):
+    with pytest.raises(DataFormatError, match="not a session folder or alias"):
+        build_loaders(_config(native_dataset, mouse_ids=["A"]), SPLITS, 0)
+    with pytest.raises(DataFormatError, match="has no trials"):
+        build_loaders(_config(native_dataset), {"test": "final_test_bonus"}, 0)
+
+
+def test_session_specs(native_dataset):
+    for mode in (0, 1, 2):
+        cfg = _config(native_dataset, transform_output=mode)
+        specs = session_specs(cfg)
+        assert sorted(specs) == sorted(published_name(i) for i in range(3))
+        for name, spec in specs.items():
+            s = SensoriumSession(native_dataset / name)
+            assert set(spec) == {"n_neurons", "coordinates", "mean_response", "unit_ids"}
+            assert spec["n_neurons"] == s.n_neurons
+            assert spec["coordinates"].shape == (s.n_neurons, 3)
+            np.testing.assert_array_equal(spec["unit_ids"], s.unit_ids)
+            # the mean of the transformed training responses
+            loader = build_loaders(cfg, {"all": "train"}, 0)["all"][name]
+            y = torch.cat([b["response"][0] for b in loader], dim=1)
+            np.testing.assert_allclose(spec["mean_response"], y.mean(1).numpy(), rtol=1e-4)
