@@ -317,7 +317,7 @@ def test_error_nan_in_training_responses(native_session):
     r = np.load(path)
     r[0, 1] = np.nan
     np.save(path, r)
-    with pytest.raises(DataFormatError, match="NaN responses") as e:
+    with pytest.raises(DataFormatError, match="NaN responses within") as e:
         s.load_trial(trial)
     assert e.value.path == path and e.value.field == "responses"
     with pytest.raises(DataFormatError, match="NaN") as e:
@@ -346,3 +346,20 @@ def test_dataset_of_three_sessions_reads(tmp_path):
     paths = write_native_dataset(tmp_path, 3)
     sizes = [SensoriumSession(p).n_neurons for p in paths]
     assert sizes == [5, 7, 9]
+
+
+def test_error_nan_in_training_behavior(native_session):
+    s = SensoriumSession(native_session)
+    trial = int(s.trial_ids("train")[1])
+    path = native_session / f"data/behavior/{trial}.npy"
+    b = np.load(path)
+    b[1, 0] = np.nan
+    np.save(path, b)
+    with pytest.raises(DataFormatError, match="NaN behavior values") as e:
+        s.load_trial(trial)
+    assert e.value.path == path and e.value.field == "behavior"
+
+
+def test_error_data_dir_is_a_session(native_session):
+    with pytest.raises(DataFormatError, match="is itself a session folder"):
+        find_sessions(native_session)

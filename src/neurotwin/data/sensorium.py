@@ -109,6 +109,12 @@ def find_sessions(data_dir: str | Path, mouse_ids: Sequence[str] | None = None) 
     if not data_dir.is_dir():
         raise DataFormatError(data_dir, "data folder not found", field="data_dir")
     folders = sorted((p for p in data_dir.iterdir() if is_session_folder(p)), key=lambda p: p.name)
+    if not folders and is_session_folder(data_dir):
+        raise DataFormatError(
+            data_dir,
+            "is itself a session folder; give the folder that holds the session folders",
+            field="data_dir",
+        )
     if not folders:
         raise DataFormatError(
             data_dir,
@@ -187,7 +193,7 @@ class SensoriumSession:
         self.alias = session_alias(self.path)
         self.meta = _read_meta(self.path)
         self._lengths: dict[int, int] = {}
-        self._hidden: dict[str, bool] = {}
+        self._hidden: dict[str | tuple[str, ...], bool] = {}
 
         # tiers
         tiers_file = self.path / layout.TIERS_FILE
@@ -333,9 +339,10 @@ class SensoriumSession:
             self._lengths[trial] = length
         return self._lengths[trial]
 
-    def responses_hidden(self, tier: str, check: int = 3) -> bool:
+    def responses_hidden(self, tier: str | Sequence[str], check: int = 3) -> bool:
         """True if the tier's responses are withheld (all zeros or all NaN in its first trials)."""
-        if tier not in self._hidden:
+        key = tier if isinstance(tier, str) else tuple(tier)
+        if key not in self._hidden:
             hidden = True
             for trial in self.trial_ids(tier)[:check]:
                 r = _load(self._file(layout.RESPONSES, trial), layout.RESPONSES, mmap=True)
@@ -343,8 +350,8 @@ class SensoriumSession:
                 if not (np.all(np.isnan(r)) or not np.any(r)):
                     hidden = False
                     break
-            self._hidden[tier] = hidden
-        return self._hidden[tier]
+            self._hidden[key] = hidden
+        return self._hidden[key]
 
     def load_trial(self, trial: int, frames: slice | None = None) -> dict[str, np.ndarray]:
         """The four native arrays of a trial, as stored (all T frames, NaN padding included).
@@ -383,15 +390,17 @@ class SensoriumSession:
                 a = a[self.neuron_index]
             out[name] = np.array(a[..., t]) if mmap else a
         if self.tiers[trial] == layout.TRAIN_TIER:
+            # training data must be complete within the valid frames (video's first NaN frame)
             length = self.trial_length(trial)
-            index = np.arange(n_frames or 0)[t]
-            valid = out[layout.RESPONSES][:, index < length]
-            if np.isnan(valid).any():
-                raise DataFormatError(
-                    self._file(layout.RESPONSES, trial),
-                    f"NaN responses within the trial's {length} valid frames of a training trial",
-                    layout.RESPONSES,
-                )
+            valid = np.arange(n_frames or 0)[t] < length
+            for name in (layout.RESPONSES, layout.BEHAVIOR, layout.PUPIL_CENTER):
+                if np.isnan(out[name][:, valid]).any():
+                    what = "responses" if name == layout.RESPONSES else f"{name} values"
+                    raise DataFormatError(
+                        self._file(name, trial),
+                        f"NaN {what} within the {length} valid frames of a training trial",
+                        name,
+                    )
         return out
 
     def load_noiseless(self, trial: int) -> np.ndarray:
@@ -459,6 +468,7 @@ class SensoriumSession:
             cached = _read_stats_cache(cache, key)
             if cached is not None:
                 return cached
+        log.info("%s: computing statistics of %d %s trials", self.name, len(trials), tier)
         stats = compute_statistics(self, trials)
         try:
             _write_stats_cache(cache, key, stats)
