@@ -1,0 +1,570 @@
+"""Turn a trained run into predictions and Sensorium metrics: `predict_run(output_dir, ...)`.
+
+Inputs: the run folder written by training (`config.yaml`, `checkpoints/{best,last}.pt`) and the data
+folder named in its config (or `data_dir`). Every output goes to `OUTPUT_DIR/predictions/`, written
+into a temporary folder beside it and renamed into place when everything succeeded (a failed run
+leaves no partial folder and keeps an older `predictions/` as it was):
+
+    predictions/
+      metrics.json                 {"sessions": {S: {TIER: {...}}}, "mean": {TIER: {...}}}
+      metrics.csv                  one row per (session, tier), then one row per tier with session=mean
+      {session}/{tier}.npz         predictions of every trial of the tier, see `write_npz`
+      submission_{tier}.csv        test tiers: the Sensorium 2023 submission layout, see `write_submission`
+
+Metric keys per session and tier: single_trial_correlation, correlation_to_average, feve (null
+without repeats), normalized_correlation (null without repeats), n_trials, n_neurons; for synthetic
+sessions also ceiling_correlation (single-trial correlation of the noiseless rates with the
+responses) and fraction_of_ceiling (the model's single-trial correlation / ceiling), null otherwise.
+Tiers whose responses are hidden get predictions and null metrics. Definitions: `neurotwin.metrics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurotwin import metrics as M
+from neurotwin.config import Config, load_yaml
+from neurotwin.data import layout
+from neurotwin.errors import CheckpointError, ConfigError, DataFormatError
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_DIR = "predictions"
+METRIC_KEYS = (
+    "single_trial_correlation",
+    "correlation_to_average",
+    "feve",
+    "normalized_correlation",
+    "ceiling_correlation",
+    "fraction_of_ceiling",
+)
+COUNT_KEYS = ("n_trials", "n_neurons")
+SKIP_TIERS = ("none",)  # tiers never predicted by default (trials in no split)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading the run
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_path(run_dir: Path, checkpoint: str | os.PathLike) -> Path:
+    """`best` / `last` -> run_dir/checkpoints/{name}.pt; anything else is a path."""
+    name = str(checkpoint)
+    path = run_dir / "checkpoints" / f"{name}.pt" if name in ("best", "last") else Path(name)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return path
+
+
+def load_run(run_dir: Path, checkpoint: str | os.PathLike) -> tuple[Config, dict[str, Any], Path]:
+    """The run's resolved config and its checkpoint (weights only)."""
+    config_path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: run folder not found")
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: config file not found (is {run_dir} a run folder?)")
+    config = load_yaml(config_path)
+    path = resolve_checkpoint_path(run_dir, checkpoint)
+    from neurotwin.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: 'model' is not a state dict")
+    return config, state, path
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a state dict strictly; CheckpointError naming the keys and shapes that differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+
+        def brief(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys {brief(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {brief(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch {brief(shapes)}")
+        raise CheckpointError(
+            f"{path}: checkpoint does not match the model built from config.yaml "
+            f"(different model config?): " + "; ".join(parts)
+        )
+    model.load_state_dict(weights, strict=True)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"--device: {device!r} is not a device ({e})") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def use_autocast(config: Config, device: torch.device) -> bool:
+    """bf16 autocast on CUDA when the run trained with it (`auto` = where bf16 is supported)."""
+    if device.type != "cuda" or config.train.autocast == "disable":
+        return False
+    return config.train.autocast == "enable" or torch.cuda.is_bf16_supported()
+
+
+# ------------------------------------------------------------------------------------------------
+# Results of one session and tier
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TierPredictions:
+    """Whole-trial predictions of one session and tier, in original response units."""
+
+    session: str
+    tier: str
+    unit_ids: np.ndarray
+    trial_ids: list[int] = field(default_factory=list)
+    predictions: list[np.ndarray] = field(default_factory=list)  # (N, T_i), NaN where not predicted
+    responses: list[np.ndarray] | None = field(default_factory=list)  # (N, T_i); None if hidden
+    noiseless: list[np.ndarray] | None = None  # synthetic sessions: (N, T_i)
+    clip_keys: list[str] = field(default_factory=list)  # hash of each trial's valid video frames
+
+    @property
+    def frame_counts(self) -> np.ndarray:
+        return np.asarray([p.shape[1] for p in self.predictions], dtype=np.int64)
+
+    def padded(self) -> np.ndarray:
+        """(n_trials, N, T_max) float32, NaN past each trial's length."""
+        t_max = int(self.frame_counts.max()) if self.predictions else 0
+        out = np.full((len(self.predictions), len(self.unit_ids), t_max), np.nan, np.float32)
+        for i, p in enumerate(self.predictions):
+            out[i, :, : p.shape[1]] = p
+        return out
+
+
+def score(tp: TierPredictions, skip: int = M.SKIP_FRAMES) -> dict[str, Any]:
+    """The metrics of one session and tier (None where they cannot be computed)."""
+    out: dict[str, Any] = {k: None for k in METRIC_KEYS}
+    out.update(n_trials=len(tp.trial_ids), n_neurons=len(tp.unit_ids))
+    if tp.responses is None or not tp.trial_ids:
+        return out
+    # only frames the model predicted for every trial are scored (NaN = before the model's first
+    # output frame); the first `skip` frames are dropped in any case
+    resp, pred, noiseless = [], [], []
+    for i, p in enumerate(tp.predictions):
+        first = _first_predicted_frame(p)
+        start = max(first - skip, 0)  # metrics drop `skip` more frames from the start
+        resp.append(tp.responses[i][:, start:])
+        pred.append(p[:, start:])
+        if tp.noiseless is not None:
+            noiseless.append(tp.noiseless[i][:, start:])
+    if all(r.shape[1] <= skip for r in resp):
+        log.warning(
+            "%s/%s: no trial is longer than %d frames; no metrics", tp.session, tp.tier, skip
+        )
+        return out
+    groups = M.group_repeats(tp.clip_keys)
+    out.update(M.compute_metrics(resp, pred, groups, skip))
+    if noiseless:
+        ceiling = M.single_trial_correlation(resp, noiseless, skip)
+        out["ceiling_correlation"] = ceiling
+        if ceiling > 0:
+            out["fraction_of_ceiling"] = out["single_trial_correlation"] / ceiling
+    return {k: _clean(v) for k, v in out.items()}
+
+
+def _first_predicted_frame(p: np.ndarray) -> int:
+    valid = ~np.isnan(p).any(axis=0)
+    return int(np.argmax(valid)) if valid.any() else p.shape[1]
+
+
+def _clean(v: Any) -> Any:
+    """JSON-ready: floats (NaN -> None), ints."""
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def mean_over_sessions(per_session: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per tier: the mean of each metric over sessions that have it; counts are summed."""
+    tiers: list[str] = []
+    for by_tier in per_session.values():
+        tiers += [t for t in by_tier if t not in tiers]
+    out: dict[str, Any] = {}
+    for tier in tiers:
+        rows = [by_tier[tier] for by_tier in per_session.values() if tier in by_tier]
+        entry: dict[str, Any] = {}
+        for k in METRIC_KEYS:
+            values = [r[k] for r in rows if r.get(k) is not None]
+            entry[k] = float(np.mean(values)) if values else None
+        for k in COUNT_KEYS:
+            entry[k] = int(sum(r[k] for r in rows))
+        out[tier] = entry
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+
+def write_npz(path: Path, tp: TierPredictions) -> None:
+    """predictions (n_trials, N, T_max) float32 in original response units, NaN past each trial's
+    frame count and before the model's first output frame; trial_ids (n_trials,) int64;
+    unit_ids (N,); frame_counts (n_trials,) int64; clip_ids (n_trials,) int64 (trials with equal
+    clip_ids showed the same movie); session, tier (str)."""
+    keys = {k: i for i, k in enumerate(dict.fromkeys(tp.clip_keys))}
+    with open(path, "wb") as f:
+        np.savez_compressed(
+            f,
+            predictions=tp.padded(),
+            trial_ids=np.asarray(tp.trial_ids, dtype=np.int64),
+            unit_ids=np.asarray(tp.unit_ids),
+            frame_counts=tp.frame_counts,
+            clip_ids=np.asarray([keys[k] for k in tp.clip_keys], dtype=np.int64),
+            session=np.asarray(tp.session),
+            tier=np.asarray(tp.tier),
+        )
+
+
+SUBMISSION_COLUMNS = ("mouse", "trial_indices", "prediction", "neuron_ids")
+
+
+def write_submission(path: Path, tiers: Sequence[TierPredictions], skip: int = M.SKIP_FRAMES):
+    """Sensorium 2023 submission layout (ecker-lab/sensorium_2023 README and
+    `sensorium/utility/submission.py`), as CSV: one row per trial with `mouse` (session folder
+    name), `trial_indices` (the trial's integer index), `prediction` (JSON list of N lists: the
+    last T - 50 frames of the trial, in original units) and `neuron_ids` (JSON list of unit ids,
+    the order of the prediction rows)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SUBMISSION_COLUMNS)
+        for tp in tiers:
+            neuron_ids = json.dumps([int(u) for u in np.asarray(tp.unit_ids).tolist()])
+            for trial, p in zip(tp.trial_ids, tp.predictions):
+                frames = np.nan_to_num(p[:, skip:], nan=0.0)
+                rows = ("[" + ",".join(f"{v:.6g}" for v in row) + "]" for row in frames)
+                writer.writerow([tp.session, int(trial), "[" + ",".join(rows) + "]", neuron_ids])
+
+
+def write_metrics(folder: Path, result: dict[str, Any]) -> None:
+    with open(folder / "metrics.json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["session", "tier", *METRIC_KEYS, *COUNT_KEYS])
+        rows = [(s, t, m) for s, by_tier in result["sessions"].items() for t, m in by_tier.items()]
+        rows += [("mean", t, m) for t, m in result["mean"].items()]
+        for session, tier, m in rows:
+            values = ["" if m[k] is None else f"{m[k]:.6f}" for k in METRIC_KEYS]
+            writer.writerow([session, tier, *values, *(m[k] for k in COUNT_KEYS)])
+
+
+def format_table(result: dict[str, Any], hidden: set[tuple[str, str]] | None = None) -> str:
+    """The metrics as a printed table; tiers without responses say "no ground truth"."""
+    hidden = hidden or set()
+    heads = ["session", "tier", "trials", "neurons", "single r", "r to avg", "FEVE", "CC_norm"]
+    has_ceiling = any(
+        m.get("ceiling_correlation") is not None
+        for by_tier in result["sessions"].values()
+        for m in by_tier.values()
+    )
+    if has_ceiling:
+        heads += ["ceiling", "of ceiling"]
+    keys = ["single_trial_correlation", "correlation_to_average", "feve", "normalized_correlation"]
+    if has_ceiling:
+        keys += ["ceiling_correlation", "fraction_of_ceiling"]
+    lines = []
+    rows = [(s, t, m) for s, by_tier in result["sessions"].items() for t, m in by_tier.items()]
+    rows += [("mean", t, m) for t, m in result["mean"].items()]
+    for session, tier, m in rows:
+        cells = [_short(session), tier, str(m["n_trials"]), str(m["n_neurons"])]
+        no_truth = (session, tier) in hidden or (
+            session == "mean" and all(m[k] is None for k in keys)
+        )
+        if no_truth:
+            cells += ["no ground truth"] + [""] * (len(keys) - 1)
+        else:
+            cells += ["-" if m[k] is None else f"{m[k]:.4f}" for k in keys]
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in [heads, *lines]) for i in range(len(heads))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    rule = "-" * len(fmt(heads))
+    return "\n".join([fmt(heads), rule, *map(fmt, lines)])
+
+
+def _short(name: str, width: int = 32) -> str:
+    """A session name for the table: published names by their alias (29156-11-10)."""
+    if len(name) <= width:
+        return name
+    m = re.match(r"^dynamic(\d+-\d+-\d+)-", name)
+    return m.group(1) if m else name[: width - 3] + "..."
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A temporary folder beside `final`, renamed onto it when the block succeeds, else removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction
+# ------------------------------------------------------------------------------------------------
+
+
+def predict_run(
+    output_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike = "best",
+    tiers: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Predict every trial of each session and tier, write `output_dir/predictions/`, return the
+    metrics dict (the content of metrics.json)."""
+    run_dir = Path(output_dir)
+    config, state, ckpt_path = load_run(run_dir, checkpoint)
+    if data_dir is not None:
+        config.data.data_dir = str(data_dir)
+    config.data.generate_synthetic = False  # prediction never writes data
+    dev = pick_device(device or config.run.device or None)
+    autocast = use_autocast(config, dev)
+    log.info("checkpoint %s (epoch %s) on %s", ckpt_path, state.get("epoch"), dev)
+
+    trained = _trained_sessions(config, state)
+    sessions = open_sessions(config, trained, state)
+    model = build(config, state, sessions, ckpt_path).to(dev).eval()
+    batch = batch_size or config.data.batch_size
+
+    results: dict[str, dict[str, Any]] = {}
+    hidden: set[tuple[str, str]] = set()
+    all_tp: list[TierPredictions] = []
+    for name, session in sessions.items():
+        session_tiers = _tiers_of(session, tiers)
+        results[name] = {}
+        for tier in session_tiers:
+            tp = predict_tier(config, model, session, tier, dev, autocast, batch, verbose)
+            if tp.responses is None:
+                hidden.add((name, tier))
+            results[name][tier] = score(tp)
+            all_tp.append(tp)
+    result = {"sessions": results, "mean": mean_over_sessions(results)}
+
+    final = run_dir / PREDICTIONS_DIR
+    with staged_folder(final) as tmp:
+        for tp in all_tp:
+            (tmp / tp.session).mkdir(exist_ok=True)
+            write_npz(tmp / tp.session / f"{tp.tier}.npz", tp)
+        for tier in dict.fromkeys(tp.tier for tp in all_tp):
+            if tier in layout.TEST_TIERS:
+                write_submission(
+                    tmp / f"submission_{tier}.csv", [t for t in all_tp if t.tier == tier]
+                )
+        write_metrics(tmp, result)
+    table = format_table(result, hidden)
+    if verbose:
+        print(table)
+    log.info("predictions and metrics written to %s", final)
+    return result
+
+
+def _trained_sessions(config: Config, state: dict[str, Any]) -> list[str]:
+    sessions = state.get("sessions")
+    if isinstance(sessions, dict) and sessions:
+        return list(sessions)
+    if config.data.mouse_ids:
+        return list(config.data.mouse_ids)
+    raise CheckpointError("checkpoint names no sessions and config.yaml has no data.mouse_ids")
+
+
+def _tiers_of(session: Any, tiers: Sequence[str] | None) -> list[str]:
+    present = list(dict.fromkeys(str(t) for t in np.asarray(session.tiers).tolist()))
+    if tiers is None:
+        order = [t for t in layout.TIERS if t in present] + [
+            t for t in present if t not in layout.TIERS
+        ]
+        return [t for t in order if t not in SKIP_TIERS]
+    return [t for t in tiers if t in present]
+
+
+def open_sessions(config: Config, trained: Sequence[str], state: dict[str, Any]) -> dict[str, Any]:
+    """The trained sessions, opened from the data folder; DataFormatError if any is missing or
+    its neurons differ from the ones the model was trained on."""
+    from neurotwin.data.sensorium import SensoriumSession, find_sessions
+
+    data_dir = Path(config.data.data_dir)
+    found = {p.name: p for p in find_sessions(data_dir)}
+    missing = [s for s in trained if s not in found]
+    if missing:
+        raise DataFormatError(
+            data_dir,
+            f"does not hold the session(s) the model was trained on: {missing}; "
+            f"sessions found: {sorted(found)}",
+            "data_dir",
+        )
+    config.data.mouse_ids = list(trained)  # folder names, in training order
+    saved = state.get("sessions") or {}
+    sessions = {}
+    for name in trained:
+        session = SensoriumSession(found[name], limit_neurons=config.data.limit_neurons)
+        want = saved.get(name, {}).get("unit_ids") if isinstance(saved.get(name), dict) else None
+        if want is not None:
+            want = np.asarray(want.tolist() if isinstance(want, torch.Tensor) else want)
+            if want.shape != session.unit_ids.shape or not np.array_equal(want, session.unit_ids):
+                raise DataFormatError(
+                    session.path / layout.UNIT_IDS_FILE,
+                    f"the session's neurons ({session.n_neurons}) are not the "
+                    f"{len(want)} the model was trained on",
+                    "unit_ids",
+                )
+        sessions[name] = session
+    return sessions
+
+
+def build(config: Config, state: dict[str, Any], sessions: dict[str, Any], path: Path):
+    """The model of config.yaml for `sessions`, with the checkpoint's weights."""
+    from neurotwin.data import loaders
+    from neurotwin.models.model import build_model
+
+    specs = loaders.session_specs(config.data)
+    frame_shape = next(iter(sessions.values())).frame_shape
+    model = build_model(config.model, specs, in_channels=1, frame_shape=frame_shape)
+    load_weights(model, state["model"], path)
+    return model
+
+
+def _statistics(config: Config, session: Any):
+    needs = config.data.transform_input or config.data.transform_output
+    if not needs:
+        return None
+    return session.statistics(shipped=config.data.shipped_statistics, tier=config.data.train_tier)
+
+
+@torch.inference_mode()
+def predict_tier(
+    config: Config,
+    model: torch.nn.Module,
+    session: Any,
+    tier: str,
+    device: torch.device,
+    autocast: bool,
+    batch_size: int,
+    verbose: int = 1,
+) -> TierPredictions:
+    """Whole-trial predictions of one session and tier (trials of equal length are batched)."""
+    from tqdm.auto import tqdm
+
+    from neurotwin.data.dataset import SessionDataset
+
+    ds = SessionDataset(
+        session,
+        tier,
+        crop_frame=-1,
+        transform_input=config.data.transform_input,
+        transform_output=config.data.transform_output,
+        statistics=_statistics(config, session),
+        random_crop=False,
+    )
+    hidden = session.responses_hidden(tier)
+    tp = TierPredictions(
+        session.name,
+        tier,
+        np.asarray(session.unit_ids),
+        responses=None if hidden else [],
+        noiseless=[] if session.has_noiseless and not hidden else None,
+    )
+    # batches of trials with equal length, in trial order within each length
+    by_length: dict[int, list[int]] = {}
+    for i, length in enumerate(ds.lengths.tolist()):
+        by_length.setdefault(int(length), []).append(i)
+    batches = [
+        idx[k : k + batch_size]
+        for idx in by_length.values()
+        for k in range(0, len(idx), batch_size)
+    ]
+    out: dict[int, np.ndarray] = {}
+    bar = tqdm(
+        total=len(ds), desc=f"{_short(session.name, 24)} {tier}", disable=not verbose, leave=False
+    )
+    for idx in batches:
+        items = [ds[i] for i in idx]
+        video = torch.stack([it["video"] for it in items]).to(device)
+        behavior = torch.stack([it["behavior"] for it in items]).to(device)
+        pupil = torch.stack([it["pupil_center"] for it in items]).to(device)
+        ctx = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if autocast
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            rates = model(video, session.name, behavior, pupil)
+        rates = ds.output_transform.inverse(rates.float()).cpu().numpy()
+        t = video.shape[2]
+        if rates.shape[-1] > t or rates.shape[1] != session.n_neurons:
+            raise CheckpointError(
+                f"model output {tuple(rates.shape)} does not fit {len(idx)} trials of "
+                f"{session.n_neurons} neurons and {t} frames"
+            )
+        for j, i in enumerate(idx):
+            full = np.full((session.n_neurons, t), np.nan, np.float32)
+            full[:, t - rates.shape[-1] :] = rates[j]  # the model's frames are the last T'
+            out[i] = full
+        bar.update(len(idx))
+    bar.close()
+    for i, trial in enumerate(ds.trial_ids.tolist()):
+        length = int(ds.lengths[i])
+        raw = session.load_trial(trial)
+        tp.trial_ids.append(int(trial))
+        tp.predictions.append(out[i])
+        tp.clip_keys.append(M.video_hash(raw[layout.VIDEOS], length))
+        if tp.responses is not None:
+            tp.responses.append(np.asarray(raw[layout.RESPONSES][:, :length], np.float64))
+        if tp.noiseless is not None:
+            tp.noiseless.append(np.asarray(session.load_noiseless(trial)[:, :length], np.float64))
+    return tp
