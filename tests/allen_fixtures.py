@@ -25,6 +25,16 @@ FRAME_RATE = 30.0  # 2-photon and stimulus frames
 
 
 def _s(group, name, value):
+    """NWB 1 (Allen ophys) strings are fixed-length byte strings: h5py reads them as np.bytes_
+    (allensdk's get_metadata checks `v.dtype.type is np.bytes_`)."""
+    if isinstance(value, (list, tuple)):
+        group.create_dataset(name, data=np.asarray([str(v).encode() for v in value]))
+    else:
+        group.create_dataset(name, data=np.bytes_(str(value).encode()))
+
+
+def _s2(group, name, value):
+    """NWB 2 (pynwb-written) strings are variable-length UTF-8."""
     group.create_dataset(name, data=np.asarray(value, dtype=object), dtype=STR)
 
 
@@ -33,9 +43,22 @@ def _ts_attrs(obj, ancestry="TimeSeries", nwb2=False):
         obj.attrs["namespace"] = "core"
         obj.attrs["neurodata_type"] = ancestry
         obj.attrs["object_id"] = str(uuid.uuid4())
+        obj.attrs["description"] = "no description"
+        obj.attrs["comments"] = "no comments"
     else:
         obj.attrs["neurodata_type"] = "TimeSeries"
         obj.attrs["ancestry"] = np.asarray([b"TimeSeries", ancestry.encode()])
+
+
+def _ts_data(g, data, timestamps, unit):
+    """An NWB 2 TimeSeries' data (with unit/conversion/resolution) and timestamps."""
+    d = g.create_dataset("data", data=data)
+    d.attrs["unit"] = unit
+    d.attrs["conversion"] = 1.0
+    d.attrs["resolution"] = -1.0
+    t = g.create_dataset("timestamps", data=timestamps)
+    t.attrs["interval"] = 1
+    t.attrs["unit"] = "seconds"
 
 
 def dff_value(cell: int, sample: int | np.ndarray) -> np.ndarray:
@@ -214,6 +237,19 @@ def write_ophys_nwb(
 # ------------------------------------------------------------------------------------------------
 
 
+def _typed(obj, namespace, neurodata_type):
+    obj.attrs["namespace"] = namespace
+    obj.attrs["neurodata_type"] = neurodata_type
+    obj.attrs["object_id"] = str(uuid.uuid4())
+
+
+def _module(group, description):
+    group.attrs["namespace"] = "core"
+    group.attrs["neurodata_type"] = "ProcessingModule"
+    group.attrs["description"] = description
+    group.attrs["object_id"] = str(uuid.uuid4())
+
+
 def _table(group, colnames, description):
     group.attrs["namespace"] = "hdmf-common"
     group.attrs["neurodata_type"] = "DynamicTable"
@@ -312,7 +348,7 @@ def write_ecephys_nwb(
         n = int(rng.integers(200, 400))
         s = np.sort(rng.uniform(0.0, t_end, size=n))
         # spikes exactly on frame boundaries (start counts, stop does not)
-        s = np.sort(np.concatenate([s, pres["natural_movie_one"]["start_time"][:3]]))
+        s = np.sort(np.concatenate([s, next(iter(pres.values()))["start_time"][:3]]))
         spikes.append(s)
     truth = {
         "unit_ids": unit_ids,
@@ -333,11 +369,11 @@ def write_ecephys_nwb(
         f.attrs["neurodata_type"] = "NWBFile"
         f.attrs["nwb_version"] = "2.2.2"
         f.attrs["object_id"] = str(uuid.uuid4())
-        _s(f, "identifier", str(session_id))
-        _s(f, "session_description", "Data and metadata for an Ecephys session")
-        _s(f, "session_start_time", "2019-01-19T00:54:18-08:00")
-        _s(f, "timestamps_reference_time", "2019-01-19T00:54:18-08:00")
-        _s(f, "file_create_date", ["2019-10-03T10:00:00-07:00"])
+        _s2(f, "identifier", str(session_id))
+        _s2(f, "session_description", "Data and metadata for an Ecephys session")
+        _s2(f, "session_start_time", "2019-01-19T00:54:18-08:00")
+        _s2(f, "timestamps_reference_time", "2019-01-19T00:54:18-08:00")
+        _s2(f, "file_create_date", ["2019-10-03T10:00:00-07:00"])
         for g in (
             "acquisition",
             "analysis",
@@ -346,17 +382,27 @@ def write_ecephys_nwb(
             "general/devices",
         ):
             f.create_group(g)
-        _s(f["general"], "stimulus", "brain_observatory_1.1")
+        _s2(f["general"], "stimulus", "brain_observatory_1.1")
         subj = f.create_group("general/subject")
         subj.attrs["namespace"] = "core"
         subj.attrs["neurodata_type"] = "Subject"
-        _s(subj, "genotype", "Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt")
-        _s(subj, "species", "Mus musculus")
-        _s(subj, "age", "P118D")
+        _s2(subj, "genotype", "Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt")
+        _s2(subj, "species", "Mus musculus")
+        _s2(subj, "age", "P118D")
         ecephys = f.create_group("general/extracellular_ephys")
         for p in np.unique(probe_ids):
+            dev = f["general/devices"].create_group(f"probe{p}")
+            dev.attrs["namespace"] = "ndx-aibs-ecephys"  # allensdk's extension, not cached here
+            dev.attrs["neurodata_type"] = "EcephysProbe"
+            dev.attrs["object_id"] = str(uuid.uuid4())
+            dev.attrs["description"] = "Neuropixels 1.0 Probe"
+            dev.attrs["manufacturer"] = "imec"
+            dev.attrs["probe_id"] = int(p)
+            dev.attrs["sampling_rate"] = 29999.9
             eg = ecephys.create_group(f"probe{p}")
-            eg.attrs["namespace"] = "AIBS_ecephys"
+            eg["device"] = h5py.SoftLink(f"/general/devices/probe{p}")
+            eg.attrs["object_id"] = str(uuid.uuid4())
+            eg.attrs["namespace"] = "ndx-aibs-ecephys"
             eg.attrs["neurodata_type"] = "EcephysElectrodeGroup"
             eg.attrs["description"] = "Ecephys Electrode Group"
             eg.attrs["location"] = "See electrode locations"
@@ -383,11 +429,12 @@ def write_ecephys_nwb(
         el.attrs["namespace"] = "core"
         el.attrs["neurodata_type"] = "DynamicTable"
         ids = el.create_dataset("id", data=ch_ids)
-        ids.attrs["neurodata_type"] = "ElementIdentifiers"
+        _typed(ids, "hdmf-common", "ElementIdentifiers")
         _col(el, "location", location, dtype=STR)
         refs = [ecephys[f"probe{p}"].ref for p in probe_ids]
         grp = el.create_dataset("group", data=refs, dtype=h5py.ref_dtype)
-        grp.attrs["neurodata_type"] = "VectorData"
+        _typed(grp, "hdmf-common", "VectorData")
+        grp.attrs["description"] = "electrode group"
         _col(el, "group_name", [f"probe{p}" for p in probe_ids], dtype=STR)
         for name, col in zip("xyz", ccf_xyz.T):
             _col(el, name, col, dtype=np.float64)
@@ -417,18 +464,22 @@ def write_ecephys_nwb(
             "local_index",
             "cluster_id",
             "snr",
+            "waveform_mean",
         ]
         _table(u, ucols, "Autogenerated by NWBFile")
         u.attrs["namespace"] = "core"
         u.attrs["neurodata_type"] = "Units"
         uid = u.create_dataset("id", data=unit_ids.astype(np.int64))
-        uid.attrs["neurodata_type"] = "ElementIdentifiers"
+        _typed(uid, "hdmf-common", "ElementIdentifiers")
         flat = np.concatenate(spikes)
         ends = np.cumsum([s.size for s in spikes])
         st_ds = _col(u, "spike_times", flat, dtype=np.float64)
         _index(u, "spike_times_index", st_ds, ends)
         amp_ds = _col(u, "spike_amplitudes", np.full(flat.size, 1e-4), dtype=np.float64)
         _index(u, "spike_amplitudes_index", amp_ds, ends)
+        # mean waveform per unit: ragged (channels, 82 samples) blocks, 2 channels per unit here
+        wf = _col(u, "waveform_mean", np.zeros((2 * n_units, 82), np.float32), dtype=np.float32)
+        _index(u, "waveform_mean_index", wf, 2 * np.arange(1, n_units + 1))
         _col(u, "quality", [s[1] for s in unit_spec], dtype=STR)
         _col(u, "isi_violations", [s[2] for s in unit_spec], dtype=np.float64)
         _col(u, "amplitude_cutoff", [s[3] for s in unit_spec], dtype=np.float64)
@@ -449,7 +500,7 @@ def write_ecephys_nwb(
                 "frame",
                 "stimulus_index",
                 "tags",
-                "timeseries",
+                # real files also hold a `timeseries` column (refs to stimulus timestamps)
             ]
             _table(g, pcols, f"Presentation times and stimuli details for '{movie}' stimuli")
             g.attrs["namespace"] = "core"
@@ -469,7 +520,7 @@ def write_ecephys_nwb(
             if templates_inside:
                 tg = f.create_group(f"stimulus/templates/{movie}_image_stack")
                 _ts_attrs(tg, "ImageSeries", nwb2=True)
-                tg.create_dataset("data", data=tmpl)
+                _ts_data(tg, tmpl, np.arange(movies[movie]) / FRAME_RATE, "NA")
 
         run_t = np.arange(0.0, t_end, 1.0 / 60.0)
         speed = running_value(run_t)
@@ -481,11 +532,8 @@ def write_ecephys_nwb(
         ):
             g = f.create_group(f"processing/running/{name}")
             _ts_attrs(g, "TimeSeries", nwb2=True)
-            d = g.create_dataset("data", data=data)
-            d.attrs["unit"] = "cm/s"
-            g.create_dataset("timestamps", data=ts)
-        f["processing/running"].attrs["neurodata_type"] = "ProcessingModule"
-        f["processing/running"].attrs["namespace"] = "core"
+            _ts_data(g, data, ts, "cm/s")
+        _module(f["processing/running"], "Running speed processing module")
         truth["running"] = (run_t, speed)
         if eye_tracking:
             et = np.arange(0.0, t_end, 1.0 / 60.0)
@@ -500,8 +548,9 @@ def write_ecephys_nwb(
                 ):
                     g = f.create_group(f"processing/{mod}/{name}")
                     _ts_attrs(g, "TimeSeries", nwb2=True)
-                    g.create_dataset("data", data=data)
-                    g.create_dataset("timestamps", data=et)
+                    _ts_data(g, data, et, "Pixels ^ 2" if "area" in name else "Degrees")
+            for mod in ("raw_gaze_mapping", "filtered_gaze_mapping"):
+                _module(f[f"processing/{mod}"], f"Gaze mapping processing module {mod}")
             truth["eye"] = {"t": et, "area": area, "sph": sph}
     return truth
 
