@@ -547,7 +547,7 @@ def _make_population(rng: np.random.Generator, sizes: SyntheticSizes, p: ModelPa
 
 class _OverTrials:
     """Streaming mean/std/min/max over trials of same-shaped arrays, NaN ignored; median over
-    the trials kept in memory (all trials while they fit in `median_bytes`)."""
+    the trials kept in memory (the first ones, all of them while they fit in `median_bytes`)."""
 
     def __init__(self, median_bytes: int):
         self.n = self.mean = self.m2 = self.min = self.max = None
@@ -571,7 +571,7 @@ class _OverTrials:
         self.m2 += delta * np.where(valid, x - self.mean, 0.0)
         self.min = np.where(valid, np.minimum(self.min, x), self.min)
         self.max = np.where(valid, np.maximum(self.max, x), self.max)
-        if keep and (len(self.kept) + 1) * a.size * 4 <= self.median_bytes:
+        if keep and (not self.kept or (len(self.kept) + 1) * a.size * 4 <= self.median_bytes):
             self.kept.append(a.astype(np.float32))
         self.trials += 1
 
@@ -590,6 +590,8 @@ class _OverTrials:
                 "max": np.where(empty, nan, self.max),
                 "median": _nanmedian0(np.stack(self.kept)),
             }
+            # a subset median can miss frames that only longer trials reach: use the mean there
+            stats["median"] = np.where(np.isnan(stats["median"]), stats["mean"], stats["median"])
         return {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
 
 
@@ -1078,13 +1080,12 @@ def _session_meta(mouse: _Mouse, preset: str, mice: int) -> dict[str, Any]:
 
 
 def _session_folders(data_dir: Path) -> list[Path]:
+    """Session folders under data_dir, as the reader sees them (sub-folders with data/, meta/)."""
+    from neurotwin.data.sensorium import is_session_folder
+
     if not data_dir.is_dir():
         return []
-    return sorted(
-        d
-        for d in data_dir.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and (d / layout.TIERS_FILE).is_file()
-    )
+    return sorted((d for d in data_dir.iterdir() if is_session_folder(d)), key=lambda d: d.name)
 
 
 def ensure_synthetic(data_dir: str | Path, progress: bool = True) -> list[Path]:
