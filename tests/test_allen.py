@@ -436,3 +436,30 @@ def test_meta_json_is_valid(ophys, ecephys):
     for folder in (ophys[1], ecephys[1]):
         meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
         assert meta["source"].startswith("allen") and meta["clip_length"] in (CLIP, 5)
+
+
+def test_ophys_negative_dff_is_shifted(tmp_path):
+    truth = write_ophys_nwb(tmp_path / "n.nwb", movies={"natural_movie_one": 8}, repeats=2)
+    with h5py.File(tmp_path / "n.nwb", "a") as f:
+        f[f"{DFF}/data"][...] = truth["dff"] - 1.0  # cell 0 and 1 go negative
+    raw = convert_ophys(
+        tmp_path / "n.nwb",
+        tmp_path / "o",
+        dff_offset="none",
+        name="raw",
+        frame_size=SIZE,
+        clip_length=CLIP,
+    )
+    shifted = convert_ophys(tmp_path / "n.nwb", tmp_path / "o", frame_size=SIZE, clip_length=CLIP)
+    offset = np.load(shifted / "meta/neurons/response_offset.npy")
+    assert offset[0] < 0 and offset[3] == 0
+    a, b = SensoriumSession(raw), SensoriumSession(shifted)
+    lowest = min(np.nanmin(b.load_trial(t)["responses"]) for t in range(b.n_trials))
+    assert lowest == pytest.approx(0.0, abs=1e-6)
+    for t in range(a.n_trials):
+        np.testing.assert_allclose(
+            b.load_trial(t)["responses"] + offset[:, None],
+            a.load_trial(t)["responses"],
+            rtol=1e-5,
+            atol=1e-6,
+        )

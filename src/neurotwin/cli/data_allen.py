@@ -45,6 +45,15 @@ def register(subparsers) -> None:
         help="dF/F traces or allensdk's extracted events (default dff)",
     )
     o.add_argument(
+        "--dff-offset",
+        "--dff_offset",
+        dest="dff_offset",
+        choices=("shift", "clip", "none"),
+        default="shift",
+        help="make dF/F >= 0 for the Poisson loss: shift by each cell's negative minimum "
+        "(saved in meta/neurons/response_offset.npy), clip at 0, or none",
+    )
+    o.add_argument(
         "--events",
         type=Path,
         default=None,
@@ -242,7 +251,12 @@ def run_ophys(args) -> int:
         )
         events = events or fetched
     folder = convert_ophys(
-        nwb_path, args.out, response=args.response, events_path=events, **_common_kwargs(args)
+        nwb_path,
+        args.out,
+        response=args.response,
+        dff_offset=args.dff_offset,
+        events_path=events,
+        **_common_kwargs(args),
     )
     log.info("wrote %s", folder)
     return 0

@@ -56,6 +56,7 @@ def convert_ophys(
     out_dir: str | Path,
     *,
     response: str = "dff",
+    dff_offset: str = "shift",
     events_path: str | Path | None = None,
     movies: Sequence[str] | None = None,
     frame_size: tuple[int, int] = (36, 64),
@@ -70,6 +71,10 @@ def convert_ophys(
     nwb_path = Path(nwb_path)
     if response not in ("dff", "events"):
         raise DataFormatError(nwb_path, f"response must be 'dff' or 'events', got {response!r}")
+    if dff_offset not in ("shift", "clip", "none"):
+        raise DataFormatError(
+            nwb_path, f"dff_offset must be 'shift', 'clip' or 'none', got {dff_offset!r}"
+        )
     with nwb.open_nwb(nwb_path) as f:
         timestamps = nwb.read(f, f"{DFF}/timestamps", ndim=1, what="2-photon frame times (s)")
         dff = nwb.read(f, f"{DFF}/data", ndim=2, what="dF/F, (cells, frames)")
@@ -106,12 +111,16 @@ def convert_ophys(
                 _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size)
             )
     n_cells = cell_ids.size
+    offset = np.zeros(n_cells)
+    if response == "dff" and dff_offset != "none":
+        offset = _nonnegative(recordings, dff_offset)
     area = meta.get("targeted_structure") or ""
     extra = {
         "neurons/area.npy": np.asarray([area] * n_cells, dtype=str),
         "neurons/depth.npy": np.full(n_cells, np.nan if depth is None else depth, np.float32),
         "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n_cells, dtype=str),
         "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
+        "neurons/response_offset.npy": offset.astype(np.float32),
     }
     session = trials.build_session(
         recordings,
@@ -140,6 +149,11 @@ def convert_ophys(
         "indicator": meta.get("indicator"),
         "responses": response,
         "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
+        "dff_offset": dff_offset if response == "dff" else None,
+        "response_offset": "stored responses = dF/F - meta/neurons/response_offset.npy "
+        "(shift: each cell's negative minimum, so responses are >= 0 for the Poisson loss)"
+        if response == "dff" and dff_offset == "shift"
+        else None,
         "alignment": "mean of 2-photon samples in each displayed frame's [start, end); "
         "nearest sample when empty",
         "behavior": ["pupil_size (pixels, area) or zeros", "running_speed (cm/s)"],
@@ -159,6 +173,25 @@ def convert_ophys(
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def _nonnegative(recordings, mode: str) -> np.ndarray:
+    """Make dF/F non-negative (Poisson loss): 'shift' subtracts each cell's minimum when it is
+    negative (returned as the offset), 'clip' sets negative values to 0 (offset 0)."""
+    n = recordings[0].responses[0].shape[0] if recordings and recordings[0].responses else 0
+    if mode == "clip":
+        for rec in recordings:
+            rec.responses = [np.maximum(r, 0.0) for r in rec.responses]
+        return np.zeros(n)
+    lowest = np.zeros(n)
+    for rec in recordings:
+        for r in rec.responses:
+            finite = np.where(np.isfinite(r), r, np.inf)
+            if finite.size:
+                lowest = np.minimum(lowest, finite.min(axis=1))
+    for rec in recordings:
+        rec.responses = [r - lowest[:, None] for r in rec.responses]
+    return lowest
 
 
 def _read_events(path: str | Path | None, shape: tuple[int, int], nwb_path: Path) -> np.ndarray:
