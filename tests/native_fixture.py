@@ -38,7 +38,7 @@ def write_native_session(
     hidden_tiers: Sequence[str] = layout.TEST_TIERS,
     hidden: str = "zeros",
     shuffle_tiers: bool = True,
-    shipped_statistics: bool = True,
+    shipped_statistics: bool | str = True,
     noiseless: bool = False,
     dtype: type = np.float32,
     meta: dict | None = None,
@@ -50,7 +50,9 @@ def write_native_session(
     `trial_lengths`: valid frames per trial (int for all, a sequence per trial in file order;
     None: every third trial is NaN-padded to 3/4 of `n_frames`). `hidden`: "zeros" or "nan", the
     way responses of `hidden_tiers` are withheld. `meta` is written to meta/neurotwin.json.
-    `return_arrays`: also return the `layout.SessionArrays` that were written.
+    `shipped_statistics`: True writes meta/statistics over the training trials and frames;
+    "per_frame" over trials only, keeping the frame axis (as the published statistics were made);
+    False writes none. `return_arrays`: also return the `layout.SessionArrays` written.
     """
     rng = np.random.default_rng(seed)
     tiers = np.array(list(tiers))
@@ -89,8 +91,15 @@ def write_native_session(
         }
         rates[i] = rate.astype(dtype)
     statistics = {}
-    if shipped_statistics:
-        train = [i for i in range(n_trials) if tiers[i] == layout.TRAIN_TIER]
+    train = [i for i in range(n_trials) if tiers[i] == layout.TRAIN_TIER]
+    if shipped_statistics == "per_frame":
+        for name in layout.TRIAL_ARRAYS:
+            stack = np.stack([trials[i][name] for i in train]).astype(np.float64)
+            statistics[name] = {
+                stat: getattr(np, f"nan{stat}")(stack, axis=0).astype(np.float32)
+                for stat in layout.STATISTIC_NAMES
+            }
+    elif shipped_statistics:
         for name, keep in zip(layout.TRIAL_ARRAYS, (None, 0, 0, 0)):
             statistics[name] = layout.trial_statistics([trials[i][name] for i in train], keep)
     extra_meta = {}

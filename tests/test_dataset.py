@@ -11,6 +11,7 @@ import torch
 from native_fixture import write_native_session
 from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.errors import DataFormatError
 
 
 @pytest.fixture
@@ -174,3 +175,11 @@ def test_transforms_reduce_statistics_with_a_frame_axis():
     torch.testing.assert_close(
         t.inverse("pupil_center", t("pupil_center", torch.ones(2, 3))), torch.ones(2, 3)
     )
+
+
+def test_statistics_of_the_wrong_size(session):
+    stats = session.statistics()
+    stats["responses"]["std"] = stats["responses"]["std"][:3]
+    with pytest.raises(DataFormatError, match="expected 7 values") as e:
+        SessionDataset(session, "train", transform_output=1, statistics=stats)
+    assert e.value.path == session.path and e.value.field == "statistics responses/std"

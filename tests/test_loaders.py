@@ -159,3 +159,17 @@ def test_session_specs(native_dataset):
             loader = build_loaders(cfg, {"all": "train"}, 0)["all"][name]
             y = torch.cat([b["response"][0] for b in loader], dim=1)
             np.testing.assert_allclose(spec["mean_response"], y.mean(1).numpy(), rtol=1e-4)
+
+
+def test_shipped_statistics_with_a_frame_axis(tmp_path):
+    # the published statistics keep a frame axis (computed over trials only)
+    path = write_native_session(tmp_path / "m1", shipped_statistics="per_frame", trial_lengths=24)
+    assert np.load(path / "meta/statistics/responses/all/std.npy").shape == (7, 24)
+    cfg = _config(tmp_path, shipped_statistics=True, transform_input=1, transform_output=1)
+    (loader,) = build_loaders(cfg, {"train": "train"}, 0)["train"].values()
+    batches = [b for _, b in interleave({"m1": loader}, 0, 0)]
+    assert all(b["response"].min() >= 0 for b in batches)
+    video = torch.cat([b["video"].flatten() for b in batches])
+    assert abs(video.mean().item()) < 0.2 and abs(video.std().item() - 1) < 0.2
+    spec = session_specs(cfg)["m1"]
+    assert spec["mean_response"].shape == (7,) and np.all(spec["mean_response"] > 0)

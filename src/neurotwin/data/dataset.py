@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +38,13 @@ log = logging.getLogger(__name__)
 Stats = Mapping[str, Mapping[str, np.ndarray]]
 
 
-def _channel_stat(stat: str, value: np.ndarray, channels: int | None) -> np.ndarray:
+def _channel_stat(
+    stat: str,
+    value: np.ndarray,
+    channels: int | None,
+    source: str | Path = "statistics",
+    array: str = "",
+) -> np.ndarray:
     """A statistic as one value per channel (channels=None: one scalar).
 
     Statistics with extra axes (e.g. shipped ones with a frame axis) are reduced over them:
@@ -49,9 +56,9 @@ def _channel_stat(stat: str, value: np.ndarray, channels: int | None) -> np.ndar
     else:
         if v.ndim == 0 or v.shape[0] != channels:
             raise DataFormatError(
-                "statistics",
-                f"expected {channels} values along the first axis, got {v.shape}",
-                stat,
+                source,
+                f"statistics: expected {channels} values along the first axis, got {v.shape}",
+                f"statistics {array}/{stat}",
             )
         v = v.reshape(channels, -1)
     if v.shape[1] > 1:
@@ -75,7 +82,7 @@ def _safe(scale: np.ndarray) -> np.ndarray:
 class InputTransform:
     """Video/behaviour/pupil-centre transform: ``y = (x - shift) / scale`` per channel."""
 
-    def __init__(self, statistics: Stats | None, mode: int):
+    def __init__(self, statistics: Stats | None, mode: int, source: str | Path = "statistics"):
         if mode not in (0, 1, 2):
             raise ValueError(f"transform_input must be 0, 1 or 2, got {mode}")
         if mode and statistics is None:
@@ -91,7 +98,10 @@ class InputTransform:
             if mode == 0:
                 shift, scale = np.zeros(1), np.ones(1)
             else:
-                s = {k: _channel_stat(k, statistics[name][k], channels) for k in statistics[name]}
+                s = {
+                    k: _channel_stat(k, v, channels, source, name)
+                    for k, v in statistics[name].items()
+                }
                 if mode == 1:
                     shift = np.zeros_like(s["std"]) if name == layout.BEHAVIOR else s["mean"]
                     scale = _safe(s["std"])
@@ -119,7 +129,13 @@ class OutputTransform:
     Works on (N, T) and batched (B, N, T) tensors.
     """
 
-    def __init__(self, statistics: Stats | None, mode: int, n_neurons: int | None = None):
+    def __init__(
+        self,
+        statistics: Stats | None,
+        mode: int,
+        n_neurons: int | None = None,
+        source: str | Path = "statistics",
+    ):
         if mode not in (0, 1, 2):
             raise ValueError(f"transform_output must be 0, 1 or 2, got {mode}")
         if mode and statistics is None:
@@ -130,7 +146,7 @@ class OutputTransform:
         else:
             stats = statistics[layout.RESPONSES]
             n = n_neurons if n_neurons is not None else np.asarray(stats["std"]).shape[0]
-            s = {k: _channel_stat(k, stats[k], n) for k in stats}
+            s = {k: _channel_stat(k, v, n, source, layout.RESPONSES) for k, v in stats.items()}
             if mode == 1:
                 std = s["std"]
                 threshold = 0.01 * np.nanmean(std)
@@ -190,8 +206,10 @@ class SessionDataset(Dataset):
         self.lengths = np.array([session.trial_length(t) for t in self.trial_ids], dtype=np.int64)
         if statistics is None and (transform_input or transform_output):
             statistics = session.statistics()
-        self.input_transform = InputTransform(statistics, transform_input)
-        self.output_transform = OutputTransform(statistics, transform_output, session.n_neurons)
+        self.input_transform = InputTransform(statistics, transform_input, session.path)
+        self.output_transform = OutputTransform(
+            statistics, transform_output, session.n_neurons, session.path
+        )
         if random_crop is None:
             random_crop = tier == layout.TRAIN_TIER and crop_frame > 0
         self.random_crop = bool(random_crop)
