@@ -24,8 +24,8 @@ TRIAL_ARRAYS = (VIDEOS, RESPONSES, BEHAVIOR, PUPIL_CENTER)
 
 TIERS_FILE = "meta/trials/tiers.npy"
 UNIT_IDS_FILE = "meta/neurons/unit_ids.npy"
-COORDINATES_FILE = "meta/neurons/cell_motor_coordinates.npy"
-STATISTICS_DIR = "meta/statistics"  # {array}/all/{stat}.npy
+COORDINATES_FILE = "meta/neurons/cell_motor_coordinates.npy"  # (N, 3) microns; int64 as published
+STATISTICS_DIR = "meta/statistics"  # {array}/all/{stat}.npy, as shipped (see sensorium.py)
 STATISTIC_NAMES = ("mean", "std", "min", "max", "median")
 
 TRAIN_TIER = "train"
