@@ -463,3 +463,11 @@ def test_ophys_negative_dff_is_shifted(tmp_path):
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("name", ["allen_ophys", "allen_ecephys"])
+def test_presets_load(name):
+    from neurotwin import config as cfg
+
+    preset = cfg.load_yaml(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert preset.data.data_dir == f"data/{name}" and preset.train.criterion == "poisson"
