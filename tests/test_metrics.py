@@ -79,6 +79,15 @@ def test_correlation_no_variance_is_zero_not_nan():
     np.testing.assert_array_equal(out_t.numpy(), [0.0, 0.0, 0.0])
 
 
+def test_correlation_nan_inputs_warn_and_give_zero():
+    x = np.stack([np.arange(10.0), np.arange(10.0)])
+    y = x.copy()
+    y[1, 3] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        out = metrics.correlation(x, y, axis=1)
+    np.testing.assert_allclose(out, [1.0, 0.0])
+
+
 # ------------------------------------------------------------------------------------------------
 # single-trial correlation
 # ------------------------------------------------------------------------------------------------

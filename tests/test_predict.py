@@ -353,6 +353,13 @@ def test_missing_run_folder_and_config(run, capsys):
     _no_leftovers(out)
 
 
+def test_unknown_tier(run, capsys):
+    out = _copy_run(run, "bad_tier")
+    err = _fails(["--output_dir", str(out), "--tiers", "live_test_bonus", "--verbose", "0"], capsys)
+    assert "live_test_bonus" in err and "oracle" in err
+    _no_leftovers(out)
+
+
 def test_corrupt_checkpoint(run, capsys):
     out = _copy_run(run, "corrupt")
     path = out / "checkpoints" / "best.pt"
@@ -400,7 +407,7 @@ def test_failure_keeps_the_previous_predictions_and_leaves_nothing_partial(run, 
 
     monkeypatch.setattr(P, "write_metrics", boom)
     with pytest.raises(OSError):
-        P.predict_run(out, tiers=["train"], verbose=0)
+        P.predict_run(out, tiers=["live_test_main"], verbose=0)
     assert (out / "predictions" / "metrics.json").read_text() == before
     assert not [p for p in out.iterdir() if p.name.startswith(".predictions")]
     # and from a clean folder nothing is left at all

@@ -39,6 +39,7 @@ Trials are given as a sequence of (N, T_i) arrays (numpy or torch; lengths may d
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,7 +91,16 @@ def correlation(x: ArrayLike, y: ArrayLike, axis: int = -1) -> ArrayLike:
     cov = (xc * yc).mean(axis=axis)
     bad = _no_variance(vx, (x * x).mean(axis=axis)) | _no_variance(vy, (y * y).mean(axis=axis))
     denom = np.sqrt(np.where(bad, 1.0, vx * vy))
-    return np.where(bad, 0.0, cov / denom)
+    out = np.where(bad, 0.0, cov / denom)
+    if not np.all(np.isfinite(out)):  # NaN in the inputs: as the published code, count as 0
+        warnings.warn(
+            f"{np.mean(~np.isfinite(out)) * 100:.1f}% of correlations are NaN (NaN inputs); "
+            "set to 0",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        out = np.where(np.isfinite(out), out, 0.0)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -382,6 +382,13 @@ def predict_run(
     model = build(config, state, sessions, ckpt_path).to(dev).eval()
     batch = batch_size or config.data.batch_size
 
+    if tiers is not None:
+        present = {str(t) for session in sessions.values() for t in np.unique(session.tiers)}
+        absent = [t for t in tiers if t not in present]
+        if absent:
+            raise ConfigError(
+                f"--tiers: {absent} not in any session; tiers present: {sorted(present)}"
+            )
     results: dict[str, dict[str, Any]] = {}
     hidden: set[tuple[str, str]] = set()
     all_tp: list[TierPredictions] = []
