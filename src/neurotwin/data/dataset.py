@@ -111,6 +111,15 @@ class InputTransform:
             shape = (1, 1, 1, 1) if name == layout.VIDEOS else (-1, 1)
             self.shift[name] = torch.as_tensor(shift, dtype=torch.float32).reshape(shape)
             self.scale[name] = torch.as_tensor(scale, dtype=torch.float32).reshape(shape)
+        self._np = {k: (v.numpy(), (1 / self.scale[k]).numpy()) for k, v in self.shift.items()}
+
+    def apply_(self, name: str, x: np.ndarray) -> np.ndarray:
+        """In place on a float32 numpy array (the Dataset's fast path)."""
+        if self.mode:
+            shift, inv_scale = self._np[name]
+            x -= shift
+            x *= inv_scale
+        return x
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if self.mode == 0:
@@ -157,6 +166,15 @@ class OutputTransform:
                 shift, scale = s["min"], _safe(s["max"] - s["min"])
         self.shift = torch.as_tensor(shift, dtype=torch.float32).reshape(-1, 1)
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1, 1)
+        self._np = (self.shift.numpy(), (1 / self.scale).numpy())
+
+    def apply_(self, r: np.ndarray) -> np.ndarray:
+        """In place on a float32 numpy array (N, T) (the Dataset's fast path)."""
+        if self.mode:
+            r -= self._np[0]
+            r *= self._np[1]
+        np.maximum(r, 0, out=r)
+        return r
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         y = r if self.mode == 0 else (r - self.shift.to(r.device)) / self.scale.to(r.device)
@@ -260,15 +278,23 @@ class SessionDataset(Dataset):
         data = self.session.load_trial(trial, frames=self.frames(index))
         video = np.moveaxis(data[layout.VIDEOS], -1, 0)[None]  # (H, W, T) -> (1, T, H, W)
         it = self.input_transform
+        # the arrays load_trial returns are private copies: transform them in place
         return {
-            "video": it(layout.VIDEOS, _tensor(video)),
-            "response": self.output_transform(_tensor(data[layout.RESPONSES])),
-            "behavior": it(layout.BEHAVIOR, _tensor(data[layout.BEHAVIOR])),
-            "pupil_center": it(layout.PUPIL_CENTER, _tensor(data[layout.PUPIL_CENTER])),
+            "video": _tensor(it.apply_(layout.VIDEOS, _float32(video))),
+            "response": _tensor(self.output_transform.apply_(_float32(data[layout.RESPONSES]))),
+            "behavior": _tensor(it.apply_(layout.BEHAVIOR, _float32(data[layout.BEHAVIOR]))),
+            "pupil_center": _tensor(
+                it.apply_(layout.PUPIL_CENTER, _float32(data[layout.PUPIL_CENTER]))
+            ),
             "trial_id": trial,
             "session": self.session.name,
         }
 
 
+def _float32(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a if a.flags.writeable else a.copy()
+
+
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return torch.from_numpy(a)

@@ -364,7 +364,9 @@ class SensoriumSession:
                 self.path / "data", f"trial {trial} out of range 0..{self.n_trials - 1}", "trial"
             )
         t = frames if frames is not None else slice(None)
-        mmap = frames is not None or self.neuron_index is not None
+        # memory-map when reading a small part (a short crop, a few neurons); else one read
+        part = len(range(self.n_frames)[t]) if frames is not None else self.n_frames
+        mmap = part <= self.n_frames // 2 or self.neuron_index is not None
         out: dict[str, np.ndarray] = {}
         n_frames = None
         for name in layout.TRIAL_ARRAYS:
@@ -388,7 +390,7 @@ class SensoriumSession:
                 )
             if name == layout.RESPONSES and self.neuron_index is not None:
                 a = a[self.neuron_index]
-            out[name] = np.array(a[..., t]) if mmap else a
+            out[name] = np.array(a[..., t]) if mmap else a[..., t]
         if self.tiers[trial] == layout.TRAIN_TIER:
             # training data must be complete within the valid frames (video's first NaN frame)
             length = self.trial_length(trial)
