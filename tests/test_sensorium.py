@@ -363,3 +363,14 @@ def test_error_nan_in_training_behavior(native_session):
 def test_error_data_dir_is_a_session(native_session):
     with pytest.raises(DataFormatError, match="is itself a session folder"):
         find_sessions(native_session)
+
+
+def test_limit_data(native_session):
+    s = SensoriumSession(native_session)
+    train = s.trial_ids("train")
+    some = s.trial_ids("train", limit=4, seed=2)
+    assert len(some) == 4 and set(some) <= set(train) and np.all(np.diff(some) > 0)
+    np.testing.assert_array_equal(some, s.trial_ids("train", limit=4, seed=2))
+    np.testing.assert_array_equal(s.trial_ids("train", limit=100), train)
+    with pytest.raises(DataFormatError, match="limit_data"):
+        s.trial_ids("train", limit=0)

@@ -99,16 +99,8 @@ def build_loaders(
         stats = _statistics(session, data_config) if needs_stats else None
         for split, tier in splits.items():
             training = split == TRAIN_SPLIT
-            trial_ids = session.trial_ids(tier)
-            if (
-                training
-                and data_config.limit_data is not None
-                and len(trial_ids) > data_config.limit_data
-            ):
-                rng = np.random.default_rng(seed)
-                trial_ids = np.sort(
-                    rng.choice(trial_ids, size=data_config.limit_data, replace=False)
-                )
+            limit = data_config.limit_data if training else None
+            trial_ids = session.trial_ids(tier, limit=limit, seed=seed)
             dataset = SessionDataset(
                 session,
                 tier,

@@ -304,8 +304,13 @@ class SensoriumSession:
     def _file(self, array: str, trial: int) -> Path:
         return self.path / "data" / array / f"{int(trial)}.npy"
 
-    def trial_ids(self, tier: str | Sequence[str]) -> np.ndarray:
-        """Trial indices of one tier (or several), ascending. An empty selection is an error."""
+    def trial_ids(
+        self, tier: str | Sequence[str], limit: int | None = None, seed: int = 1234
+    ) -> np.ndarray:
+        """Trial indices of one tier (or several), ascending. An empty selection is an error.
+
+        `limit` (limit_data): a random subset of at most that many trials, drawn with `seed`.
+        """
         wanted = [tier] if isinstance(tier, str) else list(tier)
         unknown = [t for t in wanted if t not in layout.TIERS]
         if unknown:
@@ -319,6 +324,13 @@ class SensoriumSession:
                 f"tier {tier!r} has no trials; tiers present: {self.tier_counts}",
                 "tiers",
             )
+        if limit is not None:
+            if limit < 1:
+                raise DataFormatError(
+                    self.path, f"limit_data must be >= 1, got {limit}", "limit_data"
+                )
+            if len(ids) > limit:
+                ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
         return ids
 
     def trial_length(self, trial: int) -> int:
