@@ -218,7 +218,7 @@ class SensoriumSession:
         videos_dir = self.path / "data" / layout.VIDEOS
         if not videos_dir.is_dir():
             raise DataFormatError(videos_dir, "folder not found")
-        names = [p.stem for p in videos_dir.glob("*.npy")]
+        names = [p.stem for p in videos_dir.glob("*.npy") if not p.name.startswith(".")]
         bad = [n for n in names if not n.isdigit()]
         if bad:
             raise DataFormatError(
