@@ -1,8 +1,8 @@
 """`neurotwin-data allen-ophys` and `neurotwin-data allen-ecephys`: Allen NWB -> native sessions.
 
-Local NWB files need only h5py. With allensdk installed (`pip install neurotwin[allen]`, Python
-3.8-3.11: allensdk 2.16.2 pins numpy<1.24, pandas==1.5.3, scipy<1.11), `--experiment-id` /
-`--session-id` download into allensdk's cache first.
+Local NWB files need only h5py. With allensdk importable, `--experiment-id` /
+`--session-id` download into allensdk's cache first (see neurotwin.data.allen for which
+allensdk installs on which Python).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from neurotwin.errors import DataFormatError, NeurotwinError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "allensdk is not installed: `pip install neurotwin[allen]` (allensdk 2.16.2 installs on "
-    "Python 3.8-3.11 only), or download the NWB file yourself and give --nwb PATH"
+    "allensdk is not installed: `pip install neurotwin[allen]` needs an environment where "
+    "allensdk resolves (allensdk 2.16.2: Python 3.8-3.11, numpy<1.24, pandas==1.5.3, "
+    "scipy<1.11); otherwise download with allensdk in its own environment (see "
+    "neurotwin.data.allen) and give --nwb PATH"
 )
 
 
