@@ -373,3 +373,18 @@ def test_against_neuralpredictors_fev():
     np.testing.assert_allclose(
         metrics.correlation_to_average(resp, pred, groups, per_neuron=True), ref, atol=1e-6
     )
+
+
+def test_correlation_accumulator_pieces_and_precision():
+    rng = np.random.default_rng(15)
+    # a large offset with small fluctuations: naive sums of squares would lose the signal
+    x = 1e6 + rng.normal(size=(3, 600))
+    y = 0.5 * (x - 1e6) + rng.normal(size=(3, 600)) - 2e5
+    acc = metrics.CorrelationAccumulator()
+    for a, b in ((0, 100), (100, 101), (101, 101), (101, 600)):
+        acc.add(x[:, a:b], y[:, a:b])
+    assert acc.n == 600
+    expected = [pearsonr(a, b)[0] for a, b in zip(x, y)]
+    np.testing.assert_allclose(acc.result(), expected, atol=1e-9)
+    with pytest.raises(ValueError):
+        metrics.CorrelationAccumulator().result()

@@ -282,9 +282,9 @@ def test_cli_tiers_checkpoint_and_table(run, capsys):
             for k, v in m.items():
                 assert v == (None if ref[k] is None else pytest.approx(ref[k], abs=1e-5)), k
     # a second run replaces the folder in one step
-    assert cli.main(["--output_dir", str(out), "--tiers", "train", "--verbose", "0"]) == 0
+    assert cli.main(["--output_dir", str(out), "--tiers", "live_test_main", "--verbose", "0"]) == 0
     result = json.loads((out / "predictions" / "metrics.json").read_text())
-    assert all(list(b) == ["train"] for b in result["sessions"].values())
+    assert all(list(b) == ["live_test_main"] for b in result["sessions"].values())
     assert not (out / "predictions" / next(iter(result["sessions"])) / "oracle.npz").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".predictions")]
 
@@ -399,7 +399,7 @@ def test_data_folder_without_the_trained_sessions(run, capsys):
 
 def test_failure_keeps_the_previous_predictions_and_leaves_nothing_partial(run, monkeypatch):
     out = _copy_run(run, "keep_previous")
-    P.predict_run(out, tiers=["oracle"], verbose=0)
+    P.predict_run(out, tiers=["final_test_main"], verbose=0)
     before = (out / "predictions" / "metrics.json").read_text()
 
     def boom(*args, **kwargs):
@@ -413,5 +413,5 @@ def test_failure_keeps_the_previous_predictions_and_leaves_nothing_partial(run, 
     # and from a clean folder nothing is left at all
     fresh = _copy_run(run, "fresh_fail")
     with pytest.raises(OSError):
-        P.predict_run(fresh, tiers=["oracle"], verbose=0)
+        P.predict_run(fresh, tiers=["live_test_main"], verbose=0)
     _no_leftovers(fresh)

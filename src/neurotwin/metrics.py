@@ -54,7 +54,7 @@ Trials = ArrayLike | Sequence[ArrayLike]
 
 # A variance at or below this fraction of the mean square counts as "no variance" (what is left of
 # a constant signal after float rounding).
-_REL_VAR_EPS = 1e-12
+_REL_VAR_EPS = 1e-20
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,6 +101,50 @@ def correlation(x: ArrayLike, y: ArrayLike, axis: int = -1) -> ArrayLike:
         )
         out = np.where(np.isfinite(out), out, 0.0)
     return out
+
+
+class CorrelationAccumulator:
+    """Per-neuron Pearson correlation over frames added piece by piece (constant memory).
+
+    `add(x, y)` takes (N, T) arrays (frames along the last axis); `result()` gives (N,) with 0 for
+    neurons without variance, as `correlation`. Sums are kept in float64 around the first piece's
+    means, so that long recordings do not lose precision.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._shift: tuple[np.ndarray, np.ndarray] | None = None
+        self._sums: list[np.ndarray] = []
+
+    def add(self, x: ArrayLike, y: ArrayLike) -> None:
+        x, y = _to_numpy(x), _to_numpy(y)
+        if x.shape != y.shape or x.ndim != 2:
+            raise ValueError(f"expected two (N, T) arrays of one shape, got {x.shape}, {y.shape}")
+        if x.shape[1] == 0:
+            return
+        if self._shift is None:
+            self._shift = (x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True))
+            self._sums = [np.zeros(x.shape[0]) for _ in range(5)]
+        elif x.shape[0] != self._shift[0].shape[0]:
+            raise ValueError(f"{x.shape[0]} neurons, earlier pieces had {self._shift[0].shape[0]}")
+        xc, yc = x - self._shift[0], y - self._shift[1]
+        for acc, v in zip(self._sums, (xc, yc, xc * xc, yc * yc, xc * yc)):
+            acc += v.sum(axis=1)
+        self.n += x.shape[1]
+
+    def result(self) -> np.ndarray:
+        if self._shift is None:
+            raise ValueError("no frames added")
+        sx, sy, sxx, syy, sxy = (v / self.n for v in self._sums)
+        vx, vy, cov = sxx - sx * sx, syy - sy * sy, sxy - sx * sy
+        mx, my = self._shift[0][:, 0] + sx, self._shift[1][:, 0] + sy
+        bad = _no_variance(vx, vx + mx * mx) | _no_variance(vy, vy + my * my)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(bad, 0.0, cov / np.sqrt(np.where(bad, 1.0, vx * vy)))
+        if not np.all(np.isfinite(out)):
+            warnings.warn("NaN correlations (NaN inputs) set to 0", RuntimeWarning, stacklevel=2)
+            out = np.where(np.isfinite(out), out, 0.0)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,11 +258,12 @@ def single_trial_correlation(
     """Correlation per neuron over the frames (after `skip`) of all trials; mean over neurons."""
     resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
     _check_pair(resp, pred)
-    r = np.concatenate([skip_frames(t, skip) for t in resp], axis=1)
-    p = np.concatenate([skip_frames(t, skip) for t in pred], axis=1)
-    if r.shape[1] == 0:
+    acc = CorrelationAccumulator()
+    for r, p in zip(resp, pred):
+        acc.add(skip_frames(r, skip), skip_frames(p, skip))
+    if acc.n == 0:
         raise ValueError(f"no frames left after skipping the first {skip} of each trial")
-    return _mean(correlation(r, p, axis=1), per_neuron)
+    return _mean(acc.result(), per_neuron)
 
 
 def correlation_to_average(

@@ -29,8 +29,9 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,65 +144,24 @@ def use_autocast(config: Config, device: torch.device) -> bool:
 
 
 @dataclass
-class TierPredictions:
-    """Whole-trial predictions of one session and tier, in original response units."""
+class TierResult:
+    """What predicting one session and tier gave: ids, frame counts, metrics, and the file."""
 
     session: str
     tier: str
     unit_ids: np.ndarray
-    trial_ids: list[int] = field(default_factory=list)
-    predictions: list[np.ndarray] = field(default_factory=list)  # (N, T_i), NaN where not predicted
-    responses: list[np.ndarray] | None = field(default_factory=list)  # (N, T_i); None if hidden
-    noiseless: list[np.ndarray] | None = None  # synthetic sessions: (N, T_i)
-    clip_keys: list[str] = field(default_factory=list)  # hash of each trial's valid video frames
+    trial_ids: np.ndarray
+    frame_counts: np.ndarray  # valid frames of each trial
+    first_frames: np.ndarray  # first frame the model predicted in each trial (T - T')
+    clip_keys: list[str]  # hash of each trial's valid video frames (equal: same clip)
+    hidden: bool  # responses withheld: no metrics
+    metrics: dict[str, Any]
+    npz: Path
 
     @property
-    def frame_counts(self) -> np.ndarray:
-        return np.asarray([p.shape[1] for p in self.predictions], dtype=np.int64)
-
-    def padded(self) -> np.ndarray:
-        """(n_trials, N, T_max) float32, NaN past each trial's length."""
-        t_max = int(self.frame_counts.max()) if self.predictions else 0
-        out = np.full((len(self.predictions), len(self.unit_ids), t_max), np.nan, np.float32)
-        for i, p in enumerate(self.predictions):
-            out[i, :, : p.shape[1]] = p
-        return out
-
-
-def score(tp: TierPredictions, skip: int = M.SKIP_FRAMES) -> dict[str, Any]:
-    """The metrics of one session and tier (None where they cannot be computed)."""
-    out: dict[str, Any] = {k: None for k in METRIC_KEYS}
-    out.update(n_trials=len(tp.trial_ids), n_neurons=len(tp.unit_ids))
-    if tp.responses is None or not tp.trial_ids:
-        return out
-    # only frames the model predicted for every trial are scored (NaN = before the model's first
-    # output frame); the first `skip` frames are dropped in any case
-    resp, pred, noiseless = [], [], []
-    for i, p in enumerate(tp.predictions):
-        first = _first_predicted_frame(p)
-        start = max(first - skip, 0)  # metrics drop `skip` more frames from the start
-        resp.append(tp.responses[i][:, start:])
-        pred.append(p[:, start:])
-        if tp.noiseless is not None:
-            noiseless.append(tp.noiseless[i][:, start:])
-    if all(r.shape[1] <= skip for r in resp):
-        log.warning(
-            "%s/%s: no trial is longer than %d frames; no metrics", tp.session, tp.tier, skip
-        )
-        return out
-    groups = M.group_repeats(tp.clip_keys)
-    out.update(M.compute_metrics(resp, pred, groups, skip))
-    if noiseless:
-        ceiling = M.single_trial_correlation(resp, noiseless, skip)
-        out["ceiling_correlation"] = ceiling
-        if ceiling > 0:
-            out["fraction_of_ceiling"] = out["single_trial_correlation"] / ceiling
-    return {k: _clean(v) for k, v in out.items()}
-
-
-def _first_predicted_frame(p: np.ndarray) -> int:
-    valid = ~np.isnan(p).any(axis=0)
-    return int(np.argmax(valid)) if valid.any() else p.shape[1]
+    def clip_ids(self) -> np.ndarray:
+        keys = {k: i for i, k in enumerate(dict.fromkeys(self.clip_keys))}
+        return np.asarray([keys[k] for k in self.clip_keys], dtype=np.int64)
 
 
 def _clean(v: Any) -> Any:
@@ -237,29 +197,34 @@ def mean_over_sessions(per_session: dict[str, dict[str, dict[str, Any]]]) -> dic
 # ------------------------------------------------------------------------------------------------
 
 
-def write_npz(path: Path, tp: TierPredictions) -> None:
-    """predictions (n_trials, N, T_max) float32 in original response units, NaN past each trial's
-    frame count and before the model's first output frame; trial_ids (n_trials,) int64;
-    unit_ids (N,); frame_counts (n_trials,) int64; clip_ids (n_trials,) int64 (trials with equal
-    clip_ids showed the same movie); session, tier (str)."""
-    keys = {k: i for i, k in enumerate(dict.fromkeys(tp.clip_keys))}
-    with open(path, "wb") as f:
-        np.savez_compressed(
-            f,
-            predictions=tp.padded(),
-            trial_ids=np.asarray(tp.trial_ids, dtype=np.int64),
-            unit_ids=np.asarray(tp.unit_ids),
-            frame_counts=tp.frame_counts,
-            clip_ids=np.asarray([keys[k] for k in tp.clip_keys], dtype=np.int64),
-            session=np.asarray(tp.session),
-            tier=np.asarray(tp.tier),
-        )
+NPZ_DOC = """predictions (n_trials, N, T_max) float32 in original response units, NaN past each
+trial's frame count (and before the model's first output frame, if it predicts fewer frames than
+it sees); trial_ids (n_trials,) int64; unit_ids (N,); frame_counts (n_trials,) int64; clip_ids
+(n_trials,) int64 (trials with equal clip_ids showed the same movie); session, tier (str)."""
+
+
+def write_npz(path: Path, predictions: Path, result: TierResult) -> None:
+    """An .npz of `predictions` (an .npy file, moved into the archive) and the ids (NPZ_DOC)."""
+    arrays = {
+        "trial_ids": np.asarray(result.trial_ids, dtype=np.int64),
+        "unit_ids": np.asarray(result.unit_ids),
+        "frame_counts": np.asarray(result.frame_counts, dtype=np.int64),
+        "clip_ids": result.clip_ids,
+        "session": np.asarray(result.session),
+        "tier": np.asarray(result.tier),
+    }
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.write(predictions, arcname="predictions.npy")
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, value, allow_pickle=False)
+    predictions.unlink()
 
 
 SUBMISSION_COLUMNS = ("mouse", "trial_indices", "prediction", "neuron_ids")
 
 
-def write_submission(path: Path, tiers: Sequence[TierPredictions], skip: int = M.SKIP_FRAMES):
+def write_submission(path: Path, results: Sequence[TierResult], skip: int = M.SKIP_FRAMES):
     """Sensorium 2023 submission layout (ecker-lab/sensorium_2023 README and
     `sensorium/utility/submission.py`), as CSV: one row per trial with `mouse` (session folder
     name), `trial_indices` (the trial's integer index), `prediction` (JSON list of N lists: the
@@ -268,12 +233,14 @@ def write_submission(path: Path, tiers: Sequence[TierPredictions], skip: int = M
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SUBMISSION_COLUMNS)
-        for tp in tiers:
-            neuron_ids = json.dumps([int(u) for u in np.asarray(tp.unit_ids).tolist()])
-            for trial, p in zip(tp.trial_ids, tp.predictions):
-                frames = np.nan_to_num(p[:, skip:], nan=0.0)
+        for r in results:
+            neuron_ids = json.dumps([int(u) for u in np.asarray(r.unit_ids).tolist()])
+            with np.load(r.npz) as z:
+                predictions = z["predictions"]
+            for i, trial in enumerate(r.trial_ids.tolist()):
+                frames = np.nan_to_num(predictions[i, :, skip : r.frame_counts[i]], nan=0.0)
                 rows = ("[" + ",".join(f"{v:.6g}" for v in row) + "]" for row in frames)
-                writer.writerow([tp.session, int(trial), "[" + ",".join(rows) + "]", neuron_ids])
+                writer.writerow([r.session, int(trial), "[" + ",".join(rows) + "]", neuron_ids])
 
 
 def write_metrics(folder: Path, result: dict[str, Any]) -> None:
@@ -389,32 +356,25 @@ def predict_run(
             raise ConfigError(
                 f"--tiers: {absent} not in any session; tiers present: {sorted(present)}"
             )
-    results: dict[str, dict[str, Any]] = {}
-    hidden: set[tuple[str, str]] = set()
-    all_tp: list[TierPredictions] = []
-    for name, session in sessions.items():
-        session_tiers = _tiers_of(session, tiers)
-        results[name] = {}
-        for tier in session_tiers:
-            tp = predict_tier(config, model, session, tier, dev, autocast, batch, verbose)
-            if tp.responses is None:
-                hidden.add((name, tier))
-            results[name][tier] = score(tp)
-            all_tp.append(tp)
-    result = {"sessions": results, "mean": mean_over_sessions(results)}
-
     final = run_dir / PREDICTIONS_DIR
+    per_session: dict[str, dict[str, Any]] = {}
+    done: list[TierResult] = []
     with staged_folder(final) as tmp:
-        for tp in all_tp:
-            (tmp / tp.session).mkdir(exist_ok=True)
-            write_npz(tmp / tp.session / f"{tp.tier}.npz", tp)
-        for tier in dict.fromkeys(tp.tier for tp in all_tp):
+        for name, session in sessions.items():
+            per_session[name] = {}
+            (tmp / name).mkdir()
+            for tier in _tiers_of(session, tiers):
+                r = predict_tier(config, model, session, tier, dev, autocast, batch, tmp, verbose)
+                per_session[name][tier] = r.metrics
+                done.append(r)
+        for tier in dict.fromkeys(r.tier for r in done):
             if tier in layout.TEST_TIERS:
                 write_submission(
-                    tmp / f"submission_{tier}.csv", [t for t in all_tp if t.tier == tier]
+                    tmp / f"submission_{tier}.csv", [r for r in done if r.tier == tier]
                 )
+        result = {"sessions": per_session, "mean": mean_over_sessions(per_session)}
         write_metrics(tmp, result)
-    table = format_table(result, hidden)
+    table = format_table(result, {(r.session, r.tier) for r in done if r.hidden})
     if verbose:
         print(table)
     log.info("predictions and metrics written to %s", final)
@@ -502,9 +462,17 @@ def predict_tier(
     device: torch.device,
     autocast: bool,
     batch_size: int,
+    folder: Path,
     verbose: int = 1,
-) -> TierPredictions:
-    """Whole-trial predictions of one session and tier (trials of equal length are batched)."""
+    skip: int = M.SKIP_FRAMES,
+) -> TierResult:
+    """Predict every trial of one session and tier (trials of equal length batched together),
+    write `folder/{session}/{tier}.npz`, and score the predictions.
+
+    Memory stays bounded: predictions go to a memory-mapped file, single-trial correlations are
+    accumulated trial by trial, and only trials that repeat a clip are read again for the
+    repeat-based metrics.
+    """
     from tqdm.auto import tqdm
 
     from neurotwin.data.dataset import SessionDataset
@@ -519,59 +487,115 @@ def predict_tier(
         random_crop=False,
     )
     hidden = session.responses_hidden(tier)
-    tp = TierPredictions(
-        session.name,
-        tier,
-        np.asarray(session.unit_ids),
-        responses=None if hidden else [],
-        noiseless=[] if session.has_noiseless and not hidden else None,
-    )
-    # batches of trials with equal length, in trial order within each length
+    noiseless = session.has_noiseless and not hidden
+    n, lengths = session.n_neurons, ds.lengths
+    npy = folder / session.name / f".{tier}.predictions.npy"
+    shape = (len(ds), n, int(lengths.max()))
+    predictions = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=shape)
+    predictions[:] = np.nan
+    first = np.zeros(len(ds), dtype=np.int64)
+    clip_keys = [""] * len(ds)
+    model_acc, ceiling_acc = M.CorrelationAccumulator(), M.CorrelationAccumulator()
+
     by_length: dict[int, list[int]] = {}
-    for i, length in enumerate(ds.lengths.tolist()):
+    for i, length in enumerate(lengths.tolist()):
         by_length.setdefault(int(length), []).append(i)
     batches = [
         idx[k : k + batch_size]
         for idx in by_length.values()
         for k in range(0, len(idx), batch_size)
     ]
-    out: dict[int, np.ndarray] = {}
-    bar = tqdm(
-        total=len(ds), desc=f"{_short(session.name, 24)} {tier}", disable=not verbose, leave=False
-    )
-    for idx in batches:
-        items = [ds[i] for i in idx]
-        video = torch.stack([it["video"] for it in items]).to(device)
-        behavior = torch.stack([it["behavior"] for it in items]).to(device)
-        pupil = torch.stack([it["pupil_center"] for it in items]).to(device)
-        ctx = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if autocast
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            rates = model(video, session.name, behavior, pupil)
-        rates = ds.output_transform.inverse(rates.float()).cpu().numpy()
-        t = video.shape[2]
-        if rates.shape[-1] > t or rates.shape[1] != session.n_neurons:
-            raise CheckpointError(
-                f"model output {tuple(rates.shape)} does not fit {len(idx)} trials of "
-                f"{session.n_neurons} neurons and {t} frames"
+    desc = f"{_short(session.name, 24)} {tier}"
+    with tqdm(total=len(ds), desc=desc, disable=not verbose, leave=False) as bar:
+        for idx in batches:
+            items = [ds[i] for i in idx]
+            video = torch.stack([it["video"] for it in items]).to(device)
+            behavior = torch.stack([it["behavior"] for it in items]).to(device)
+            pupil = torch.stack([it["pupil_center"] for it in items]).to(device)
+            ctx = (
+                torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if autocast
+                else contextlib.nullcontext()
             )
-        for j, i in enumerate(idx):
-            full = np.full((session.n_neurons, t), np.nan, np.float32)
-            full[:, t - rates.shape[-1] :] = rates[j]  # the model's frames are the last T'
-            out[i] = full
-        bar.update(len(idx))
-    bar.close()
-    for i, trial in enumerate(ds.trial_ids.tolist()):
-        length = int(ds.lengths[i])
-        raw = session.load_trial(trial)
-        tp.trial_ids.append(int(trial))
-        tp.predictions.append(out[i])
-        tp.clip_keys.append(M.video_hash(raw[layout.VIDEOS], length))
-        if tp.responses is not None:
-            tp.responses.append(np.asarray(raw[layout.RESPONSES][:, :length], np.float64))
-        if tp.noiseless is not None:
-            tp.noiseless.append(np.asarray(session.load_noiseless(trial)[:, :length], np.float64))
-    return tp
+            with ctx:
+                rates = model(video, session.name, behavior, pupil)
+            rates = ds.output_transform.inverse(rates.float()).cpu().numpy()
+            t = video.shape[2]
+            if rates.ndim != 3 or rates.shape[1] != n or not 0 < rates.shape[-1] <= t:
+                raise CheckpointError(
+                    f"model output {tuple(rates.shape)} does not fit {len(idx)} trials of "
+                    f"{n} neurons and {t} frames"
+                )
+            for j, i in enumerate(idx):
+                trial = int(ds.trial_ids[i])
+                first[i] = t - rates.shape[-1]  # the model's frames are the last T' frames
+                predictions[i, :, first[i] : t] = rates[j]
+                raw = session.load_trial(trial, frames=slice(0, t))
+                clip_keys[i] = M.video_hash(raw[layout.VIDEOS], t)
+                if not hidden:
+                    start = max(int(first[i]), skip)
+                    response = raw[layout.RESPONSES][:, start:t]
+                    model_acc.add(
+                        response, rates[j][:, start - t :] if start < t else rates[j][:, :0]
+                    )
+                    if noiseless:
+                        ceiling_acc.add(response, session.load_noiseless(trial)[:, start:t])
+            bar.update(len(idx))
+    predictions.flush()
+
+    result = TierResult(
+        session=session.name,
+        tier=tier,
+        unit_ids=np.asarray(session.unit_ids),
+        trial_ids=np.asarray(ds.trial_ids, dtype=np.int64),
+        frame_counts=np.asarray(lengths, dtype=np.int64),
+        first_frames=first,
+        clip_keys=clip_keys,
+        hidden=hidden,
+        metrics={k: None for k in METRIC_KEYS},
+        npz=folder / session.name / f"{tier}.npz",
+    )
+    result.metrics.update(n_trials=len(ds), n_neurons=n)
+    if not hidden:
+        if model_acc.n == 0:
+            log.warning(
+                "%s %s: no trial is longer than %d frames; no metrics", session.name, tier, skip
+            )
+        else:
+            m = result.metrics
+            m["single_trial_correlation"] = float(model_acc.result().mean())
+            m.update(_repeat_metrics(session, result, predictions, skip))
+            if noiseless:
+                ceiling = float(ceiling_acc.result().mean())
+                m["ceiling_correlation"] = ceiling
+                if ceiling > 0:
+                    m["fraction_of_ceiling"] = m["single_trial_correlation"] / ceiling
+    result.metrics = {k: _clean(v) for k, v in result.metrics.items()}
+    del predictions
+    write_npz(result.npz, npy, result)
+    return result
+
+
+def _repeat_metrics(
+    session: Any, result: TierResult, predictions: np.ndarray, skip: int
+) -> dict[str, Any]:
+    """correlation_to_average, feve, normalized_correlation over the clips shown >= 2 times."""
+    groups = [g for g in M.group_repeats(result.clip_keys) if len(g) >= 2]
+    if not groups:
+        return {}
+    resp, pred, positions = [], [], []
+    for g in groups:
+        ids = []
+        for i in g.tolist():
+            t = int(result.frame_counts[i])
+            start = min(max(int(result.first_frames[i]), skip), t)
+            trial = int(result.trial_ids[i])
+            resp.append(session.load_trial(trial, frames=slice(start, t))[layout.RESPONSES])
+            pred.append(np.asarray(predictions[i, :, start:t]))
+            ids.append(len(resp) - 1)
+        positions.append(ids)
+    return {
+        "correlation_to_average": M.correlation_to_average(resp, pred, positions, skip=0),
+        "feve": M.feve(resp, pred, positions, skip=0),
+        "normalized_correlation": M.normalized_correlation(resp, pred, positions, skip=0),
+    }
