@@ -471,3 +471,97 @@ def test_presets_load(name):
 
     preset = cfg.load_yaml(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     assert preset.data.data_dir == f"data/{name}" and preset.train.criterion == "poisson"
+
+
+def test_allensdk_reads_the_fixtures(tmp_path):
+    """Where allensdk is installed (Python <= 3.11, see neurotwin.data.allen), its own readers
+    open the fixtures and agree with the converters."""
+    pytest.importorskip("allensdk")
+    from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
+    from allensdk.core.brain_observatory_nwb_data_set import BrainObservatoryNwbDataSet
+
+    truth = write_ophys_nwb(tmp_path / "o.nwb")
+    ds = BrainObservatoryNwbDataSet(str(tmp_path / "o.nwb"))
+    _, dff = ds.get_dff_traces()
+    np.testing.assert_allclose(dff, truth["dff"])
+    assert ds.get_metadata()["imaging_depth_um"] == 175
+    table = ds.get_stimulus_table("natural_movie_one")
+    assert list(table["start"]) == truth["rows"]["natural_movie_one"]["start"]
+    etruth = write_ecephys_nwb(tmp_path / "e.nwb")
+    session = EcephysSession.from_nwb_path(str(tmp_path / "e.nwb"))
+    assert sorted(session.units.index) == sorted(etruth["unit_ids"][:5])
+    folder = convert_ecephys(tmp_path / "e.nwb", tmp_path / "out", frame_size=SIZE)
+    np.testing.assert_array_equal(
+        sorted(SensoriumSession(folder).unit_ids), sorted(session.units.index)
+    )
+
+
+def test_fetch_by_id_through_allensdk_cache(tmp_path, monkeypatch):
+    """The --experiment-id / --session-id code path, with allensdk's caches stubbed (no network)."""
+    import sys
+    import types
+
+    ophys_nwb = tmp_path / "ophys_experiment_data" / "501940850.nwb"
+    ophys_nwb.parent.mkdir()
+    write_ophys_nwb(ophys_nwb, movies={"natural_movie_one": 8}, repeats=2)
+    ecephys_nwb = tmp_path / "session_715093703" / "session_715093703.nwb"
+    ecephys_nwb.parent.mkdir()
+    truth = write_ecephys_nwb(
+        ecephys_nwb,
+        movies={"natural_movie_one": 6},
+        repeats={"natural_movie_one": 2},
+        templates_inside=False,
+    )
+    movie_file = write_template_npy(
+        tmp_path / "natural_movie_1.h5", truth["templates"]["natural_movie_one"]
+    )
+    calls = []
+
+    class BrainObservatoryCache:
+        EVENTS_DATA_KEY = "EVENTS_DATA"
+
+        def __init__(self, manifest_file):
+            calls.append(("boc", Path(manifest_file).name))
+
+        def get_ophys_experiment_data(self, experiment_id):
+            calls.append(("ophys", experiment_id))
+            return types.SimpleNamespace(nwb_file=str(ophys_nwb))
+
+    class EcephysProjectCache:
+        SESSION_NWB_KEY, NATURAL_MOVIE_KEY = "session_nwb", "natural_movie"
+
+        @classmethod
+        def from_warehouse(cls, manifest):
+            return cls()
+
+        def get_session_data(self, session_id):
+            calls.append(("ecephys", session_id))
+
+        def get_natural_movie_template(self, number):
+            calls.append(("movie", number))
+
+        def get_cache_path(self, file_name, key, *args):
+            return str(ecephys_nwb if key == self.SESSION_NWB_KEY else movie_file)
+
+    modules = {
+        "allensdk": types.ModuleType("allensdk"),
+        "allensdk.core": types.ModuleType("allensdk.core"),
+        "allensdk.core.brain_observatory_cache": types.ModuleType("boc"),
+        "allensdk.brain_observatory": types.ModuleType("bo"),
+        "allensdk.brain_observatory.ecephys": types.ModuleType("e"),
+        "allensdk.brain_observatory.ecephys.ecephys_project_cache": types.ModuleType("epc"),
+    }
+    modules["allensdk.core.brain_observatory_cache"].BrainObservatoryCache = BrainObservatoryCache
+    modules[
+        "allensdk.brain_observatory.ecephys.ecephys_project_cache"
+    ].EcephysProjectCache = EcephysProjectCache
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    out = tmp_path / "data"
+    common = ["--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--clip-length", "3"]
+    assert data_cli.main(["allen-ophys", "--experiment-id", "501940850", *common]) == 0
+    assert data_cli.main(["allen-ecephys", "--session-id", "715093703", *common]) == 0
+    assert ("ophys", 501940850) in calls and ("ecephys", 715093703) in calls
+    assert ("movie", 1) in calls
+    assert SensoriumSession(out / "allen-ophys-501940850").n_trials == 2 * 3
+    assert SensoriumSession(out / "allen-ecephys-715093703").n_trials == 2 * 2
