@@ -353,10 +353,12 @@ def test_missing_run_folder_and_config(run, capsys):
     _no_leftovers(out)
 
 
-def test_unknown_tier(run, capsys):
+def test_unknown_tier_and_device(run, capsys):
     out = _copy_run(run, "bad_tier")
     err = _fails(["--output_dir", str(out), "--tiers", "live_test_bonus", "--verbose", "0"], capsys)
     assert "live_test_bonus" in err and "oracle" in err
+    err = _fails(["--output_dir", str(out), "--device", "cuda:99", "--verbose", "0"], capsys)
+    assert "cuda:99" in err
     _no_leftovers(out)
 
 

@@ -8,7 +8,7 @@ leaves no partial folder and keeps an older `predictions/` as it was):
     predictions/
       metrics.json                 {"sessions": {S: {TIER: {...}}}, "mean": {TIER: {...}}}
       metrics.csv                  one row per (session, tier), then one row per tier with session=mean
-      {session}/{tier}.npz         predictions of every trial of the tier, see `write_npz`
+      {session}/{tier}.npz         predictions of every trial of the tier, see `NPZ_DOC`
       submission_{tier}.csv        test tiers: the Sensorium 2023 submission layout, see `write_submission`
 
 Metric keys per session and tier: single_trial_correlation, correlation_to_average, feve (null
@@ -118,17 +118,40 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path:
     model.load_state_dict(weights, strict=True)
 
 
-def pick_device(device: str | None) -> torch.device:
+def pick_device(device: str | None, fallback: str | None = None) -> torch.device:
+    """`device` (an error if this machine lacks it), else the run's `fallback` device where this
+    machine has it, else the best available."""
     if device:
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except RuntimeError as e:
             raise ConfigError(f"--device: {device!r} is not a device ({e})") from None
+        if not _available(dev):
+            raise ConfigError(f"--device: {device!r} is not available on this machine")
+        return dev
+    if fallback:
+        try:
+            dev = torch.device(fallback)
+        except RuntimeError:
+            dev = None
+        if dev is not None and _available(dev):
+            return dev
+        log.warning("the run's device %r is not available here; choosing another", fallback)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _available(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+    if dev.type == "mps":
+        return (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        )
+    return dev.type == "cpu"
 
 
 def use_autocast(config: Config, device: torch.device) -> bool:
@@ -340,7 +363,7 @@ def predict_run(
     if data_dir is not None:
         config.data.data_dir = str(data_dir)
     config.data.generate_synthetic = False  # prediction never writes data
-    dev = pick_device(device or config.run.device or None)
+    dev = pick_device(device, config.run.device or None)
     autocast = use_autocast(config, dev)
     log.info("checkpoint %s (epoch %s) on %s", ckpt_path, state.get("epoch"), dev)
 
@@ -350,6 +373,7 @@ def predict_run(
     batch = batch_size or config.data.batch_size
 
     if tiers is not None:
+        tiers = list(dict.fromkeys(tiers))
         present = {str(t) for session in sessions.values() for t in np.unique(session.tiers)}
         absent = [t for t in tiers if t not in present]
         if absent:

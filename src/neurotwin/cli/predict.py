@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cpu | cuda | cuda:K | mps (default: the run's, else best)"
     )
     parser.add_argument(
-        "--batch_size", type=int, default=None, help="trials per forward pass (default: 1)"
+        "--batch_size",
+        type=int,
+        default=None,
+        help="trials per forward pass; only trials of equal length share one (default: the "
+        "run's batch_size)",
     )
     parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: table and progress")
     return parser
