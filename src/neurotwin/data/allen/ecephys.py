@@ -194,7 +194,7 @@ def _units(f: h5py.File) -> dict:
     nwb.group(f, UNITS, "units table")
     ids = nwb.read(f, f"{UNITS}/id", ndim=1, what="unit ids")
     out: dict = {"id": ids}
-    spike_times = nwb.read_ragged(f, f"{UNITS}/spike_times", f"{UNITS}/spike_times_index")
+    spike_times = nwb.RaggedColumn(f, f"{UNITS}/spike_times", f"{UNITS}/spike_times_index")
     if len(spike_times) != ids.size:
         raise DataFormatError(
             nwb.file_path(f),
@@ -378,7 +378,14 @@ def _frames_column(f: h5py.File, path: str, n: int) -> np.ndarray:
 def _template(f: h5py.File, movie: str, templates) -> np.ndarray:
     inside = f"{TEMPLATES}/{movie}_image_stack/data"
     if nwb.has(f, inside):
-        return nwb.read(f, inside, ndim=3, what="movie frames (F, h, w)")
+        template = nwb.dataset(f, inside, "movie frames (F, h, w)")
+        if template.ndim != 3 or not np.issubdtype(template.dtype, np.number):
+            raise DataFormatError(
+                nwb.file_path(f),
+                f"expected numeric frames (F, h, w), got {template.dtype} {template.shape}",
+                inside,
+            )
+        return template
     source = templates.get(movie) if isinstance(templates, Mapping) else templates
     if source is None:
         raise DataFormatError(
@@ -400,7 +407,7 @@ def read_template_file(path: str | Path, movie: str) -> np.ndarray:
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if magic.startswith(b"\x93NUMPY"):
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
         if arr.ndim != 3:
             raise DataFormatError(path, f"expected frames (F, h, w), got shape {arr.shape}")
         return arr

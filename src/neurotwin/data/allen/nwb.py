@@ -109,19 +109,33 @@ def read_strings(f: h5py.File, path: str) -> np.ndarray:
     return np.asarray([decode(v) for v in np.asarray(raw).reshape(-1)], dtype=object)
 
 
-def read_ragged(f: h5py.File, data_path: str, index_path: str) -> list[np.ndarray]:
-    """A ragged column of a DynamicTable: `data` plus a VectorIndex of end offsets (NWB 2)."""
-    data = read(f, data_path, ndim=1)
-    index = read(f, index_path, ndim=1).astype(np.int64)
-    if index.size and (np.any(np.diff(index) < 0) or index[-1] > data.size or index[0] < 0):
-        raise DataFormatError(
-            file_path(f),
-            f"VectorIndex must hold non-decreasing end offsets <= {data.size} (len of "
-            f"{data_path}); got first {index[:3].tolist()} last {index[-1]}",
-            index_path,
-        )
-    starts = np.concatenate([[0], index[:-1]])
-    return [data[s:e] for s, e in zip(starts, index)]
+class RaggedColumn:
+    """A ragged DynamicTable column read lazily: `col[i]` reads only row i's slice (the Neuropixels
+    units table holds ~10^8 spike times; only the kept units are read)."""
+
+    def __init__(self, f: h5py.File, data_path: str, index_path: str):
+        self.data = dataset(f, data_path)
+        if self.data.ndim != 1:
+            raise DataFormatError(
+                file_path(f), f"expected 1-d data, got shape {self.data.shape}", data_path
+            )
+        self.index = read(f, index_path, ndim=1).astype(np.int64)
+        n = self.data.shape[0]
+        if self.index.size and (
+            np.any(np.diff(self.index) < 0) or self.index[-1] > n or self.index[0] < 0
+        ):
+            raise DataFormatError(
+                file_path(f),
+                f"VectorIndex must hold non-decreasing end offsets <= {n} (len of {data_path})",
+                index_path,
+            )
+        self.starts = np.concatenate([[0], self.index[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.data[self.starts[i] : self.index[i]], dtype=np.float64)
 
 
 def _what(what: str) -> str:

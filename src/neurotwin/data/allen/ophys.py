@@ -386,7 +386,13 @@ def _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size):
             f"{path}/frame_duration",
         )
     template_path = f"{TEMPLATES}/{movie}_image_stack/data"
-    template = nwb.read(f, template_path, ndim=3, what="movie frames (F, h, w)")
+    template = nwb.dataset(f, template_path, "movie frames (F, h, w)")
+    if template.ndim != 3 or not np.issubdtype(template.dtype, np.number):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"expected numeric frames (F, h, w), got {template.dtype} {template.shape}",
+            template_path,
+        )
     n_frames = template.shape[0]
     if frame.min() < 0 or frame.max() >= n_frames:
         raise DataFormatError(
