@@ -1,6 +1,7 @@
 """Output activations: map readout values to rates (positive for all but `none`).
 
-Each has `inverse(y)`, used to initialise readout biases so that the initial rate of a neuron
+The positive ones add RATE_FLOOR (1e-8), so that rates stay > 0 even where float32 underflows
+(e.g. ELU(-100) + 1). Each has `inverse(y)`, used to initialise readout biases so that the initial rate of a neuron
 is close to its mean response.
 """
 
@@ -15,6 +16,7 @@ from torch import nn
 from neurotwin.models.registry import ACTIVATIONS
 
 _EPS = 1e-4
+RATE_FLOOR = 1e-8  # added to the positive activations: rates stay > 0 where float32 underflows
 
 
 @ACTIVATIONS.register("none")
@@ -33,7 +35,8 @@ class ELU1(nn.Module):
     """ELU(x) + 1 > 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x) + 1.0
+        # = ELU(x) + 1, written so that it does not round to 0 for very negative x
+        return torch.where(x > 0, x + 1.0, torch.exp(x.clamp_max(0.0))) + RATE_FLOOR
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         y = y.clamp_min(_EPS)
@@ -45,7 +48,7 @@ class Exp(nn.Module):
     """exp(x) > 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(x)
+        return torch.exp(x) + RATE_FLOOR
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return torch.log(y.clamp_min(_EPS))
@@ -63,10 +66,8 @@ class LearnableSoftplus(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         beta = self.log_beta.exp()
         bx = beta * x
-        # softplus(bx)/beta, linear above the threshold; the tiny floor keeps rates > 0 where
-        # exp(bx) underflows in float32
-        out = torch.where(bx < self.threshold, F.softplus(bx) / beta, x)
-        return out.clamp_min(1e-12)
+        # softplus(bx)/beta, linear above the threshold
+        return torch.where(bx < self.threshold, F.softplus(bx) / beta, x) + RATE_FLOOR
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         beta = self.log_beta.exp().detach()
@@ -79,7 +80,7 @@ class Sigmoid(nn.Module):
     """1 / (1 + exp(-x)) in (0, 1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x)
+        return torch.sigmoid(x) + RATE_FLOOR
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return torch.logit(y.clamp(_EPS, 1 - _EPS))

@@ -61,29 +61,32 @@ def rope_frequencies(n: int, dim: int, device=None) -> torch.Tensor:
 
 
 def rope_tables(angles: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (prefix + n, d) for `rotate_half` RoPE; prefix rows are the identity."""
-    angles = torch.cat((angles, angles), dim=-1)
-    cos, sin = angles.cos(), angles.sin()
+    """cos and signed-sin tables (prefix + n, d) for rotating channel pairs (i, i + d/2) by the
+    angles (n, d/2); the prefix rows (register tokens) are the identity."""
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+    sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
     if prefix:
         cos = torch.cat((cos.new_ones(prefix, cos.shape[1]), cos), dim=0)
         sin = torch.cat((sin.new_zeros(prefix, sin.shape[1]), sin), dim=0)
     return cos, sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., L, d) by the tables (L, d) (pairs (i, i + d/2))."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+def rope_2d_tables(ay: torch.Tensor, ax: torch.Tensor, prefix: int):
+    """2D RoPE as one table: the first half of each head is rotated by the row angles `ay`, the
+    second half by the column angles `ax` (each (n, d/4))."""
+    cy, sy = rope_tables(ay, prefix)
+    cx, sx = rope_tables(ax, prefix)
+    return torch.cat((cy, cx), dim=-1), torch.cat((sy, sx), dim=-1)
 
 
-def apply_rope_any(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """1D RoPE with (cos, sin), or 2D RoPE with (cos_y, sin_y, cos_x, sin_x): the first half of
-    each head is rotated by the row angles, the second half by the column angles."""
-    if len(tables) == 2:
-        return apply_rope(x, *tables)
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((apply_rope(a, *tables[:2]), apply_rope(b, *tables[2:])), dim=-1)
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int]) -> torch.Tensor:
+    """x (..., L, d) rotated: x * cos + partner(x) * signed_sin (tables (L, d)). The partner of
+    channel i is i + d/2 (1D, groups=1) or the same within each half of the head (2D, groups=2):
+    a flip of a view, so neither direction needs gather/scatter."""
+    cos, sin, groups = rope
+    d = x.shape[-1]
+    partner = x.unflatten(-1, (groups, 2, d // (2 * groups))).flip(-2).flatten(-3)
+    return (x * cos + partner * sin).to(x.dtype)
 
 
 class TubeEmbedding(nn.Module):
@@ -107,13 +110,14 @@ class TubeEmbedding(nn.Module):
         b_eff = self.proj.bias + self.proj.weight @ self.patch_norm.bias
         x = x.contiguous(memory_format=torch.channels_last_3d)
         y = F.conv3d(x, w.to(x.dtype), stride=self.stride)  # bf16 under autocast
-        # patch statistics in float32
-        xf = x.float()
+        # patch statistics in float32 (float64 for float64 inputs)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(acc)
         mean = F.avg_pool3d(xf.mean(1, keepdim=True), self.kernel, self.stride)
         sq = F.avg_pool3d(xf.square().mean(1, keepdim=True), self.kernel, self.stride)
         rstd = torch.rsqrt((sq - mean.square()).clamp_min(0.0) + self.eps)
-        w_sum = w.sum(dim=(1, 2, 3, 4)).float().view(1, e, 1, 1, 1)
-        y = (y.float() - mean * w_sum) * rstd + b_eff.float().view(1, e, 1, 1, 1)
+        w_sum = w.sum(dim=(1, 2, 3, 4)).to(acc).view(1, e, 1, 1, 1)
+        y = (y.to(acc) - mean * w_sum) * rstd + b_eff.to(acc).view(1, e, 1, 1, 1)
         return y.permute(0, 2, 3, 4, 1)  # (B, T', h, w, E); contiguous for channels-last
 
 
@@ -138,17 +142,19 @@ class Attention(nn.Module):
         n, length, _ = x.shape
         h = self.norm(x)
         proj = self.fused(h)
-        qkv = proj[..., : 3 * self.inner].view(n, length, 3, self.num_heads, self.head_dim)
-        q, k, v = (qkv.select(2, i).transpose(1, 2) for i in range(3))  # (N, heads, L, d) views
+        # split/unbind (not slicing) so that the backward pass concatenates instead of
+        # scattering into zero-filled buffers
+        qkv, extra = proj.split((3 * self.inner, self.extra_out), dim=-1)
+        qkv = qkv.view(n, length, 3, self.num_heads, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (N, heads, L, d) views
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         if rope is not None:
-            q, k = apply_rope_any(q, rope), apply_rope_any(k, rope)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         a = a.transpose(1, 2).reshape(n, length, self.inner)
         a = F.dropout(a, self.mha_dropout, self.training)
-        extra = proj[..., 3 * self.inner :] if self.extra_out else None
-        return self.attn_out(a), extra
+        return self.attn_out(a), (extra if self.extra_out else None)
 
 
 class ParallelBlock(nn.Module):
@@ -415,7 +421,7 @@ class ViViTCore(Core):
             x = torch.cat((*prefix, x), dim=1)
         rope = self._spatial_rope(n_prefix, x.device) if self.pos_encoding == "rope" else None
         x = self.spatial(x, rope)
-        x = x[:, n_prefix:]
+        x = x.split((n_prefix, p), dim=1)[1]  # drop the prefix tokens
 
         # --- temporal transformer over the frames of each patch ---
         x = x.view(b, nt, p, e).transpose(1, 2)  # (B, P, T', E) view
@@ -425,7 +431,7 @@ class ViViTCore(Core):
         x = x.reshape(b * p, r + nt, e)
         rope = self._temporal_rope(nt, r, x.device) if self.pos_encoding == "rope" else None
         x = self.temporal(x, rope)
-        x = x[:, r:]
+        x = x.split((r, nt), dim=1)[1]
 
         # (B*P, T', E) -> (B, E, T', h, w) (a view)
         out = x.view(b, gh, gw, nt, e).permute(0, 4, 3, 1, 2)
@@ -452,7 +458,8 @@ class ViViTCore(Core):
         ax = rope_frequencies(gw, q, device)
         ay = ay[:, None, :].expand(gh, gw, -1).reshape(gh * gw, -1)
         ax = ax[None, :, :].expand(gh, gw, -1).reshape(gh * gw, -1)
-        return (*rope_tables(ay, prefix), *rope_tables(ax, prefix))
+        return (*rope_2d_tables(ay, ax, prefix), 2)
 
     def _temporal_rope(self, n: int, prefix: int, device):
-        return rope_tables(rope_frequencies(n, self.head_dim, device), prefix)
+        cos, sin = rope_tables(rope_frequencies(n, self.head_dim, device), prefix)
+        return cos, sin, 1
