@@ -403,7 +403,8 @@ def _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size):
     period = float(np.median(np.diff(timestamps))) if n_t > 1 else 1.0 / 30
     t_ext = np.concatenate([timestamps, [timestamps[-1] + period]])
     t0, t1 = t_ext[start], t_ext[end]
-    resp = interval_mean(timestamps, traces, t0, t1)  # (N, rows)
+    lo, hi = max(int(start.min()) - 1, 0), min(int(end.max()) + 2, n_t)  # this movie's span
+    resp = interval_mean(timestamps[lo:hi], traces[:, lo:hi], t0, t1)  # (N, rows)
     run = interval_mean(running_t, running, t0, t1) if running is not None else np.zeros(frame.size)
     if eye is not None:
         size_t, size, loc_t, loc = eye
