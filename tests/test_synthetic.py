@@ -256,8 +256,22 @@ def test_streaming_paths_give_the_same_session(
         if rel.endswith(("/all/median.npy", ".json")):
             continue
         assert (folder / rel).read_bytes() == (tiny[0] / rel).read_bytes(), rel
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # spill removed
     meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
     assert meta["shipped_statistics"]["median"] != "exact"
+    # noiseless rates asked for before (or without) their trial: recomputed, identically
+    mouse = synthetic._Mouse(
+        3,
+        0,
+        synthetic.SyntheticSizes(**TINY),
+        synthetic.ModelParams(),
+        synthetic._shared_clips(3, synthetic.SyntheticSizes(**TINY)),
+        False,
+    )
+    for trial in (0, N_TRIALS - 1):
+        np.testing.assert_array_equal(
+            mouse.noiseless_of(trial), _load(folder, layout.NOISELESS, trial)
+        )
     assert np.isfinite(np.load(folder / layout.STATISTICS_DIR / "responses/all/median.npy")).all()
 
 

@@ -150,9 +150,9 @@ class ModelParams:
     threshold: tuple[float, float] = (0.0, 1.0)  # rectification threshold, in drive s.d.
     sharpness: float = 3.0  # softplus sharpness
     spontaneous: float = 0.1  # fraction of the mean rate independent of the stimulus
-    mean_rate: float = 0.5  # median over neurons of the mean count per frame
+    mean_rate: float = 1.0  # median over neurons of the mean count per frame
     rate_spread: float = 0.5  # log-normal spread of the mean counts over neurons
-    overdispersion: float = 0.5  # variance of the Gamma gain on the Poisson rate
+    overdispersion: float = 0.3  # variance of the Gamma gain on the Poisson rate
     response_scale: float = 1.0  # median units per count (per neuron, log-normal spread 0.4)
     running_gain: tuple[float, float] = (0.25, 0.15)  # mean, s.d. over neurons (log gain per z)
     pupil_gain: tuple[float, float] = (0.15, 0.1)
@@ -346,18 +346,20 @@ def _shift_frames(frames: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b through torch, single-threaded inside `_single_thread` (numpy's multi-threaded BLAS
-    slows small products down many times on a busy machine)."""
+    """a @ b through torch, whose threads `_threads_for` sets (numpy's multi-threaded BLAS slows
+    small products down many times on a busy machine and cannot be told otherwise)."""
     return (
         torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))
     ).numpy()
 
 
 @contextlib.contextmanager
-def _single_thread():
-    """Run torch single-threaded (restored afterwards): generation is many small products."""
+def _threads_for(sizes: SyntheticSizes):
+    """Small sessions: torch single-threaded (many small products; threads only contend).
+    Large ones keep torch's threads for their large products. Restored afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if sizes.neurons * sizes.height * sizes.width * sizes.frames < 10**8:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -366,11 +368,10 @@ def _single_thread():
 
 def _causal_filter(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Per-row causal convolution: y[n, t] = sum_k h[n, k] x[n, t - k] (zero before t = 0)."""
-    N, T = x.shape
-    y = np.zeros_like(x)
-    for k in range(min(h.shape[1], T)):
-        y[:, k:] += h[:, k : k + 1] * x[:, : T - k]
-    return y
+    T = x.shape[1]
+    n = scipy.fft.next_fast_len(T + h.shape[1], real=True)  # zero-padded: no wrap-around
+    y = scipy.fft.irfft(scipy.fft.rfft(x, n, axis=1) * scipy.fft.rfft(h, n, axis=1), n, axis=1)
+    return np.ascontiguousarray(y[:, :T], dtype=np.float32)
 
 
 @dataclass
@@ -413,26 +414,69 @@ class Population:
         return lin
 
     def _nonlinearity(self, drive: np.ndarray) -> np.ndarray:
-        z = (drive - self.drive_mean[:, None]) / self.drive_std[:, None]
+        """softplus(b (z - threshold)) / b of the standardised drive z, in place, float32."""
         b = self.sharpness
-        return np.logaddexp(0.0, b * (z - self.threshold[:, None])) / b
+        scale = (b / self.drive_std).astype(np.float32)[:, None]
+        offset = (-b * (self.drive_mean / self.drive_std + self.threshold)).astype(np.float32)
+        x = drive.astype(np.float32, copy=False)
+        x *= scale
+        x += offset[:, None]
+        np.logaddexp(np.float32(0), x, out=x)
+        x *= np.float32(1 / b)
+        return x
 
     def calibrate(self, videos: Sequence[np.ndarray]) -> None:
         """Standardise drives and set the mean rate on calibration clips (no gaze shift)."""
         drives = np.concatenate([self._drive(v, np.zeros((2, v.shape[0]))) for v in videos], 1)
-        self.drive_mean = drives.mean(1)
-        self.drive_std = drives.std(1) + 1e-6
-        self.response_mean = self._nonlinearity(drives).mean(1) + 1e-6
+        self.drive_mean = drives.mean(1, dtype=np.float64)
+        self.drive_std = drives.std(1, dtype=np.float64) + 1e-6
+        self.response_mean = self._nonlinearity(drives).mean(1, dtype=np.float64) + 1e-6
 
     def rates(self, video: np.ndarray, behavior: np.ndarray, gaze_shift: np.ndarray, p):
         """Expected counts per frame (N, T) for video (T, H, W), behavior (2, T), shift (2, T)."""
-        r = self._nonlinearity(self._drive(video, gaze_shift)) / self.response_mean[:, None]
+        f32 = np.float32
+        r = self._nonlinearity(self._drive(video, gaze_shift))
         pupil_z = (behavior[0] / self.behavior.pupil_baseline - 1.05) / 0.15
         running_z = (behavior[1] - 5.0) / 8.0
-        log_gain = self.running_gain[:, None] * running_z + self.pupil_gain[:, None] * pupil_z
-        gain = np.exp(np.clip(log_gain, -1.5, 1.5))
-        rate = self.mean_count[:, None] * ((1 - p.spontaneous) * r + p.spontaneous) * gain
-        return rate.astype(np.float32)
+        log_gain = self.running_gain.astype(f32)[:, None] * running_z.astype(f32)
+        log_gain += self.pupil_gain.astype(f32)[:, None] * pupil_z.astype(f32)
+        gain = np.exp(np.clip(log_gain, -1.5, 1.5, out=log_gain), out=log_gain)
+        stimulus = (self.mean_count * (1 - p.spontaneous) / self.response_mean).astype(f32)
+        r *= stimulus[:, None]
+        r += (self.mean_count * p.spontaneous).astype(f32)[:, None]
+        r *= gain
+        return r
+
+
+def _receptive_fields(center, sigma, aspect, freq, theta, phase, sign, cell_type, H, W):
+    """Unit-norm spatial filters (n, H*W) and quadrature partners, float32, on the pixel grid
+    (pixel centres in ref px). Gabor (zero mean) for simple/complex cells, difference of
+    Gaussians for centre-surround cells."""
+    f32 = np.float32
+    s = W / REF_WIDTH
+    gx = ((np.arange(W) + 0.5) / s).astype(f32)
+    gy = ((np.arange(H) + 0.5) / s).astype(f32)
+    col = lambda a: np.asarray(a, dtype=f32)[:, None, None]  # noqa: E731
+    dx = gx[None, None, :] - col(center[:, 0])
+    dy = gy[None, :, None] - col(center[:, 1])
+    c, sn = col(np.cos(theta)), col(np.sin(theta))
+    u, v = dx * c + dy * sn, dy * c - dx * sn
+    sig2 = 2 * col(sigma) ** 2
+    envelope = np.exp(-(u**2) / sig2 - (v * col(aspect)) ** 2 / sig2)
+    carrier = f32(2 * np.pi) * col(freq) * u + col(phase)
+    rf = envelope * np.cos(carrier)
+    rf_q = envelope * np.sin(carrier)
+    r2 = dx**2 + dy**2
+    dog = np.exp(-r2 / (sig2 * f32(0.36))) - f32(0.3) * np.exp(-r2 / (sig2 * f32(2.25)))
+    is_dog = col(cell_type == 2) > 0
+    rf = np.where(is_dog, dog * col(sign), rf)
+    n = len(center)
+    rf, rf_q = rf.reshape(n, -1), rf_q.reshape(n, -1)
+    rf = rf - rf.mean(1, keepdims=True) * (cell_type != 2)[:, None]  # Gabors: no DC response
+    rf_q = rf_q - rf_q.mean(1, keepdims=True)
+    rf /= np.linalg.norm(rf, axis=1, keepdims=True) + f32(1e-12)
+    rf_q /= np.linalg.norm(rf_q, axis=1, keepdims=True) + f32(1e-12)
+    return rf, rf_q
 
 
 def _make_population(rng: np.random.Generator, sizes: SyntheticSizes, p: ModelParams):
@@ -472,36 +516,29 @@ def _make_population(rng: np.random.Generator, sizes: SyntheticSizes, p: ModelPa
             p.center_surround_fraction,
         ],
     )
-    gx = (np.arange(W) + 0.5) / s
-    gy = (np.arange(H) + 0.5) / s
-    dx = gx[None, None, :] - center[:, 0, None, None]
-    dy = gy[None, :, None] - center[:, 1, None, None]
     sigma = p.rf_sigma * np.exp(rng.normal(0, 0.25, N))
     aspect = rng.uniform(0.6, 1.0, N)
     freq = np.minimum(p.spatial_frequency * np.exp(rng.normal(0, 0.25, N)), 0.35 * s)
     theta = rng.uniform(0, np.pi, N)
     phase = rng.uniform(0, 2 * np.pi, N)
-    c, sn = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
-    u, v = dx * c + dy * sn, -dx * sn + dy * c
-    sig = sigma[:, None, None]
-    envelope = np.exp(-(u**2) / (2 * sig**2) - (v * aspect[:, None, None]) ** 2 / (2 * sig**2))
-    carrier = 2 * np.pi * freq[:, None, None] * u + phase[:, None, None]
-    rf = envelope * np.cos(carrier)
-    rf_q = envelope * np.sin(carrier)
-    r2 = dx**2 + dy**2
-    dog = np.exp(-r2 / (2 * (0.6 * sig) ** 2)) - 0.3 * np.exp(-r2 / (2 * (1.5 * sig) ** 2))
-    dog *= rng.choice([-1.0, 1.0], N)[:, None, None]  # ON or OFF centre
-    rf = np.where((cell_type == 2)[:, None, None], dog, rf)
-
-    def unit(a: np.ndarray) -> np.ndarray:
-        a = a.reshape(a.shape[0], -1)
-        gabor = a - a.mean(1, keepdims=True) * (cell_type[: a.shape[0], None] != 2)
-        return (gabor / (np.linalg.norm(gabor, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
-
-    rf = unit(rf)
-    rf_q = rf_q[cell_type == 1].reshape(-1, H * W)
-    rf_q = rf_q - rf_q.mean(1, keepdims=True)
-    rf_q = (rf_q / (np.linalg.norm(rf_q, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+    sign = rng.choice([-1.0, 1.0], N)  # ON or OFF centre (centre-surround cells)
+    rf = np.empty((N, H * W), np.float32)
+    rf_q = np.empty((N, H * W), np.float32)
+    for i in range(0, N, 512):  # in chunks: bounded memory for large populations
+        j = slice(i, i + 512)
+        rf[j], rf_q[j] = _receptive_fields(
+            center[j],
+            sigma[j],
+            aspect[j],
+            freq[j],
+            theta[j],
+            phase[j],
+            sign[j],
+            cell_type[j],
+            H,
+            W,
+        )
+    rf_q = np.ascontiguousarray(rf_q[cell_type == 1])
     # temporal filters: difference of gamma functions, biphasic, peak 2.4-4.8 frames
     k = np.arange(p.filter_length, dtype=np.float64)[None, :]
     tau = rng.uniform(0.8, 1.6, N)[:, None]
@@ -725,7 +762,7 @@ class _Mouse:
     """Plans one session's trials and generates each trial on demand (deterministically)."""
 
     NOISELESS_CACHE_BYTES = 256 * 2**20
-    MEDIAN_BYTES = 256 * 2**20
+    MEDIAN_BYTES = 128 * 2**20
 
     def __init__(self, seed, index, sizes, params, shared_clips, progress):
         self.seed, self.index, self.sizes, self.p = seed, index, sizes, params
@@ -762,6 +799,7 @@ class _Mouse:
         noiseless_bytes = len(self.clips) * sizes.neurons * T * 4
         self.cache_noiseless = noiseless_bytes <= self.NOISELESS_CACHE_BYTES
         self.noiseless: dict[int, np.ndarray] = {}
+        self.spill_dir: Path | None = None  # set by the writer
         self.video_cache: dict[tuple[int, ...], np.ndarray] = {}
         self.bar = tqdm(
             total=len(self.clips),
@@ -796,8 +834,13 @@ class _Mouse:
         shift = scale * (pupil_center - np.asarray(self.pop.behavior.eye_center)[:, None])
         rate = self.pop.rates(video, behavior, shift, self.p)
         d = self.p.overdispersion
-        gain = rng.gamma(1.0 / d, d, size=rate.shape) if d > 0 else 1.0
-        counts = rng.poisson(rate * gain).astype(np.float32)
+        if d > 0:  # Gamma-Poisson (negative binomial) counts: mean rate, extra variance
+            gain = rng.standard_gamma(1.0 / d, size=rate.shape, dtype=np.float32)
+            gain *= np.float32(d)
+            gain *= rate
+            counts = rng.poisson(gain).astype(np.float32)
+        else:
+            counts = rng.poisson(rate).astype(np.float32)
         scale_n = self.pop.scale[:, None].astype(np.float32)
         responses = counts * scale_n
         noiseless = rate * scale_n
@@ -807,13 +850,14 @@ class _Mouse:
             a[..., end:] = np.nan
         if tier in HIDDEN_TIERS:
             responses = np.zeros_like(responses)
-        return {
-            layout.VIDEOS: videos.astype(np.float32),
-            layout.RESPONSES: responses.astype(np.float32),
-            layout.BEHAVIOR: behavior.astype(np.float32),
-            layout.PUPIL_CENTER: pupil_center.astype(np.float32),
-            layout.NOISELESS: noiseless.astype(np.float32),
+        out = {
+            layout.VIDEOS: videos,
+            layout.RESPONSES: responses,
+            layout.BEHAVIOR: behavior,
+            layout.PUPIL_CENTER: pupil_center,
+            layout.NOISELESS: noiseless,
         }
+        return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
 
     def trial(self, trial: int) -> dict[str, np.ndarray]:
         arrays = self.simulate(trial)
@@ -835,6 +879,9 @@ class _Mouse:
             acc.add(arrays[layout.NOISELESS][:, skip:], arrays[layout.RESPONSES][:, skip:])
         if self.cache_noiseless:
             self.noiseless[trial] = arrays[layout.NOISELESS]
+        elif self.spill_dir is not None:  # too big to keep: park on disk until written
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.spill_dir / f"{trial}.npy", arrays[layout.NOISELESS])
 
     def statistics(self) -> dict[str, dict[str, np.ndarray]]:
         for trial in sorted(self.train_ids - self.done):
@@ -844,7 +891,12 @@ class _Mouse:
     def noiseless_of(self, trial: int) -> np.ndarray:
         if trial in self.noiseless:
             return self.noiseless.pop(trial)
-        return self.simulate(trial)[layout.NOISELESS]
+        spilled = self.spill_dir / f"{trial}.npy" if self.spill_dir is not None else None
+        if spilled is not None and spilled.is_file():
+            a = np.load(spilled)
+            spilled.unlink()
+            return a
+        return self.simulate(trial)[layout.NOISELESS]  # deterministic: recomputed
 
     def video_ids(self) -> np.ndarray:
         return np.array([c.video_id for c in self.clips], dtype=np.int64)
@@ -977,7 +1029,7 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     shared = _shared_clips(seed, size_cfg)
     folders = []
-    with _single_thread():
+    with _threads_for(size_cfg):
         for k, name in enumerate(names):
             mouse = _Mouse(seed, k, size_cfg, params, shared, progress)
             try:
@@ -1014,6 +1066,7 @@ def _write_mouse(out: Path, name: str, mouse: _Mouse, preset: str, mice: int) ->
         extra_meta={VIDEO_IDS_FILE: mouse.video_ids()},
         extra_data={layout.NOISELESS: _LazyNoiseless(mouse)},
     )
+    mouse.spill_dir = out / f".{name}.noiseless"
     try:
         layout.write_session(staging, session)
         meta = _session_meta(mouse, preset, mice)
@@ -1026,6 +1079,8 @@ def _write_mouse(out: Path, name: str, mouse: _Mouse, preset: str, mice: int) ->
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(mouse.spill_dir, ignore_errors=True)
     return final
 
 
