@@ -243,6 +243,12 @@ def test_statistics_match_the_data(tiny: list[Path]) -> None:
                 np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-4, err_msg=str(path))
         meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
         assert meta["shipped_statistics"]["median"] == "exact"
+    # the public helper computes the same thing from arrays in memory
+    trials = [{n: _load(folder, n, t) for n in layout.TRIAL_ARRAYS} for t in train]
+    for name, stats in synthetic.shipped_statistics(trials).items():
+        for stat, value in stats.items():
+            path = folder / layout.STATISTICS_DIR / name / "all" / f"{stat}.npy"
+            np.testing.assert_array_equal(value, np.load(path), err_msg=str(path))
 
 
 def test_streaming_paths_give_the_same_session(

@@ -103,7 +103,7 @@ class SyntheticSizes:
     short_fraction: float = 0.1  # fraction of clips shorter than `frames` (NaN-padded)
 
 
-# "small": quick CPU data (3 mice in about a second). Frames are 18x32, half the published 36x64
+# "small": quick CPU data (3 mice in a few seconds). Frames are 18x32, half the published 36x64
 # in each direction: every spatial parameter is defined relative to the screen width, so the
 # model is the same at either resolution, and a CNN trains about 4x faster per frame on CPU.
 # "sensorium": the published sizes (36x64 frames, 300-frame trials, ~8k neurons, 700 trials).
@@ -257,8 +257,15 @@ def _add_objects(rng: np.random.Generator, movie: np.ndarray, p: ModelParams) ->
         movie += alpha * (f32(level) - movie)
 
 
-def make_clip(rng: np.random.Generator, frames: int, height: int, width: int, params=None):
-    """One natural-like movie clip, (frames, height, width) float32 in 0..255."""
+def make_clip(
+    rng: np.random.Generator,
+    frames: int,
+    height: int,
+    width: int,
+    params: ModelParams | None = None,
+) -> np.ndarray:
+    """One natural-like movie clip, (frames, height, width) float32 in 0..255: 1/f noise, moving
+    occluding objects, and (with probability `cut_probability`) a scene cut."""
     p = params or ModelParams()
     T = frames
     movie = _pink_movie(rng, T, height, width, p)
