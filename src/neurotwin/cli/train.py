@@ -1,0 +1,118 @@
+"""`train.py` / `neurotwin-train`: train a model from a YAML preset and flags.
+
+    python train.py --config configs/demo.yaml --output_dir runs/demo
+    python train.py --restore runs/demo --epochs 50          # resume (and extend) a run
+    torchrun --nproc_per_node 4 train.py --config configs/viv1t.yaml --output_dir runs/v
+
+Flags override the YAML preset, which overrides the defaults. With `--restore DIR` the restored
+run's saved config.yaml is the base instead (a `--config` preset and flags go on top), and outputs
+go to DIR unless `--output_dir` says otherwise. Bad options end with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neurotwin import config as cfg
+from neurotwin.errors import ConfigError, NeurotwinError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a neurotwin model. Every option is a flag named after its leaf in the "
+        "config; flags override the --config YAML, which overrides the defaults.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cfg.add_config_flags(parser)
+    return parser
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+    return values
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint file (run/checkpoints/last.pt -> run)."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def resolve_config(args: argparse.Namespace) -> cfg.Config:
+    """The run's config: defaults < YAML < flags, or, when restoring, saved < YAML < flags."""
+    config = cfg.resolve(args)
+    if not config.run.restore:
+        return config
+    from neurotwin.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from neurotwin.training.trainer import CONFIG_FILE
+
+    checkpoint = resolve_checkpoint(config.run.restore, "last")
+    run_dir = _run_dir(checkpoint)
+    saved_file = run_dir / CONFIG_FILE
+    if saved_file.is_file():
+        saved = cfg.to_dict(cfg.load_yaml(saved_file))
+        source = str(saved_file)
+    else:
+        saved = load_checkpoint(checkpoint)["config"]
+        source = f"{checkpoint} [config]"
+    yaml_values = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    merged = cfg.from_dict(_deep_merge(saved, yaml_values), source)
+    flags = {k: v for k, v in vars(args).items() if k in cfg.LEAF_BY_FLAG}
+    for flag, value in flags.items():
+        leaf = cfg.LEAF_BY_FLAG[flag]
+        cfg.set_value(merged, leaf, cfg.convert(value, leaf.type, f"--{flag}"))
+    merged.run.restore = str(config.run.restore)
+    output_given = "output_dir" in flags or "output_dir" in yaml_values.get("run", {})
+    if not output_given:
+        merged.run.output_dir = str(run_dir)
+    merged.run.clear_output_dir = False  # never delete the run being resumed
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = resolve_config(args)
+        from neurotwin.training.trainer import train
+
+        return train(config)
+    except NeurotwinError as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(
+            f"{parser.prog}: interrupted; resume with --restore <output_dir>",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
