@@ -46,6 +46,16 @@ SMALL_CONV = dict(
 NO_DROPOUT = dict(core_p_dropout=0.0, core_mha_dropout=0.0, core_ff_dropout=0.0, core_drop_path=0.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
+    (10-20x faster here); restored after this module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_config(core="conv3d", readout="gaussian", shifter_mode=1, activation="elu1", **core_kw):
     cfg = ModelConfig()
     cfg.core = dataclasses.replace(cfg.core, name=core, **SMALL_CONV, **SMALL_VIVIT)
@@ -95,13 +105,15 @@ def test_output_shapes_and_positive_rates(core, readout, shifter_mode):
     torch.manual_seed(0)
     model = build(make_config(core, readout, shifter_mode))
     video, behavior, pupil = make_inputs(b=2, t=8)
-    for train in (True, False):
-        model.train(train)
-        for session, n in (("mouse_a", 7), ("mouse_b", 5)):
-            y = model(video, session, behavior, pupil)
-            assert y.shape == (2, n, 8)
-            assert torch.isfinite(y).all()
-            assert (y > 0).all()
+    for session, n in (("mouse_a", 7), ("mouse_b", 5)):
+        y = model.train()(video, session, behavior, pupil)
+        assert y.shape == (2, n, 8)
+        assert torch.isfinite(y).all() and (y > 0).all()
+    model.eval()
+    with torch.no_grad():
+        y = model(video, "mouse_a", behavior, pupil)
+        assert y.shape == (2, 7, 8) and (y > 0).all()
+        assert torch.equal(y, model(video, "mouse_a", behavior, pupil))  # eval is deterministic
     assert (model.shifters is None) == (shifter_mode == 0)
 
 
@@ -259,18 +271,6 @@ def test_non_causal_vivit_sees_the_future():
     cfg = make_config("vivit", "gaussian", 0, core_use_causal_attention=False)
     diff_before, _ = _causality_check(build(cfg, make_specs()))
     assert diff_before > 1e-4
-
-
-@pytest.mark.parametrize("readout", READOUT_NAMES)
-@pytest.mark.parametrize("core", CORE_NAMES)
-def test_eval_is_deterministic(core, readout):
-    torch.manual_seed(0)
-    model = build(make_config(core, readout, 1)).eval()
-    video, behavior, pupil = make_inputs()
-    with torch.no_grad():
-        a = model(video, "mouse_a", behavior, pupil)
-        b = model(video, "mouse_a", behavior, pupil)
-    assert torch.equal(a, b)
 
 
 def test_gaussian_readout_samples_in_training_only():

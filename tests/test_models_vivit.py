@@ -19,6 +19,16 @@ from neurotwin.models.cores.vivit import TubeEmbedding, ViViTCore
 VIV1T_CORE_PARAMETERS = 3_787_042
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
+    (10-20x faster here); restored after this module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_default_vivit_parameter_count_matches_viv1t():
     core = ViViTCore.from_config(CoreConfig(), in_channels=1, frame_shape=(36, 64))
     n = sum(p.numel() for p in core.parameters())
@@ -105,7 +115,7 @@ def test_full_length_clip_forward_backward_narrow_core():
     core = _default_vivit(
         core_emb_dim=8, core_spatial_depth=1, core_temporal_depth=1, core_num_heads=1,
         core_head_dim=8, core_ff_dim=8, core_reg_tokens=4,
-    ).train()  # fmt: skip
+    ).eval()  # fmt: skip
     video = torch.randn(1, 1, 300, 36, 64)
     behavior, pupil = torch.randn(1, 2, 300), torch.randn(1, 2, 300)
     out = core(video, behavior, pupil)
