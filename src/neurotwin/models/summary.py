@@ -42,9 +42,9 @@ def summary(model: nn.Module) -> str:
     readout_name = next(
         (getattr(r, "registered_name", type(r).__name__) for r in readouts.values()), "-"
     )
-    line = (
-        f"model: core {core_name} {_fmt(c['core'])} params | readout {readout_name} x "
-        f"{len(readouts)} sessions {_fmt(c['readouts'])} | shifters {_fmt(c['shifters'])} | "
+    n = len(readouts)
+    return (
+        f"model: core {core_name} {_fmt(c['core'])} params | readout {readout_name} x {n} "
+        f"session{'s' if n != 1 else ''} {_fmt(c['readouts'])} | shifters {_fmt(c['shifters'])} | "
         f"total {_fmt(c['total'])} ({_fmt(c['trainable'])} trainable)"
     )
-    return line
