@@ -898,6 +898,10 @@ class _Mouse:
     def noiseless_of(self, trial: int) -> np.ndarray:
         if trial in self.noiseless:
             return self.noiseless.pop(trial)
+        if self.bar.n >= self.bar.total and not self.bar.disable:  # second pass: show it
+            self.bar.reset(total=self.n_trials)
+            self.bar.set_description(f"mouse {self.index + 1} (noiseless rates)")
+        self.bar.update(0 if self.bar.disable else 1)
         spilled = self.spill_dir / f"{trial}.npy" if self.spill_dir is not None else None
         if spilled is not None and spilled.is_file():
             a = np.load(spilled)
