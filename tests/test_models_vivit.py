@@ -141,3 +141,19 @@ def test_sdpa_is_used_with_causal_flag(monkeypatch):
     p = core.grid[0] * core.grid[1]
     assert spatial_shape == (5, 2, 2 + p, 8) and not spatial_causal  # (B*T, heads, L, d)
     assert temporal_shape == (p, 2, 2 + 5, 8) and temporal_causal
+
+
+@pytest.mark.parametrize("norm_qk", [False, True])
+def test_bf16_autocast_forward_backward(norm_qk):
+    """The dtype paths the GPU takes under bf16 autocast (bf16 matmuls/SDPA, float32 stats)."""
+    torch.manual_seed(0)
+    core = ViViTCore(1, (12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, head_dim=8,
+                     ff_dim=16, spatial_patch_size=3, norm_qk=norm_qk, behavior_tokens=True).eval()  # fmt: skip
+    video, b = torch.randn(1, 1, 5, 12, 16), torch.randn(1, 2, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = core(video, b, b)
+    assert out.shape == (1, 16, 5, 6, 8) and torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert all(p.grad is not None for p in core.parameters())
+    ref = core(video, b, b)
+    assert (out.float() - ref).abs().mean() < 0.1 * ref.abs().mean()
