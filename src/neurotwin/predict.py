@@ -28,7 +28,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -325,7 +325,9 @@ def _short(name: str, width: int = 32) -> str:
 def staged_folder(final: Path) -> Iterator[Path]:
     """A temporary folder beside `final`, renamed onto it when the block succeeds, else removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # mkdir (not mkdtemp, which makes it private) so the folder gets the usual permissions
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         yield tmp
         old = None
