@@ -206,6 +206,11 @@ def test_npz_contents_and_metrics_recomputed(run):
             assert m["ceiling_correlation"] == pytest.approx(
                 M.single_trial_correlation(resp, noiseless), abs=1e-6
             )
+            # and the generator's own ceiling (an independent implementation) agrees
+            from neurotwin.data.synthetic import ceiling_correlation
+
+            ceiling = ceiling_correlation(noiseless, resp, skip_frames=M.SKIP_FRAMES).mean()
+            assert m["ceiling_correlation"] == pytest.approx(ceiling, abs=1e-6)
 
 
 def test_predictions_are_the_model_output_in_original_units(run):
