@@ -90,7 +90,11 @@ def load_run(run_dir: Path, checkpoint: str | os.PathLike) -> tuple[Config, dict
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a state dict strictly; CheckpointError naming the keys and shapes that differ."""
+    """Load a state dict strictly; CheckpointError naming the keys and shapes that differ.
+
+    Prefixes that DistributedDataParallel ("module.") and torch.compile ("_orig_mod.") add to the
+    names are removed first."""
+    weights = {_plain_key(k): v for k, v in weights.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -116,6 +120,11 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path:
             f"(different model config?): " + "; ".join(parts)
         )
     model.load_state_dict(weights, strict=True)
+
+
+def _plain_key(key: str) -> str:
+    key = key[len("module.") :] if key.startswith("module.") else key
+    return key.replace("_orig_mod.", "")
 
 
 def pick_device(device: str | None, fallback: str | None = None) -> torch.device:
