@@ -28,11 +28,12 @@ def poisson_loss(
 ) -> torch.Tensor:
     """Poisson negative log-likelihood (without the log(y!) constant), summed over all elements.
 
-    Computed in float32 whatever the autocast dtype; predictions are clamped to at least `eps`
+    Computed in float32 (or float64) whatever the autocast dtype; predictions are clamped to at least `eps`
     so that log() stays finite when a rate reaches 0.
     """
-    prediction = prediction.float()
-    response = response.float()
+    if prediction.dtype in (torch.bfloat16, torch.float16):
+        prediction = prediction.float()
+    response = response.to(prediction.dtype)
     prediction = prediction.clamp_min(eps)
     return torch.sum(prediction - response * torch.log(prediction))
 

@@ -151,6 +151,7 @@ class Plateau:
         self.best_epoch = 0
         self.wait = 0
         self.num_reduce = 0
+        self.stopped = False
 
     def step(self, value: float, epoch: int) -> str:
         if math.isfinite(value) and value > self.best_value:
@@ -160,6 +161,7 @@ class Plateau:
         if self.wait < self.patience or epoch < self.min_epochs:
             return "wait"
         if not self.reduce_lr or self.num_reduce >= self.max_reduce:
+            self.stopped = True
             return "stop"
         self.num_reduce += 1
         self.wait = 0
@@ -173,6 +175,7 @@ class Plateau:
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "num_reduce": self.num_reduce,
+            "stopped": self.stopped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,6 +183,7 @@ class Plateau:
         self.best_epoch = int(state["best_epoch"])
         self.wait = int(state["wait"])
         self.num_reduce = int(state["num_reduce"])
+        self.stopped = bool(state.get("stopped", False))
 
 
 def grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:

@@ -628,7 +628,9 @@ class Trainer:
         stopped = "max epochs"
         log = self.logger.print
         try:
-            while self.epoch < t.epochs:
+            if self.plateau.stopped:
+                stopped = "early stopping (before the restored checkpoint)"
+            while self.epoch < t.epochs and not self.plateau.stopped:
                 epoch = self.epoch + 1
                 seed_everything(epoch_seed(self.config.run.seed, epoch, self.info.rank))
                 tic = time.time()
@@ -653,7 +655,7 @@ class Trainer:
                 row = self._row(epoch, train_result, val, seconds, train_seconds)
                 self.history.append(row)
                 self.logger.log_metrics(row, step=epoch)
-                log(self._epoch_line(epoch, train_result, val, seconds, decision))
+                log(self._epoch_line(epoch, train_result, val, seconds, train_seconds, decision))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, self)
                 if not math.isfinite(train_result["loss"]):
@@ -705,7 +707,13 @@ class Trainer:
         return row
 
     def _epoch_line(
-        self, epoch: int, tr: dict[str, Any], val: dict[str, Any], seconds: float, decision: str
+        self,
+        epoch: int,
+        tr: dict[str, Any],
+        val: dict[str, Any],
+        seconds: float,
+        train_seconds: float,
+        decision: str,
     ) -> str:
         mark = {"improved": " *", "reduced": " (lr reduced)", "stop": " (stop)"}.get(decision, "")
         sf = " sf" if is_schedule_free(self.optimizer) else ""
@@ -713,7 +721,7 @@ class Trainer:
             f"epoch {epoch:3d}/{self.config.train.epochs}  train loss {tr['loss']:.4f}  "
             f"val loss {val['mean_loss']:.4f}  val corr {val['mean_correlation']:.4f}  "
             f"lr{sf} {current_lr(self.optimizer):.2e}  {seconds:.1f}s  "
-            f"{tr['trials'] / max(seconds, 1e-9):.1f} trials/s{mark}"
+            f"{tr['trials'] / max(train_seconds, 1e-9):.1f} trials/s{mark}"
         )
 
 

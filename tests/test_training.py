@@ -1,0 +1,347 @@
+"""Training pipeline on real synthetic mice: resume, micro-batches, schedule-free switching,
+checkpoints, run folder, and that the model actually learns."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurotwin import config as cfg
+from neurotwin.data import synthetic
+from neurotwin.errors import CheckpointError
+from neurotwin.training import checkpoint as ckpt
+from neurotwin.training.losses import poisson_loss
+from neurotwin.training.optim import GradClipper, Plateau
+from neurotwin.training.trainer import CorrelationAccumulator, Trainer, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Two small synthetic mice in the native layout (the real generator)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(
+        out,
+        mice=2,
+        preset="small",
+        seed=3,
+        height=9,
+        width=16,
+        neurons=20,
+        train_trials=12,
+        oracle_clips=2,
+        oracle_repeats=2,
+        test_clips=1,
+        test_repeats=2,
+        frames=40,
+        progress=False,
+    )
+    return out
+
+
+def tiny_config(data_dir: Path, output_dir: Path, **train: object) -> cfg.Config:
+    c = cfg.Config()
+    c.data.data_dir = str(data_dir)
+    c.data.crop_frame = 24
+    c.data.batch_size = 4
+    c.data.num_workers = 0
+    core = c.model.core
+    core.name = "conv3d"
+    core.core_num_layers = 2
+    core.core_hidden_dim = 4
+    core.core_spatial_input_kernel = 5
+    core.core_spatial_hidden_kernel = 3
+    core.core_temporal_input_kernel = 5
+    core.core_temporal_hidden_kernel = 3
+    c.model.readout.name = "gaussian"
+    c.train.epochs = 3
+    c.train.lr = 0.01
+    for k, v in train.items():
+        setattr(c.train, k, v)
+    c.run.output_dir = str(output_dir)
+    c.run.device = "cpu"
+    c.run.verbose = 0
+    c.run.seed = 7
+    return c
+
+
+def load_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------
+# Units: loss, accumulator, plateau, AutoClip
+# ------------------------------------------------------------------------------------------------
+
+
+def test_poisson_loss_is_safe_and_matches_torch():
+    pred = torch.tensor([[0.5, 2.0, 1e-3]])
+    target = torch.tensor([[1.0, 0.0, 3.0]])
+    expected = torch.nn.functional.poisson_nll_loss(
+        pred, target, log_input=False, full=False, reduction="sum", eps=0.0
+    )
+    assert torch.allclose(poisson_loss(pred, target), expected)
+    # a rate of exactly 0 (e.g. ELU+1 far below) stays finite, and so does its gradient
+    zero = torch.zeros(1, 3, requires_grad=True)
+    loss = poisson_loss(zero, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zero.grad).all()
+    # bf16 predictions are scored in float32
+    assert poisson_loss(pred.bfloat16(), target).dtype == torch.float32
+
+
+def test_streamed_correlation_equals_the_metric():
+    from neurotwin import metrics
+
+    rng = np.random.default_rng(0)
+    trials_r = [rng.random((5, t)) for t in (70, 60, 80)]
+    trials_p = [r + rng.normal(0, 0.5, r.shape) for r in trials_r]
+    trials_p[1][2] = 1.0  # a neuron whose prediction does not vary in one trial
+    acc = CorrelationAccumulator(5)
+    for r, p in zip(trials_r, trials_p):
+        acc.update(torch.tensor(p[None, :, 50:]), torch.tensor(r[None, :, 50:]))
+    expected = metrics.single_trial_correlation(trials_r, trials_p, skip=50, per_neuron=True)
+    assert np.allclose(acc.correlation().numpy(), expected, atol=1e-10)
+    const = CorrelationAccumulator(2)
+    const.update(torch.ones(1, 2, 10), torch.rand(1, 2, 10))
+    assert torch.equal(const.correlation(), torch.zeros(2))  # no variance: 0, not NaN
+
+
+def test_plateau_reduces_then_stops_and_round_trips():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    plateau = Plateau(opt, patience=2, factor=0.5, max_reduce=1)
+    decisions = [plateau.step(v, e + 1) for e, v in enumerate([0.1, 0.2, 0.1, 0.1, 0.1, 0.1])]
+    assert decisions == ["improved", "improved", "wait", "reduced", "wait", "stop"]
+    assert opt.param_groups[0]["lr"] == 0.5 and plateau.best_value == 0.2
+    other = Plateau(opt, patience=2, factor=0.5, max_reduce=1)
+    other.load_state_dict(plateau.state_dict())
+    assert other.state_dict() == plateau.state_dict()
+
+
+def test_autoclip_clips_to_the_percentile_of_past_norms():
+    p = torch.nn.Parameter(torch.zeros(3))
+    clip = GradClipper(percentile=50)
+    for norm in (1.0, 2.0, 3.0):
+        p.grad = torch.tensor([norm, 0.0, 0.0])
+        assert clip([p]) == pytest.approx(norm)
+    assert float(p.grad.norm()) == pytest.approx(2.0)  # median of 1, 2, 3
+    assert GradClipper()([p]) is None  # clipping off
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_write_interrupted_midway_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1, "config": {}})
+
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)  # half the bytes are on disk ...
+        raise KeyboardInterrupt  # ... when the process is stopped
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2, "config": {}})
+    monkeypatch.setattr(torch, "save", real_save)
+
+    state = ckpt.load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no partial file
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        ckpt.load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_round_trip():
+    state = ckpt.get_rng_state()
+    a = (torch.rand(2), np.random.rand(2), __import__("random").random())
+    ckpt.set_rng_state(state)
+    b = (torch.rand(2), np.random.rand(2), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# The run folder, resume, micro-batches, schedule-free
+# ------------------------------------------------------------------------------------------------
+
+
+def test_run_folder_contents(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", epochs=2)
+    result = train(config)
+    run = tmp_path / "run"
+    assert result["epochs"] == 2
+    # the resolved config reloads exactly
+    assert cfg.load_yaml(run / "config.yaml") == config
+    # checkpoints: weights only, the contract's keys, no numpy inside
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "epoch", "rng", "config", "sessions"} <= set(
+            state
+        )
+        assert {"best_value", "version"} <= set(state)
+        assert cfg.from_dict(state["config"]) == config
+        for spec in state["sessions"].values():
+            assert len(spec["unit_ids"]) == spec["n_neurons"] == 20
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 2
+    rows = load_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    sessions = sorted(state["sessions"])
+    for column in ["train_loss", "val_loss", "val_correlation", "lr", "seconds", "trials_per_s"]:
+        assert column in rows[0]
+    for s in sessions:
+        assert f"val_correlation/{s}" in rows[0]
+    assert float(rows[0]["trials_per_s"]) > 0
+    log = (run / "train.log").read_text()
+    assert "outputs go to" in log and "parameters" in log.lower() or "params" in log
+    # a second run into the same folder refuses to overwrite it
+    from neurotwin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(config)
+
+
+@pytest.mark.parametrize("schedule_free", [False, True], ids=["adamw", "schedule_free"])
+def test_killed_run_resumed_equals_uninterrupted(data_dir, tmp_path, schedule_free):
+    kw = dict(epochs=3, schedule_free=schedule_free, lr_patience=1 + schedule_free)
+    kw["autoclip_percentile"] = 50.0
+    full = train(tiny_config(data_dir, tmp_path / "full", **kw))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, trainer):
+        if epoch == 2:
+            raise Killed
+
+    killed_config = tiny_config(data_dir, tmp_path / "killed", **kw)
+    with pytest.raises(Killed):
+        train(killed_config, on_epoch_end=kill_after_two)
+    assert torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)["epoch"] == 2
+
+    killed_config.run.restore = str(tmp_path / "killed")
+    resumed = train(killed_config)
+    assert resumed["epochs"] == full["epochs"]
+
+    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"]["plateau"] == b["scheduler"]["plateau"]
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    rows_a, rows_b = load_rows(tmp_path / "full"), load_rows(tmp_path / "killed")
+    assert len(rows_a) == len(rows_b) == full["epochs"]
+    for ra, rb in zip(rows_a, rows_b):
+        for col in ("train_loss", "val_loss", "val_correlation", "lr"):
+            assert ra[col] == rb[col], (col, ra, rb)
+
+
+def test_micro_batches_give_the_full_batch_gradient(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=2)
+    config.data.batch_size = 5
+    trainer = Trainer(config)
+    assert trainer.micro_batch_size == 2
+    trainer.model.eval()  # deterministic readout sampling, batch norm on running statistics
+    trainer.model.double()  # float64, so that only the summation order differs
+    session = trainer.session_names[0]
+    batch = {
+        k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in next(iter(trainer.train_loaders[session])).items()
+    }
+    assert batch["video"].shape[0] == 5
+
+    def gradients(micro: int) -> dict[str, torch.Tensor]:
+        trainer.micro_batch_size = micro
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.train_step(session, batch)
+        return {
+            n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None
+        }
+
+    full, micro = gradients(5), gradients(2)  # 2 + 2 + 1
+    assert full.keys() == micro.keys() and any("core" in n for n in full)
+    for name in full:
+        assert torch.allclose(full[name], micro[name], rtol=1e-10, atol=1e-12), name
+    assert any(g.abs().sum() > 0 for n, g in full.items() if "core" in n)
+    trainer.logger.close()
+
+
+def test_micro_batch_search_on_cpu_uses_the_full_batch(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=0)
+    trainer = Trainer(config)
+    assert trainer.micro_batch_size == config.data.batch_size
+    assert "CUDA only" in (tmp_path / "run" / "train.log").read_text()
+    trainer.logger.close()
+
+
+def test_schedule_free_switches_to_eval_for_validation_and_checkpoints(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", epochs=2, schedule_free=True)
+    trainer = Trainer(config)
+    seen: list[tuple[str, bool, dict]] = []
+    validate, save = trainer.validate, trainer.save
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    def spy_validate():
+        seen.append(("validate", trainer.optimizer.param_groups[0]["train_mode"], snapshot()))
+        return validate()
+
+    def spy_save(best: bool):
+        seen.append(("save", trainer.optimizer.param_groups[0]["train_mode"], snapshot()))
+        return save(best)
+
+    trainer.validate, trainer.save = spy_validate, spy_save
+    trainer.fit()
+    assert [s[:2] for s in seen] == [("validate", False), ("save", False)] * 2
+    assert trainer.optimizer.param_groups[0]["train_mode"] is True  # back to training
+    saved = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
+    evaluated = seen[-1][2]
+    for k, v in saved.items():
+        assert torch.equal(v, evaluated[k]), k
+    # the training point y differs from the averaged weights x that were evaluated and saved
+    train_weights = snapshot()
+    assert any(
+        not torch.equal(train_weights[k], evaluated[k])
+        for k in evaluated
+        if k.startswith("core.") and evaluated[k].is_floating_point()
+    )
+    trainer.optimizer.eval()
+    for k, v in snapshot().items():
+        assert torch.allclose(v, evaluated[k], atol=1e-6), k
+
+
+def test_bf16_autocast_on_cpu_when_enabled(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", epochs=1, autocast="enable")
+    result = train(config)
+    assert math.isfinite(result["history"][0]["train_loss"])
+    assert "bf16 autocast on" in (tmp_path / "run/train.log").read_text()
+
+
+def test_restore_with_other_sessions_is_refused(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", epochs=1)
+    train(config)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    name = next(iter(state["sessions"]))
+    state["sessions"][name]["n_neurons"] = 99
+    torch.save(state, tmp_path / "run/checkpoints/last.pt")
+    config.run.restore = str(tmp_path / "run")
+    config.train.epochs = 2
+    with pytest.raises(CheckpointError, match="99 neurons"):
+        train(config)
