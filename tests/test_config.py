@@ -195,3 +195,16 @@ def test_every_leaf_has_a_flag():
     assert {leaf.flag for leaf in cfg.LEAVES} <= flags
     # ViV1T's names
     assert {"core", "readout", "batch_size", "micro_batch_size", "crop_frame", "restore"} <= flags
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--wandb", "group", "--output_dir", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "pip install neurotwin[wandb]" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import math
 import random
 import shutil
@@ -90,6 +91,11 @@ def check_config(config: Config) -> None:
         raise ConfigError(f"data.crop_frame: must be >= 1 or -1 (whole trial), got {d.crop_frame}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers: must be >= 0, got {d.num_workers}")
+    if config.run.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "run.wandb: wandb is not installed; install it with `pip install neurotwin[wandb]` "
+            "or leave out --wandb"
+        )
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
