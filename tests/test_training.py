@@ -369,26 +369,42 @@ def validation_correlation(trainer: Trainer, blank_video: bool = False) -> float
     return float(np.mean(values))
 
 
-def test_demo_model_learns_from_the_stimulus(data_dir, tmp_path):
-    """A short run of configs/demo.yaml's model must predict held-out (oracle) trials well above
-    chance, and the prediction must come from the movie: with a grey movie (behaviour and gaze
-    kept) the correlation collapses. A model that ignores the movie, a loss of the wrong sign or
-    misaligned data cannot pass both checks."""
+def test_demo_model_learns_from_the_stimulus(tmp_path):
+    """A short run of configs/demo.yaml's model (8 epochs, one small synthetic mouse at the
+    preset's resolution) must predict held-out oracle trials above chance, and the prediction
+    must come from the movie: with a grey movie (behaviour and gaze kept) the correlation
+    collapses. Measured on CPU: 0.07-0.11 over seeds 1-3, grey movie -0.02-0.0; a model that
+    ignores the movie, a loss of the wrong sign or misaligned data fails one of the checks.
+    (The full demo, 20 epochs on three mice, reaches about 0.30.)"""
+    data = tmp_path / "data"
+    synthetic.generate(
+        data,
+        mice=1,
+        preset="small",
+        seed=4,
+        neurons=40,
+        train_trials=40,
+        oracle_clips=3,
+        oracle_repeats=2,
+        test_clips=1,
+        test_repeats=2,
+        frames=60,
+        progress=False,
+    )
     config = cfg.load_yaml(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    config.data.data_dir = str(data_dir)
+    config.data.data_dir = str(data)
     config.data.generate_synthetic = False
-    config.data.crop_frame = 30
-    config.train.epochs = 4
+    config.train.epochs = 8
     config.run.output_dir = str(tmp_path / "run")
     config.run.verbose = 0
     config.run.seed = 1
     trainer = Trainer(config)
     result = trainer.fit()
     best = result["best_value"]
-    assert best > 0.12, result["history"]
+    assert best > 0.06, result["history"]
     trainer.model.load_state_dict(
         torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)["model"]
     )
     trained = validation_correlation(trainer)
     assert trained == pytest.approx(best, abs=1e-6)
-    assert validation_correlation(trainer, blank_video=True) < trained - 0.08
+    assert validation_correlation(trainer, blank_video=True) < trained - 0.05

@@ -68,7 +68,7 @@ class RunLogger:
             print(message, flush=True)
 
     def progress(self, iterable: Iterable, total: int | None = None, desc: str = "") -> Iterator:
-        """A tqdm progress bar (stderr) when enabled and verbose, else the iterable itself."""
+        """A tqdm progress bar (stderr, when it is a terminal) if enabled and verbose."""
         if not self.enabled or self.verbose < 1:
             return iter(iterable)
         from tqdm.auto import tqdm
@@ -82,6 +82,7 @@ class RunLogger:
                 dynamic_ncols=True,
                 file=sys.stderr,
                 mininterval=0.5,
+                disable=None,  # on a terminal; not in files and pipes
             )
         )
 
