@@ -208,3 +208,14 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pip install neurotwin[wandb]" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_bad_data_folder_is_one_line_and_leaves_no_output(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(
+            ["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "r")]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere" in err
+    assert not (tmp_path / "r").exists()

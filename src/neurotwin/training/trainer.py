@@ -236,6 +236,7 @@ class Trainer:
         self.clipper = GradClipper(config.train.grad_norm, config.train.autoclip_percentile)
         if restore_state is not None:
             self._restore(restore_state)
+        self._make_output_dir()
         self.logger = RunLogger(
             self.output_dir,
             enabled=self.is_main,
@@ -277,9 +278,13 @@ class Trainer:
                     f"run.output_dir: {self.output_dir} already holds a run; resume it with "
                     f"--restore {self.output_dir}, or start over with --clear_output_dir true"
                 )
+        distributed.barrier(self.info)
+
+    def _make_output_dir(self) -> None:
+        """Created only once data and model are built, so that bad input leaves nothing."""
+        if self.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
-        distributed.barrier(self.info)
 
     def _prepare_data(self) -> None:
         from neurotwin.data import loaders, sensorium
