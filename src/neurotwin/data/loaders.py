@@ -9,6 +9,7 @@ the tier have the same length.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Mapping
 
@@ -19,6 +20,8 @@ from neurotwin.config import DataConfig
 from neurotwin.data import layout
 from neurotwin.data.dataset import OutputTransform, SessionDataset
 from neurotwin.data.sensorium import SensoriumSession, find_sessions
+
+logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
 
@@ -94,6 +97,7 @@ def build_loaders(
     """
     sessions = open_sessions(data_config)
     out: dict[str, dict[str, DataLoader]] = {split: {} for split in splits}
+    cropped: list[SessionDataset] = []
     for session in sessions:
         needs_stats = data_config.transform_input or data_config.transform_output
         stats = _statistics(session, data_config) if needs_stats else None
@@ -112,6 +116,8 @@ def build_loaders(
                 trial_ids=trial_ids,
                 seed=seed,
             )
+            if dataset.random_crop:
+                cropped.append(dataset)
             sampler = TrialSampler(
                 len(dataset),
                 shuffle=training,
@@ -129,7 +135,20 @@ def build_loaders(
                 pin_memory=pin_memory,
                 drop_last=False,
             )
+    _share_crop_length(cropped)
     return out
+
+
+def _share_crop_length(datasets: list[SessionDataset]) -> None:
+    """One crop length for every session (the shortest any session allows), so that training
+    batches of all sessions have the same shape: a compiled core then never recompiles."""
+    if not datasets:
+        return
+    common = min(d.crop_frame for d in datasets)
+    for d in datasets:
+        if d.crop_frame != common:
+            logger.info("%s: crops use %d frames, as in every session", d.session.name, common)
+            d.crop_frame = common
 
 
 def interleave(
