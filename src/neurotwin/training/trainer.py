@@ -303,6 +303,7 @@ class Trainer:
             seed=self.config.run.seed,
             rank=self.info.rank,
             world_size=self.info.world_size,
+            pin_memory=self.device.type == "cuda",
         )
         self.train_loaders = dict(built["train"])
         self.val_loaders = dict(built["val"])
