@@ -408,3 +408,29 @@ def test_demo_model_learns_from_the_stimulus(tmp_path):
     trained = validation_correlation(trainer)
     assert trained == pytest.approx(best, abs=1e-6)
     assert validation_correlation(trainer, blank_video=True) < trained - 0.05
+
+
+def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):
+    """The lead's GPU run uses viv1t.yaml with --autocast enable --grad_checkpointing 1 (and
+    --compile): the same path on CPU with a tiny ViViT core and the schedule-free optimiser."""
+    config = tiny_config(
+        data_dir,
+        tmp_path / "run",
+        epochs=2,
+        schedule_free=True,
+        warmup_steps=2,
+        autocast="enable",
+        grad_checkpointing=1,
+        autoclip_percentile=10.0,
+    )
+    core = config.model.core
+    core.name = "vivit"
+    core.core_emb_dim, core.core_num_heads, core.core_head_dim, core.core_ff_dim = 16, 2, 8, 16
+    core.core_spatial_depth = core.core_temporal_depth = 1
+    core.core_spatial_patch_size, core.core_spatial_patch_stride = 3, 2
+    core.core_temporal_patch_size, core.core_reg_tokens = 3, 2
+    result = train(config)
+    assert result["epochs"] == 2 and all(math.isfinite(h["train_loss"]) for h in result["history"])
+    log = (tmp_path / "run/train.log").read_text()
+    assert "bf16 autocast on" in log and "grad checkpointing on" in log
+    assert "schedule-free" in log
