@@ -2,7 +2,8 @@
 
 - docker/entrypoint.sh is run outside a container, against the installed package (the console
   scripts beside this Python), and must dispatch each command to the right program.
-- Every command line in docker/README.md, the main README.md and docker/slurm/*.sbatch that calls
+- Every command in docker/README.md, the main README.md (shell blocks and inline code) and
+  docker/slurm/*.sbatch that calls
   train/predict/data (as train.py, neurotwin-train, `python -m neurotwin.cli.train`, the image's
   entrypoint commands, or through torchrun) may only use flags that the program's argparse parser
   defines.
@@ -311,9 +312,39 @@ def commands_in_text(
     return found
 
 
+def inline_code(text: str) -> list[tuple[int, str]]:
+    """(line number, text) of each `inline code` span of a markdown text outside fenced blocks
+    (a span may wrap onto the next line)."""
+    spans = []
+    in_fence = False
+    masked = []
+    for line in text.split("\n"):
+        if re.match(r"^\s*(```|~~~)", line):
+            in_fence = not in_fence
+            masked.append("")
+        else:
+            masked.append("" if in_fence else line)
+    prose = "\n".join(masked)
+    for m in re.finditer(r"(?<!`)`([^`]+)`(?!`)", prose):
+        spans.append((prose.count("\n", 0, m.start()) + 1, m.group(1).replace("\n", " ")))
+    return spans
+
+
 def commands_in(path: Path) -> list[DocCommand]:
+    """Commands in a shell script, or in a markdown file's shell blocks and inline code spans."""
     name = str(path.relative_to(REPO))
-    return commands_in_text(path.read_text(), name, markdown=path.suffix == ".md")
+    text = path.read_text()
+    if path.suffix != ".md":
+        return commands_in_text(text, name, markdown=False)
+    found = commands_in_text(text, name)
+    for n, span in inline_code(text):
+        try:
+            segments = split_commands(span)
+        except ValueError:
+            continue  # prose, not a command
+        for tokens in segments:
+            found.extend(find_commands(tokens, f"{name}:{n}"))
+    return found
 
 
 def _is_flag(token: str) -> bool:
@@ -395,6 +426,8 @@ def test_doc_command_extraction():
             "```yaml",
             "train: {epochs: 3}",
             "```",
+            "Prose with `neurotwin-data synthetic --out",
+            "data/x` and `--flag` and ``train.py --q`` and `it's`.",
         ]
     )
     found = [
@@ -414,6 +447,11 @@ def test_doc_command_extraction():
         ("torchrun", ["--rdzv_endpoint", "h:1", "-m"], "doc.md:7"),
         ("predict", ["--output_dir", "r"], "doc.md:7"),
         ("predict", ["--tiers", "oracle"], "doc.md:8"),
+    ]
+    assert [(n, span) for n, span in inline_code(text)] == [
+        (14, "neurotwin-data synthetic --out data/x"),
+        (15, "--flag"),
+        (15, "it's"),
     ]
 
 
