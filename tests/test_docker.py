@@ -3,10 +3,9 @@
 - docker/entrypoint.sh is run outside a container, against the installed package (the console
   scripts beside this Python), and must dispatch each command to the right program.
 - Every command in docker/README.md, the main README.md (shell blocks and inline code) and
-  docker/slurm/*.sbatch that calls
-  train/predict/data (as train.py, neurotwin-train, `python -m neurotwin.cli.train`, the image's
-  entrypoint commands, or through torchrun) may only use flags that the program's argparse parser
-  defines.
+  docker/slurm/*.sbatch that calls train/predict/data (as train.py, neurotwin-train,
+  `python -m neurotwin.cli.train`, the image's entrypoint commands, or through torchrun) may only
+  use flags that the program's argparse parser defines.
 - The Dockerfile copies only what exists and is not excluded from the build context; hadolint
   passes (when installed: CI installs it with the dev extra and also runs it itself).
 """
