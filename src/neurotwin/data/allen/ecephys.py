@@ -450,20 +450,4 @@ def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
         pupil, center = interval_mean(at, a, start, stop), interval_mean(ct, c, start, stop)
     else:
         pupil, center = np.zeros(start.size), np.zeros((2, start.size))
-    rec = trials.MovieRecording(movie, frames)
-    for rows in trials.split_repeats(frame):
-        idx = frame[rows]
-        r = np.full((counts.shape[0], n_frames), np.nan)
-        b = np.zeros((2, n_frames))
-        cc = np.zeros((2, n_frames))
-        shown = np.zeros(n_frames, bool)
-        r[:, idx] = counts[:, rows]
-        b[0, idx], b[1, idx] = pupil[rows], run[rows]
-        cc[:, idx] = center[:, rows]
-        shown[idx] = True
-        rec.responses.append(r)
-        rec.behavior.append(b)
-        rec.pupil_center.append(cc)
-        rec.shown.append(shown)
-        rec.start_times.append(float(start[rows[0]]))
-    return rec
+    return trials.movie_recording(movie, frames, frame, counts, pupil, run, center, start)

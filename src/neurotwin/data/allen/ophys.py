@@ -412,21 +412,4 @@ def _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size):
         center = interval_mean(loc_t, loc, t0, t1)
     else:
         pupil, center = np.zeros(frame.size), np.zeros((2, frame.size))
-    rec = trials.MovieRecording(movie, frames)
-    n = traces.shape[0]
-    for rows in trials.split_repeats(frame):
-        r = np.full((n, n_frames), np.nan)
-        b = np.zeros((2, n_frames))
-        c = np.zeros((2, n_frames))
-        shown = np.zeros(n_frames, bool)
-        idx = frame[rows]
-        r[:, idx] = resp[:, rows]
-        b[0, idx], b[1, idx] = pupil[rows], run[rows]
-        c[:, idx] = center[:, rows]
-        shown[idx] = True
-        rec.responses.append(r)
-        rec.behavior.append(b)
-        rec.pupil_center.append(c)
-        rec.shown.append(shown)
-        rec.start_times.append(float(t0[rows[0]]))
-    return rec
+    return trials.movie_recording(movie, frames, frame, resp, pupil, run, center, t0)

@@ -46,6 +46,39 @@ class MovieRecording:
     start_times: list[float] = field(default_factory=list)  # per repeat, seconds
 
 
+def movie_recording(
+    movie: str,
+    frames: np.ndarray,
+    frame: np.ndarray,
+    responses: np.ndarray,
+    pupil: np.ndarray,
+    running: np.ndarray,
+    center: np.ndarray,
+    times: np.ndarray,
+) -> MovieRecording:
+    """Per-presentation values (one column per displayed frame, in display order) -> a
+    MovieRecording with one (N, F) / (2, F) array per repeat, NaN responses where a movie frame
+    was not shown. `frame` is the movie frame index of each presentation, `times` its start."""
+    rec = MovieRecording(movie, frames)
+    n_frames = frames.shape[0]
+    for rows in split_repeats(frame):
+        idx = frame[rows]
+        r = np.full((responses.shape[0], n_frames), np.nan)
+        b = np.zeros((2, n_frames))
+        c = np.zeros((2, n_frames))
+        shown = np.zeros(n_frames, bool)
+        r[:, idx] = responses[:, rows]
+        b[0, idx], b[1, idx] = pupil[rows], running[rows]
+        c[:, idx] = center[:, rows]
+        shown[idx] = True
+        rec.responses.append(r)
+        rec.behavior.append(b)
+        rec.pupil_center.append(c)
+        rec.shown.append(shown)
+        rec.start_times.append(float(times[rows[0]]))
+    return rec
+
+
 def parse_clip_specs(specs: Sequence[str], source: str = "heldout_clips") -> set[tuple[str, int]]:
     """["natural_movie_one:0", ...] -> {("natural_movie_one", 0), ...}."""
     out = set()
