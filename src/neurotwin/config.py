@@ -314,7 +314,9 @@ def leaves(cls: type = Config, prefix: tuple[str, ...] = ()) -> list[Leaf]:
             out.extend(leaves(tp, prefix + (f.name,)))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append(Leaf(_flag_name(prefix, f), prefix + (f.name,), tp, f.metadata.get("help", ""), default))
+        out.append(
+            Leaf(_flag_name(prefix, f), prefix + (f.name,), tp, f.metadata.get("help", ""), default)
+        )
     return out
 
 
@@ -430,8 +432,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_yaml(path: str | Path) -> Config:
-    """Read a YAML preset or a saved config."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The nested dict of a YAML preset or saved config, unchecked (ConfigError if unreadable)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -439,7 +441,14 @@ def load_yaml(path: str | Path) -> Config:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return from_dict(values, str(path))
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+    return values
+
+
+def load_yaml(path: str | Path) -> Config:
+    """Read a YAML preset or a saved config."""
+    return from_dict(read_yaml(path), str(path))
 
 
 def save_yaml(config: Config, path: str | Path) -> Path:

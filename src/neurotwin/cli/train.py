@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from neurotwin import config as cfg
-from neurotwin.errors import ConfigError, NeurotwinError
+from neurotwin.errors import NeurotwinError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,19 +40,6 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
-    return values
 
 
 def _run_dir(checkpoint: Path) -> Path:
@@ -80,7 +65,7 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
     else:
         saved = load_checkpoint(checkpoint)["config"]
         source = f"{checkpoint} [config]"
-    yaml_values = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    yaml_values = cfg.read_yaml(args.config) if getattr(args, "config", None) else {}
     merged = cfg.from_dict(_deep_merge(saved, yaml_values), source)
     flags = {k: v for k, v in vars(args).items() if k in cfg.LEAF_BY_FLAG}
     for flag, value in flags.items():
