@@ -6,6 +6,7 @@ A core's output frames align with the LAST T' input frames (T' <= T). `out_chann
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -43,8 +44,9 @@ def concat_behavior(
     return torch.cat((video, extra), dim=1)
 
 
-class Core(nn.Module):
-    """Base class: subclasses set `out_channels` and implement `out_shape` and `forward`."""
+class Core(nn.Module, metaclass=ABCMeta):
+    """Base class: subclasses set `out_channels` and implement `from_config`, `out_shape` and
+    `forward` (abstract: a core lacking one cannot be instantiated)."""
 
     out_channels: int
     registered_name: str
@@ -54,12 +56,13 @@ class Core(nn.Module):
         self.grad_checkpointing = False
 
     @classmethod
+    @abstractmethod
     def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> Core:
-        raise NotImplementedError
+        """The core with its options from `config` (config.CoreConfig)."""
 
+    @abstractmethod
     def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the feature maps for frames of shape (H, W)."""
-        raise NotImplementedError
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in the backward pass where the core supports it."""
@@ -69,10 +72,11 @@ class Core(nn.Module):
         p = next(self.parameters(), None)
         return torch.zeros((), device=None if p is None else p.device)
 
+    @abstractmethod
     def forward(
         self,
         video: torch.Tensor,
         behavior: torch.Tensor | None = None,
         pupil_center: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """video (B, C, T, H, W) -> features (B, out_channels, T', h, w)."""

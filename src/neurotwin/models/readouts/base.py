@@ -8,6 +8,7 @@ y height. A shift (B, T, 2) from a shifter is added to every neuron's position.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,9 @@ import torch
 from torch import nn
 
 
-class Readout(nn.Module):
+class Readout(nn.Module, metaclass=ABCMeta):
+    """Base class: subclasses implement `from_config`, `regularizer` and `forward`."""
+
     registered_name: str
 
     def __init__(self, in_shape: tuple[int, int, int], n_neurons: int, reg_weight: float = 0.0):
@@ -25,6 +28,7 @@ class Readout(nn.Module):
         self.reg_weight = float(reg_weight)
 
     @classmethod
+    @abstractmethod
     def from_config(
         cls,
         config: Any,
@@ -32,13 +36,15 @@ class Readout(nn.Module):
         spec: dict[str, Any],
         bias_init: torch.Tensor | None,
     ) -> Readout:
-        raise NotImplementedError
+        """The readout of one session (`spec` as session_specs gives) from config.ReadoutConfig."""
 
+    @abstractmethod
     def regularizer(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The weighted penalty of this readout, a scalar tensor."""
 
+    @abstractmethod
     def forward(self, features: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """features (B, C, T, h, w), shift (B, T, 2) or None -> responses (B, N, T)."""
 
 
 def make_bias(n: int, mode: int, bias_init: torch.Tensor | None) -> nn.Parameter | None:
