@@ -541,7 +541,8 @@ def predict_tier(
         for k in range(0, len(idx), batch_size)
     ]
     desc = f"{_short(session.name, 24)} {tier}"
-    with tqdm(total=len(ds), desc=desc, disable=not verbose, leave=False) as bar:
+    # progress bars on terminals only (None), never in logs and pipes
+    with tqdm(total=len(ds), desc=desc, disable=None if verbose else True, leave=False) as bar:
         for idx in batches:
             items = [ds[i] for i in idx]
             video = torch.stack([it["video"] for it in items]).to(device)
