@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-import torch
 from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
@@ -355,6 +354,8 @@ def _shift_frames(frames: np.ndarray, shift: np.ndarray) -> np.ndarray:
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b through torch, whose threads `_threads_for` sets (numpy's multi-threaded BLAS slows
     small products down many times on a busy machine and cannot be told otherwise)."""
+    import torch  # here, so that `neurotwin-data --help` does not wait for torch to load
+
     return (
         torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))
     ).numpy()
@@ -364,6 +365,8 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _threads_for(sizes: SyntheticSizes):
     """Small sessions: torch single-threaded (many small products; threads only contend).
     Large ones keep torch's threads for their large products. Restored afterwards."""
+    import torch
+
     before = torch.get_num_threads()
     if sizes.neurons * sizes.height * sizes.width * sizes.frames < 10**8:
         torch.set_num_threads(1)
