@@ -167,7 +167,7 @@ def time_model(args, config, case: Case) -> dict:
     flops = count_flops(model, batch, sessions[0], case.autocast)
     compile_model(model, case, args)
     step = make_step(model, optimizer, case.autocast)
-    for i in range(args.warmup):
+    for i in range(max(args.warmup, len(sessions))):  # every session's first step is warm-up
         step(batch, sessions[i % len(sessions)])
     if args.profile and device.type == "cuda":
         profile_steps(step, batch, sessions)
@@ -197,7 +197,10 @@ def time_e2e(args, config, case: Case) -> dict:
     config.data.num_workers = args.num_workers
     config.data.crop_frame = args.frames
     specs = L.session_specs(config.data)
-    loaders = L.build_loaders(config.data, {"train": config.data.train_tier}, seed=0)["train"]
+    # pinned host memory and non-blocking copies, as the trainer uses on CUDA
+    loaders = L.build_loaders(
+        config.data, {"train": config.data.train_tier}, seed=0, pin_memory=True
+    )["train"]
     sessions = list(specs)
     first = next(iter(loaders[sessions[0]]))
     h, w = first["video"].shape[-2:]
@@ -214,7 +217,9 @@ def time_e2e(args, config, case: Case) -> dict:
             epoch += 1
 
     it = batches()
-    for _ in range(args.warmup):
+    # warm up at least one step per session: each session's first step creates its readout's
+    # optimizer state, which is not steady-state work
+    for _ in range(max(args.warmup, len(sessions))):
         session, batch = next(it)
         step(to_device(batch, device), session)
     torch.cuda.synchronize()
