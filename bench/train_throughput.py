@@ -59,21 +59,24 @@ def poisson_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) ->
     return (pred - target * torch.log(pred + eps)).sum()
 
 
+def step_loss(model, batch: dict, session: str, autocast: bool) -> torch.Tensor:
+    """Forward pass (bf16 autocast if asked) and the training loss of one batch."""
+    with torch.autocast(batch["video"].device.type, dtype=torch.bfloat16, enabled=autocast):
+        rates = model(
+            batch["video"],
+            session=session,
+            behavior=batch["behavior"],
+            pupil_center=batch["pupil_center"],
+        )
+    target = batch["response"][..., -rates.shape[-1] :]
+    return poisson_loss(rates, target) + model.regularizer(session)
+
+
 def make_step(model, optimizer, autocast: bool):
     """One optimisation step on a batch that is already on the GPU."""
 
-    device_type = next(model.parameters()).device.type
-
     def step(batch: dict, session: str) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            rates = model(
-                batch["video"],
-                session=session,
-                behavior=batch["behavior"],
-                pupil_center=batch["pupil_center"],
-            )
-        target = batch["response"][..., -rates.shape[-1] :]
-        loss = poisson_loss(rates, target) + model.regularizer(session)
+        loss = step_loss(model, batch, session, autocast)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -95,16 +98,8 @@ def random_batch(b: int, n: int, t: int, h: int, w: int, device) -> dict:
 def count_flops(model, batch: dict, session: str, autocast: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    device_type = batch["video"].device.type
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            rates = model(
-                batch["video"],
-                session=session,
-                behavior=batch["behavior"],
-                pupil_center=batch["pupil_center"],
-            )
-        poisson_loss(rates, batch["response"][..., -rates.shape[-1] :]).backward()
+        step_loss(model, batch, session, autocast).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
