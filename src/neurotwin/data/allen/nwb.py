@@ -38,24 +38,27 @@ def has(f: h5py.File | h5py.Group, path: str) -> bool:
         return False
 
 
+def _node(f: h5py.File, path: str, kind: type, what: str) -> h5py.Group | h5py.Dataset:
+    """The object at `path` if it is a `kind` (h5py.Group or h5py.Dataset), else DataFormatError."""
+    name, other = ("group", "dataset") if kind is h5py.Group else ("dataset", "group")
+    if not has(f, path):
+        raise DataFormatError(file_path(f), f"missing {name}{_what(what)}", field=path)
+    obj = f[path]
+    if not isinstance(obj, kind):
+        raise DataFormatError(
+            file_path(f), f"expected a {name}{_what(what)}, found a {other}", path
+        )
+    return obj
+
+
 def group(f: h5py.File, path: str, what: str = "") -> h5py.Group:
     """The group at `path`; DataFormatError if it is missing or not a group."""
-    if not has(f, path):
-        raise DataFormatError(file_path(f), f"missing group{_what(what)}", field=path)
-    obj = f[path]
-    if not isinstance(obj, h5py.Group):
-        raise DataFormatError(file_path(f), f"expected a group{_what(what)}, found a dataset", path)
-    return obj
+    return _node(f, path, h5py.Group, what)
 
 
 def dataset(f: h5py.File, path: str, what: str = "") -> h5py.Dataset:
     """The dataset at `path`; DataFormatError if it is missing or not a dataset."""
-    if not has(f, path):
-        raise DataFormatError(file_path(f), f"missing dataset{_what(what)}", field=path)
-    obj = f[path]
-    if not isinstance(obj, h5py.Dataset):
-        raise DataFormatError(file_path(f), f"expected a dataset{_what(what)}, found a group", path)
-    return obj
+    return _node(f, path, h5py.Dataset, what)
 
 
 def read(
