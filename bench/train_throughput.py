@@ -139,16 +139,65 @@ def compile_model(model, case: Case, args) -> None:
 
 
 def profile_steps(step, batch, sessions, n: int = 3) -> None:
-    """Print the top GPU kernels of a few steps (after warm-up)."""
+    """Print the top GPU kernels of a few steps (after warm-up) and how busy the GPU was."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for i in range(n):
             step(batch, sessions[i % len(sessions)])
         torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    print(events.table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=90))
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e3  # us -> ms
     print(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        f"profile: {n} steps, {len(kernels) / n:.0f} kernels/step, GPU busy {busy / n:.1f} ms/step "
+        f"of {wall * 1e3 / n:.1f} ms/step wall (profiler overhead included)"
     )
+
+
+def time_parts(model, optimizer, batch, sessions, autocast: bool, steps: int) -> dict:
+    """GPU time of the step's parts, each timed alone: core forward+backward, readout (shifter,
+    readout, activation, loss) forward+backward from fixed core features, optimizer step."""
+    dev = batch["video"].device
+
+    def timed(fn) -> float:
+        for _ in range(2):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / steps
+
+    def core_part():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            f = model.core(batch["video"], batch["behavior"], batch["pupil_center"])
+        f.float().mean().backward()
+
+    # with grad, as in training, so that a compiled core is not compiled again for no_grad
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+        feats = model.core(batch["video"], batch["behavior"], batch["pupil_center"])
+    feats = feats.detach().float().requires_grad_(True)
+    session = sessions[0]
+    t = feats.shape[2]
+
+    def readout_part():
+        shift = model.shifters[session](batch["behavior"], batch["pupil_center"][..., -t:])
+        rates = model.activation(session)(model.readouts[session](feats, shift))
+        target = batch["response"][..., -t:]
+        (poisson_loss(rates, target) + model.regularizer(session)).backward()
+
+    out = {"core fwd+bwd ms": timed(core_part), "readout+loss fwd+bwd ms": timed(readout_part)}
+    out["optimizer ms"] = timed(optimizer.step)
+    optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def time_model(args, config, case: Case) -> dict:
@@ -166,6 +215,9 @@ def time_model(args, config, case: Case) -> dict:
         step(batch, sessions[i % len(sessions)])
     if args.profile and device.type == "cuda":
         profile_steps(step, batch, sessions)
+    parts = {}
+    if args.parts and device.type == "cuda":
+        parts = time_parts(model, optimizer, batch, sessions, case.autocast, args.steps)
     if device.type != "cuda":  # CPU smoke runs: wall clock
         t0 = time.perf_counter()
         for i in range(args.steps):
@@ -180,7 +232,7 @@ def time_model(args, config, case: Case) -> dict:
     end.record()
     torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1000
-    return summarise(case, args, seconds, flops)
+    return {**summarise(case, args, seconds, flops), **parts}
 
 
 def time_e2e(args, config, case: Case) -> dict:
@@ -290,11 +342,11 @@ def summarise(case: Case, args, seconds: float, flops: float) -> dict:
 def print_table(rows: list[dict]) -> None:
     if not rows:
         return
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     print(" | ".join(f"{k:>11}" for k in keys))
     for r in rows:
-        cells = [f"{v:11.2f}" if isinstance(v, float) else f"{v!s:>11}" for v in r.values()]
-        print(" | ".join(cells))
+        cells = [r.get(k, "") for k in keys]
+        print(" | ".join(f"{v:11.2f}" if isinstance(v, float) else f"{v!s:>11}" for v in cells))
 
 
 def load_config(args) -> cfg.Config:
@@ -319,6 +371,9 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data/sensorium_synthetic")
     p.add_argument("--num_workers", type=int, default=8)
     p.add_argument("--profile", action="store_true", help="print the top GPU kernels")
+    p.add_argument(
+        "--parts", action="store_true", help="also time core, readout+loss and optimizer alone"
+    )
     p.add_argument(
         "--compile_mode", default=None, help="torch.compile mode (default, max-autotune...)"
     )
