@@ -16,7 +16,7 @@ from neurotwin.data import synthetic
 from neurotwin.errors import CheckpointError
 from neurotwin.training import checkpoint as ckpt
 from neurotwin.training.losses import poisson_loss
-from neurotwin.training.optim import GradClipper, Plateau
+from neurotwin.training.optim import GradClipper, Plateau, grad_norm
 from neurotwin.training.trainer import CorrelationAccumulator, Trainer, train
 
 
@@ -129,9 +129,100 @@ def test_autoclip_clips_to_the_percentile_of_past_norms():
     clip = GradClipper(percentile=50)
     for norm in (1.0, 2.0, 3.0):
         p.grad = torch.tensor([norm, 0.0, 0.0])
-        assert clip([p]) == pytest.approx(norm)
+        assert float(clip([p])) == pytest.approx(norm)
     assert float(p.grad.norm()) == pytest.approx(2.0)  # median of 1, 2, 3
     assert GradClipper()([p]) is None  # clipping off
+
+
+class ReferenceClipper:
+    """GradClipper as it was: norms read back into a Python list, torch.quantile on the CPU and
+    clip_grad_norm_ (a host synchronisation every step); the on-device one must match it."""
+
+    def __init__(self, max_norm: float | None = None, percentile: float | None = None):
+        self.max_norm, self.percentile, self.history = max_norm, percentile, []
+
+    def __call__(self, params: list[torch.Tensor]) -> float:
+        value = float(grad_norm(params))
+        limit = self.max_norm
+        if self.percentile is not None:
+            if math.isfinite(value):
+                self.history.append(value)
+            if not self.history:
+                return value
+            history = torch.tensor(self.history, dtype=torch.float64)
+            limit = float(torch.quantile(history, self.percentile / 100))
+        torch.nn.utils.clip_grad_norm_(params, limit)
+        return value
+
+
+def _grads_with_norms(norms: list[float], seed: int = 0) -> list[list[torch.Tensor]]:
+    """For each norm, gradients of three tensors with that global norm (inf/nan as given)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for norm in norms:
+        grads = [torch.randn(shape, generator=gen) for shape in ((7,), (3, 4), (2, 2, 5))]
+        total = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+        grads = [g * (norm / total) if math.isfinite(norm) else g for g in grads]
+        if not math.isfinite(norm):
+            grads[1][0, 0] = norm
+        out.append(grads)
+    return out
+
+
+def _clip_both(clip, reference, grads: list[torch.Tensor]) -> None:
+    """Clip copies of `grads` with both clippers; the norms and clipped gradients are equal."""
+    mine = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for a, b, g in zip(mine, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    norm, expected = clip(mine), reference(theirs)
+    assert isinstance(norm, torch.Tensor) and norm.dim() == 0
+    assert float(norm) == expected or (math.isnan(expected) and math.isnan(float(norm)))
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)
+
+
+NORMS = [float("inf"), 3.0, 0.5, 7.0, float("nan"), 2.0, 12.0, 0.1, float("inf"), 4.0, 9.0, 1.0]
+
+
+@pytest.mark.parametrize("percentile", [10.0, 50.0, 100.0])
+@pytest.mark.parametrize("small", [False, True], ids=["torch_quantile", "sort_fallback"])
+def test_autoclip_on_device_matches_the_host_reference(monkeypatch, percentile, small):
+    from neurotwin.training import optim
+
+    if small:  # the buffer doubles several times, and the quantile takes the sort path
+        monkeypatch.setattr(GradClipper, "MIN_CAPACITY", 2)
+        monkeypatch.setattr(optim, "QUANTILE_MAX_SIZE", 3)
+    clip, reference = GradClipper(percentile=percentile), ReferenceClipper(percentile=percentile)
+    for grads in _grads_with_norms(NORMS):
+        _clip_both(clip, reference, grads)
+    history = clip.state_dict()["history"]
+    assert history.dtype == torch.float64 and history.device.type == "cpu"
+    assert history.tolist() == reference.history  # the finite norms only, in order
+
+
+def test_fixed_norm_clipping_matches_clip_grad_norm():
+    clip, reference = GradClipper(max_norm=2.5), ReferenceClipper(max_norm=2.5)
+    for grads in _grads_with_norms([1.0, 2.5, 40.0, 0.3, 3.0]):
+        _clip_both(clip, reference, grads)
+
+
+def test_autoclip_state_dict_round_trip():
+    first, rest = NORMS[:6], NORMS[6:]
+    clip, reference = GradClipper(percentile=10), ReferenceClipper(percentile=10)
+    for grads in _grads_with_norms(first):
+        _clip_both(clip, reference, grads)
+    state = clip.state_dict()
+    # a checkpoint of an older run (the history saved from a Python list) loads the same way
+    old_format = {"history": torch.tensor(reference.history, dtype=torch.float64)}
+    assert torch.equal(state["history"], old_format["history"])
+    for saved in (state, old_format):
+        resumed, ref = GradClipper(percentile=10), ReferenceClipper(percentile=10)
+        resumed.load_state_dict(saved)
+        ref.history = list(reference.history)
+        for grads in _grads_with_norms(rest, seed=1):
+            _clip_both(resumed, ref, grads)
+        assert resumed.state_dict()["history"].tolist() == ref.history
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,6 +370,48 @@ def test_micro_batches_give_the_full_batch_gradient(data_dir, tmp_path):
     for name in full:
         assert torch.allclose(full[name], micro[name], rtol=1e-10, atol=1e-12), name
     assert any(g.abs().sum() > 0 for n, g in full.items() if "core" in n)
+    trainer.logger.close()
+
+
+READ_BACKS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+
+@pytest.mark.parametrize("clip", [{"autoclip_percentile": 10.0}, {"grad_norm": 1.0}])
+def test_training_steps_read_nothing_back_from_the_device(data_dir, tmp_path, monkeypatch, clip):
+    """A host read-back (`.item()`, `float(t)`, ...) of a CUDA tensor waits for the GPU; CI has
+    none, so every read-back raises here during training steps (micro-batches, AutoClip or a
+    fixed norm, the optimiser step). Only torch's AdamW may read its step counter, which it keeps
+    on the CPU by design (not a GPU synchronisation)."""
+    config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=2, **clip)
+    trainer = Trainer(config)
+    session = trainer.session_names[0]
+    batches = list(trainer.train_loaders[session])[:3]
+    real = {name: getattr(torch.Tensor, name) for name in READ_BACKS}
+
+    def forbidden(name: str):
+        def read_back(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name} in a training step: a GPU synchronisation")
+
+        return read_back
+
+    optimizer_step = trainer.optimizer.step
+
+    def step_reading_its_cpu_counter(*args, **kwargs):
+        with monkeypatch.context() as m:
+            for name, fn in real.items():
+                m.setattr(torch.Tensor, name, fn)
+            return optimizer_step(*args, **kwargs)
+
+    trainer.optimizer.step = step_reading_its_cpu_counter
+    results = []
+    with monkeypatch.context() as m:
+        for name in READ_BACKS:
+            m.setattr(torch.Tensor, name, forbidden(name))
+        for batch in batches:
+            results.append((*trainer.train_step(session, batch), trainer.optimizer_step()))
+    for loss, elements, norm in results:
+        assert loss.dtype == torch.float64 and loss.dim() == 0 and math.isfinite(float(loss))
+        assert elements > 0 and norm.dim() == 0 and math.isfinite(float(norm))
     trainer.logger.close()
 
 

@@ -187,47 +187,123 @@ class Plateau:
 
 
 def grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of the gradients (0 when none)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+    """Global L2 norm of the gradients, in float32 or wider (0 when none); no host read-back.
+
+    The per-tensor norms come from `torch._foreach_norm`, as in `clip_grad_norm_` (a few kernels
+    instead of one per tensor).
+    """
+    grads = [p.grad.detach().float() for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-    )
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+QUANTILE_MAX_SIZE = 2**24  # torch.quantile refuses larger inputs
+
+
+def nanquantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """`torch.nanquantile(values, q)` (linear interpolation) of a 1-D tensor of any length.
+
+    Up to `QUANTILE_MAX_SIZE` elements torch's own; beyond, the same arithmetic on a sort (NaN
+    sorts last), all on the tensor's device.
+    """
+    if values.numel() <= QUANTILE_MAX_SIZE:
+        return torch.nanquantile(values, q)
+    ordered = torch.sort(values).values
+    count = torch.isnan(ordered).logical_not_().sum()
+    rank = ((count - 1).to(values.dtype) * q).clamp_min(0)
+    below = rank.long()
+    low = ordered.gather(0, below.view(1))
+    high = ordered.gather(0, rank.ceil().long().view(1))
+    return low.lerp(high, (rank - below).view(1)).view(())
 
 
 class GradClipper:
-    """Clip to `max_norm`, or with AutoClip to the `percentile` of all norms seen so far."""
+    """Clip to `max_norm`, or with AutoClip to the `percentile` of all norms seen so far.
+
+    Nothing is read back to the host, so the GPU never waits for it: the finite norms seen so far
+    are kept on the gradients' device in a buffer (NaN past the first `count` slots; it doubles
+    when full), the percentile is computed there, and the gradients are multiplied by
+    min(1, limit / (norm + 1e-6)), exactly as `torch.nn.utils.clip_grad_norm_` scales them.
+    """
+
+    MIN_CAPACITY = 1024
 
     def __init__(self, max_norm: float | None = None, percentile: float | None = None):
         self.max_norm = max_norm
         self.percentile = percentile
-        self.history: list[float] = []
+        self._buffer = torch.zeros(0, dtype=torch.float64)
+        self._slots = torch.zeros(0, dtype=torch.long)
+        self._count = torch.zeros((), dtype=torch.long)  # finite norms in the buffer
+        self._written = 0  # norms offered so far: a bound on `_count` known on the host
 
     @property
     def enabled(self) -> bool:
         return self.max_norm is not None or self.percentile is not None
 
-    def __call__(self, parameters: list[torch.Tensor]) -> float | None:
-        """Clip in place; returns the norm before clipping (None when clipping is off)."""
+    @property
+    def history(self) -> torch.Tensor:
+        """The finite norms seen so far (float64, CPU); reads the count back from the device."""
+        return self._buffer[: int(self._count)].detach().cpu().clone()
+
+    def __call__(self, parameters: list[torch.Tensor]) -> torch.Tensor | None:
+        """Clip in place; returns the norm before clipping, a 0-dim tensor on the gradients'
+        device (None when clipping is off)."""
         if not self.enabled:
             return None
         params = [p for p in parameters if p.grad is not None]
-        value = float(grad_norm(params))
-        limit = self.max_norm
-        if self.percentile is not None:
-            if math.isfinite(value):
-                self.history.append(value)
-            if not self.history:
-                return value
-            history = torch.tensor(self.history, dtype=torch.float64)
-            limit = float(torch.quantile(history, self.percentile / 100))
+        device = parameters[0].device if parameters else self._buffer.device
+        norm = grad_norm(params).to(device)
+        coefficient = self._coefficient(norm)
         if params:
-            torch.nn.utils.clip_grad_norm_(params, limit)
-        return value
+            torch._foreach_mul_([p.grad for p in params], coefficient)
+        return norm
+
+    def _coefficient(self, norm: torch.Tensor) -> torch.Tensor:
+        """min(1, limit / (norm + 1e-6)) as a 0-dim tensor; 1 while AutoClip has no history."""
+        if self.percentile is None:
+            return torch.clamp(torch.reciprocal(norm + 1e-6) * self.max_norm, max=1.0)
+        self._record(norm)
+        limit = nanquantile(self._buffer[: self._written], self.percentile / 100)
+        coefficient = torch.clamp(torch.reciprocal(norm + 1e-6) * limit.to(norm.dtype), max=1.0)
+        return torch.where(self._count > 0, coefficient, torch.ones_like(coefficient))
+
+    def _record(self, norm: torch.Tensor) -> None:
+        """Write `norm` into the next free slot and count it, only if it is finite."""
+        self._reserve(self._written + 1, norm.device)
+        value = norm.detach().to(torch.float64)
+        finite = torch.isfinite(value)
+        self._buffer = torch.where((self._slots == self._count) & finite, value, self._buffer)
+        self._count = self._count + finite
+        self._written += 1
+
+    def _reserve(self, size: int, device: torch.device) -> None:
+        """Room for `size` norms on `device` (capacity doubles; free slots hold NaN)."""
+        capacity = self._buffer.numel()
+        if size > capacity:
+            capacity = max(self.MIN_CAPACITY, capacity)
+            while capacity < size:
+                capacity *= 2
+            buffer = torch.full((capacity,), math.nan, dtype=torch.float64, device=device)
+            buffer[: self._buffer.numel()] = self._buffer.to(device)
+            self._buffer = buffer
+            self._slots = torch.arange(capacity, device=device)
+        elif self._buffer.device != device:
+            self._buffer = self._buffer.to(device)
+            self._slots = self._slots.to(device)
+        self._count = self._count.to(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": torch.tensor(self.history, dtype=torch.float64)}
+        return {"history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [float(v) for v in state.get("history", torch.zeros(0)).tolist()]
+        history = state.get("history", torch.zeros(0)).detach().to(torch.float64).flatten()
+        history = history[torch.isfinite(history)].cpu()
+        device = self._buffer.device
+        self._buffer = torch.zeros(0, dtype=torch.float64)
+        self._slots = torch.zeros(0, dtype=torch.long)
+        self._written = 0
+        self._reserve(history.numel() + 1, device)
+        self._buffer[: history.numel()] = history.to(device)
+        self._count = torch.tensor(history.numel(), device=device)
+        self._written = history.numel()

@@ -15,6 +15,8 @@ summary dict. The pieces a lab relies on:
   first 50 frames of each trial left out when at least 25 frames remain (Sensorium's convention;
   shorter trials are scored on all their frames), mean over neurons, then mean over sessions: the value early stopping watches.
 - Schedule-free optimisers are switched to eval mode for validation and checkpoints, and back.
+- No host read-back per step: loss sums and gradient norms stay on the device (AutoClip's history
+  too) and are read once per epoch, so the GPU never waits for the host between steps.
 - Reproducibility: every epoch reseeds torch/numpy/random from (seed, epoch, rank) and the data
   order is a function of (seed, epoch), so a run resumed from `last.pt` continues exactly as the
   uninterrupted run would have.
@@ -467,11 +469,11 @@ class Trainer:
 
     def _forward_backward(
         self, session: str, batch: dict[str, Any], batch_size: int, sync: bool
-    ) -> tuple[float, int]:
+    ) -> tuple[torch.Tensor, int]:
         """Loss of (part of) a batch, scaled by its share of `batch_size`; backward.
 
-        Returns the summed Poisson loss (unscaled) and the number of (trial, neuron, frame)
-        elements it covers.
+        Returns the summed Poisson loss (unscaled, a detached 0-dim float64 tensor on the device:
+        no host read-back) and the number of (trial, neuron, frame) elements it covers.
         """
         model = self.ddp_model if hasattr(self, "ddp_model") else self.model
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -498,25 +500,31 @@ class Trainer:
                     total + sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
                 )
             total.backward()
-        return float(loss.detach()), target.numel()
+        return loss.detach().double(), target.numel()
 
     def train_step(
         self, session: str, batch: dict[str, Any], sync: bool = True
-    ) -> tuple[float, int]:
-        """Forward and backward of one batch in micro-batches (no optimiser step)."""
+    ) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one batch in micro-batches (no optimiser step).
+
+        Returns the summed Poisson loss (a 0-dim float64 tensor on the device) and its elements.
+        """
         b = batch["video"].shape[0]
         m = self.micro_batch_size if self.micro_batch_size > 0 else b
         starts = list(range(0, b, m))
-        loss_sum, elements = 0.0, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        elements = 0
         for i, start in enumerate(starts):
             part = _slice(batch, start, min(start + m, b))
             last = i == len(starts) - 1
             ls, n = self._forward_backward(session, part, b, sync=sync and last)
-            loss_sum += ls
+            loss_sum = loss_sum + ls
             elements += n
         return loss_sum, elements
 
-    def optimizer_step(self) -> float | None:
+    def optimizer_step(self) -> torch.Tensor | None:
+        """Clip, step and zero the gradients; returns the norm before clipping (a 0-dim tensor
+        on the device, None when clipping is off)."""
         norm = self.clipper([p for p in self.model.parameters() if p.requires_grad])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -529,10 +537,12 @@ class Trainer:
         n_sessions = len(self.session_names)
         every = n_sessions if self.config.train.accumulate_sessions else 1
         total = sum(_n_batches(self.train_loaders[s]) for s in self.session_names)
-        loss_sum = {s: 0.0 for s in self.session_names}
+        loss_sum = {
+            s: torch.zeros((), dtype=torch.float64, device=self.device) for s in self.session_names
+        }
         elements = {s: 0 for s in self.session_names}
         trials = 0
-        norms: list[float] = []
+        norms: list[torch.Tensor] = []
         self.optimizer.zero_grad(set_to_none=True)
         iterator = self.interleave(self.train_loaders, self.config.run.seed, epoch)
         bar = self.logger.progress(iterator, total=total, desc=f"epoch {epoch} train")
@@ -540,7 +550,7 @@ class Trainer:
             batch = _to_device(batch, self.device)
             sync = (i + 1) % every == 0 or i + 1 == total
             ls, n = self.train_step(session, batch, sync=sync)
-            loss_sum[session] += ls
+            loss_sum[session] = loss_sum[session] + ls
             elements[session] += n
             trials += batch["video"].shape[0]
             if sync:
@@ -550,11 +560,24 @@ class Trainer:
         # a last partial accumulation (if the iterator gave fewer batches than announced)
         if any(p.grad is not None for p in self.model.parameters()):
             self.optimizer_step()
+        return self._epoch_stats(loss_sum, elements, trials, norms)
+
+    def _epoch_stats(
+        self,
+        loss_sum: dict[str, torch.Tensor],
+        elements: dict[str, int],
+        trials: int,
+        norms: list[torch.Tensor],
+    ) -> dict[str, Any]:
+        """The epoch's training numbers, summed over ranks: the one read-back of the epoch."""
         stats = torch.tensor(
-            [[loss_sum[s], elements[s]] for s in self.session_names] + [[trials, 0]],
+            [[0.0, elements[s]] for s in self.session_names] + [[trials, 0]],
             dtype=torch.float64,
-        )
+        ).to(self.device)
+        stats[:-1, 0] += torch.stack([loss_sum[s] for s in self.session_names])
         distributed.all_reduce_sum(stats, self.info)
+        stats = stats.cpu()
+        mean_norm = float(np.mean(torch.stack(norms).double().cpu().numpy())) if norms else None
         per_session = {
             s: float(stats[i, 0] / max(stats[i, 1], 1)) for i, s in enumerate(self.session_names)
         }
@@ -563,7 +586,7 @@ class Trainer:
             "loss": float(stats[:-1, 0].sum() / max(total_elements, 1)),
             "loss_per_session": per_session,
             "trials": int(stats[-1, 0]),
-            "grad_norm": float(np.mean(norms)) if norms else None,
+            "grad_norm": mean_norm,
         }
 
     @torch.no_grad()
@@ -584,7 +607,7 @@ class Trainer:
                 prediction = prediction.float()
                 response = batch["response"].float()
                 target = align(prediction, response)
-                loss[0] += float(self.criterion(prediction, target))
+                loss[0] += self.criterion(prediction, target).double()
                 loss[1] += target.numel()
                 t, t_pred = response.shape[-1], prediction.shape[-1]
                 cut = max(skip_for(t) - (t - t_pred), 0)
