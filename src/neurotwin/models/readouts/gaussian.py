@@ -3,7 +3,8 @@
 Per neuron: position mu in [-1, 1]^2 (grid_sample coordinates, see readouts/base.py) and a
 spread sigma. Training samples a position mu + Sigma n, n ~ N(0, I) for every (trial, frame),
 clipped to [-1, 1]; evaluation uses mu (deterministic). The features at the position are read
-with bilinear `F.grid_sample(align_corners=True)`, weighted per neuron and summed, plus a bias.
+with bilinear interpolation (`F.grid_sample(align_corners=True)` semantics), weighted per neuron
+and summed, plus a bias; `point_sampling.point_readout` does this as one op.
 Shifts from the shifter are added to the positions after clipping.
 
 readout_grid_mode: 0 free mu (uniform in +-init_mu_range); 1 mu = MLP(x, y cortical
@@ -21,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from neurotwin.models.readouts.base import Readout, fold_time, make_bias
+from neurotwin.models.readouts.base import Readout, make_bias
+from neurotwin.models.readouts.point_sampling import point_readout
 from neurotwin.models.registry import READOUTS
 
 
@@ -149,12 +150,11 @@ class GaussianReadout(Readout):
 
     def forward(self, features, shift=None, sample: bool | None = None):
         b, c, t, h, w = features.shape
-        x = fold_time(features)  # (B*T, C, h, w)
+        x = features.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B*T, h*w, C)
         grid = self.sample_grid(b * t, sample)  # (B*T, N, 2)
         if shift is not None:
             grid = grid + shift.reshape(b * t, 1, 2).to(grid.dtype)
-        y = F.grid_sample(x, grid.unsqueeze(2).to(x.dtype), mode="bilinear", align_corners=True)
-        y = torch.einsum("bcn,cn->bn", y.squeeze(-1), self.features.to(y.dtype))
+        y = point_readout(x, grid, self.features, h, w).to(features.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(b, t, self.n_neurons).transpose(1, 2)
