@@ -9,11 +9,13 @@
       -> features (B, emb_dim, T', h, w)
 
 Implementation notes (GPU efficiency):
-- The tube embedding "unfold -> LayerNorm(patch) -> Linear" is computed without materialising
-  the unfolded patches (300 x 576 x 3185 values for a Sensorium trial): with W' = W * gamma,
-      y = (conv3d(x, W') - mean_p * sum(W')) / std_p + (W beta + b),
-  where mean_p and std_p are the patch statistics from average pooling. This is exactly the
-  same function and the same parameters (LayerNorm(patch_dim) + Linear), in one conv3d.
+- The tube embedding "unfold -> LayerNorm(patch) -> Linear" folds the LayerNorm into the
+  projection: with W' = W * gamma,
+      y = (patches @ W'^T - mean_p * sum(W')) / std_p + (W beta + b),
+  where mean_p and std_p are the patch statistics from average pooling: exactly the same
+  function and parameters (LayerNorm(patch_dim) + Linear). The patches are gathered (im2col,
+  300 x 576 x 3185 values for a Sensorium trial) and projected by one matrix product, which
+  on an H100 beat cuDNN's conv3d for 5 input channels and a 13x7x7 kernel (bench/RESULTS.md).
 - Attention uses `F.scaled_dot_product_attention` on (B, heads, L, d) views of one fused
   projection (q, k, v and, with parallel blocks, the MLP input), with `is_causal=True` for
   causal temporal attention, so flash / memory-efficient kernels are used on GPU.
@@ -104,12 +106,11 @@ class TubeEmbedding(nn.Module):
         self.eps = self.patch_norm.eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T, H, W) -> tokens (B, T', h, w, E) (a view of a channels-last conv output)."""
+        """x (B, C, T, H, W) -> tokens (B, T', h, w, E)."""
         e = self.proj.out_features
         w = (self.proj.weight * self.patch_norm.weight).view(e, self.in_channels, *self.kernel)
         b_eff = self.proj.bias + self.proj.weight @ self.patch_norm.bias
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        y = F.conv3d(x, w.to(x.dtype), stride=self.stride)  # bf16 under autocast
+        y = self._project(x, w)  # (B, E, T', h, w); bf16 under autocast
         # patch statistics in float32 (float64 for float64 inputs)
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         xf = x.to(acc)
@@ -118,7 +119,18 @@ class TubeEmbedding(nn.Module):
         rstd = torch.rsqrt((sq - mean.square()).clamp_min(0.0) + self.eps)
         w_sum = w.sum(dim=(1, 2, 3, 4)).to(acc).view(1, e, 1, 1, 1)
         y = (y.to(acc) - mean * w_sum) * rstd + b_eff.to(acc).view(1, e, 1, 1, 1)
-        return y.permute(0, 2, 3, 4, 1)  # (B, T', h, w, E); contiguous for channels-last
+        return y.permute(0, 2, 3, 4, 1)  # (B, T', h, w, E); contiguous
+
+    def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """conv3d(x, w, stride) as im2col and one matrix product -> (B, E, T', h, w)."""
+        (pt, ph, pw), (st, sh, sw) = self.kernel, self.stride
+        if torch.is_autocast_enabled(x.device.type):  # gather the patches in bf16 already
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        patches = x.unfold(2, pt, st).unfold(3, ph, sh).unfold(4, pw, sw)
+        b, c, nt, gh, gw = patches.shape[:5]  # (B, C, T', h, w, pt, ph, pw)
+        patches = patches.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(b * nt * gh * gw, -1)
+        y = F.linear(patches, w.reshape(w.shape[0], -1).to(patches.dtype))  # bf16 under autocast
+        return y.view(b, nt, gh, gw, -1).permute(0, 4, 1, 2, 3)
 
 
 class Attention(nn.Module):
