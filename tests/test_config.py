@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from neurotwin import config as cfg
@@ -219,3 +220,32 @@ def test_bad_data_folder_is_one_line_and_leaves_no_output(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], False),
+        (["--compile"], True),
+        (["--compile", "true"], True),
+        (["--compile", "0"], False),
+        (["--compile", "auto"], "auto"),
+    ],
+)
+def test_compile_flag_takes_a_bare_flag_a_boolean_or_auto(argv, expected):
+    assert cfg.parse_config(argv).train.compile == expected
+
+
+def test_compile_flag_rejects_other_values():
+    with pytest.raises(ConfigError, match="--compile: 'maybe' is not one of"):
+        cfg.parse_config(["--compile", "maybe"])
+
+
+def test_gpu_preset_compiles_on_cuda_only():
+    """viv1t.yaml's fast settings: compile and autocast resolve per device."""
+    from neurotwin.training.trainer import autocast_enabled
+
+    config = cfg.parse_config(["--config", "configs/viv1t.yaml"])
+    assert config.train.compile == "auto" and config.train.autocast == "auto"
+    assert config.train.grad_checkpointing == 0
+    assert not autocast_enabled(config.train.autocast, torch.device("cpu"))

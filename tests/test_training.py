@@ -567,3 +567,11 @@ def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):
     log = (tmp_path / "run/train.log").read_text()
     assert "bf16 autocast on" in log and "grad checkpointing on" in log
     assert "schedule-free" in log
+
+
+@pytest.mark.parametrize(("mode", "compiled"), [("auto", False), (False, False), (True, True)])
+def test_compile_auto_stays_off_on_the_cpu(data_dir, tmp_path, mode, compiled):
+    """compile: auto (the GPU preset's) compiles on CUDA only; on the CPU the core stays eager."""
+    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", compile=mode))
+    assert trainer.compiled is compiled
+    assert (trainer.model.core._compiled_call_impl is not None) is compiled

@@ -249,7 +249,9 @@ class TrainConfig:
     grad_checkpointing: Literal[0, 1] | None = option(
         None, "gradient checkpointing of core blocks (default: on for CUDA)"
     )
-    compile: bool = option(False, "torch.compile the core")
+    compile: Literal[False, True, "auto"] = option(
+        False, "torch.compile the core: true, false, or auto (on for CUDA devices)"
+    )
 
 
 @dataclass
@@ -491,8 +493,10 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
         help_text = f"{leaf.help} (default: {leaf.default})"
         if get_origin(inner) is Literal:
             help_text += f" choices: {list(get_args(inner))}"
-        if inner is bool:
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if inner is bool or (
+            get_origin(inner) is Literal and any(c is True for c in get_args(inner))
+        ):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")  # a bare --flag means true
         elif get_origin(inner) is list:
             kwargs.update(nargs="+", metavar="VALUE")
         else:

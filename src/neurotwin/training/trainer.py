@@ -317,7 +317,13 @@ class Trainer:
         paths = sensorium.find_sessions(data.data_dir, data.mouse_ids)
         self.frame_shape = tuple(sensorium.SensoriumSession(paths[0]).frame_shape)
         self.session_names = sorted(self.train_loaders)
-        self.interleave = loaders.interleave
+        # training batches of all sessions from one DataLoader with persistent workers
+        self.train_stream = loaders.TrainStream(
+            self.train_loaders,
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            seed=self.config.run.seed,
+        )
         self._check_shares()
         # trials per session in the whole training set, for ds_scale
         self.n_train_trials = {s: _n_trials(self.train_loaders[s]) for s in self.session_names}
@@ -349,7 +355,8 @@ class Trainer:
         self.grad_checkpointing = bool(gc) if gc is not None else self.device.type == "cuda"
         if hasattr(self.model, "set_grad_checkpointing"):
             self.model.set_grad_checkpointing(self.grad_checkpointing)
-        if t.compile:
+        self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
+        if self.compiled:
             core = getattr(self.model, "core", None)
             if not isinstance(core, nn.Module):
                 raise ConfigError("train.compile: the model has no `core` module to compile")
@@ -452,7 +459,7 @@ class Trainer:
             + f", batch {d.batch_size} (micro-batch {self.micro_batch_size}), "
             f"bf16 autocast {'on' if self.use_autocast else 'off'}, "
             f"grad checkpointing {'on' if self.grad_checkpointing else 'off'}, "
-            f"compile {'on' if t.compile else 'off'}, "
+            f"compile {'on' if self.compiled else 'off'}, "
             f"optimizer {'schedule-free AdamW' if t.schedule_free else 'AdamW'}"
         )
         for note in self._notes:
@@ -544,7 +551,7 @@ class Trainer:
         trials = 0
         norms: list[torch.Tensor] = []
         self.optimizer.zero_grad(set_to_none=True)
-        iterator = self.interleave(self.train_loaders, self.config.run.seed, epoch)
+        iterator = self.train_stream.epoch(epoch)
         bar = self.logger.progress(iterator, total=total, desc=f"epoch {epoch} train")
         for i, (session, batch) in enumerate(bar):
             batch = _to_device(batch, self.device)
