@@ -1,4 +1,4 @@
-"""build_loaders, interleave and session_specs over three small sessions."""
+"""build_loaders, interleave, TrainStream and session_specs over three small sessions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import torch
 
 from native_fixture import published_name, write_native_session
 from neurotwin.config import DataConfig
-from neurotwin.data.loaders import TrialSampler, build_loaders, interleave, session_specs
+from neurotwin.data.loaders import (
+    TrainStream,
+    TrialSampler,
+    build_loaders,
+    interleave,
+    session_specs,
+)
 from neurotwin.data.sensorium import SensoriumSession
 from neurotwin.errors import DataFormatError
 
@@ -183,3 +189,101 @@ def test_shipped_statistics_with_a_frame_axis(tmp_path):
     assert abs(video.mean().item()) < 0.2 and abs(video.std().item() - 1) < 0.2
     spec = session_specs(cfg)["m1"]
     assert spec["mean_response"].shape == (7,) and np.all(spec["mean_response"] > 0)
+
+
+def _assert_same_batches(a, b):
+    """Two lists of (session, batch) pairs hold the same sessions and exactly the same batches."""
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert type(x[key]) is type(y[key])
+            if isinstance(x[key], torch.Tensor):
+                assert x[key].dtype == y[key].dtype
+                torch.testing.assert_close(x[key], y[key], rtol=0, atol=0)
+            else:
+                assert x[key] == y[key]
+
+
+STREAM_CASES = {
+    "batches of 4": ({}, 0, 1),
+    "whole trials of unequal length: batches of 1": ({"crop_frame": -1}, 0, 1),
+    "limit_data": ({"limit_data": 5, "batch_size": 2}, 0, 1),
+    "rank 1 of 4": ({"batch_size": 1}, 1, 4),
+    "rank 2 of 3": ({"batch_size": 2, "limit_data": 5}, 2, 3),
+}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("case", list(STREAM_CASES))
+def test_train_stream_gives_what_interleave_gives(native_dataset, case, num_workers):
+    kw, rank, world_size = STREAM_CASES[case]
+    cfg = _config(native_dataset, **kw)
+    train = build_loaders(cfg, SPLITS, seed=3, rank=rank, world_size=world_size)["train"]
+    stream = TrainStream(train, num_workers=num_workers, seed=3)
+    assert stream.loader.persistent_workers == (num_workers > 0)
+    for epoch in range(2):
+        got = list(stream.epoch(epoch))
+        assert len(got) == len(stream)
+        _assert_same_batches(got, list(interleave(train, 3, epoch)))
+
+
+def test_train_stream_persistent_workers_follow_the_epoch(native_dataset):
+    """Workers outlive epoch 0 and never see set_epoch: epoch 1 must still crop as epoch 1."""
+    cfg = _config(native_dataset, batch_size=2)
+    stream = TrainStream(build_loaders(cfg, SPLITS, seed=1)["train"], num_workers=2, seed=1)
+    crops = []
+    for epoch in range(2):
+        crops.append(
+            {
+                (s, t): video
+                for s, batch in stream.epoch(epoch)
+                for t, video in zip(batch["trial_id"].tolist(), batch["video"])
+            }
+        )
+    assert crops[0].keys() == crops[1].keys()
+    assert any(not torch.equal(crops[0][k], crops[1][k]) for k in crops[0])
+    fresh = build_loaders(cfg, SPLITS, seed=1)["train"]  # never set to epoch 0 before
+    expected = list(interleave(fresh, 1, 1))
+    _assert_same_batches(list(stream.epoch(1)), expected)
+    for s, batch in expected:
+        for t, video in zip(batch["trial_id"].tolist(), batch["video"]):
+            assert torch.equal(crops[1][(s, t)], video)
+
+
+def test_train_stream_length(native_dataset):
+    for kw, rank, world_size, expected in [
+        ({}, 0, 1, 3 * 2),  # 6 trials a session, batches of 4
+        ({"limit_data": 5, "batch_size": 2}, 0, 1, 3 * 3),
+        ({"batch_size": 1}, 1, 4, 3 * 2),  # 6 trials on 4 ranks: 2 each
+        ({"crop_frame": -1}, 0, 1, 3 * 6),  # unequal whole trials: one a batch
+    ]:
+        train = build_loaders(_config(native_dataset, **kw), SPLITS, 0, rank, world_size)["train"]
+        stream = TrainStream(train, num_workers=0)
+        assert len(stream) == sum(len(x) for x in train.values()) == expected
+        assert len(list(stream.epoch(0))) == expected
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_train_stream_leaves_the_global_rng_alone(native_dataset, num_workers):
+    """Reading data draws nothing from torch's RNG: a resumed run (which restores that RNG)
+    continues as the uninterrupted one, whether or not the workers were already running."""
+    train = build_loaders(_config(native_dataset), SPLITS, 0)["train"]
+    stream = TrainStream(train, num_workers=num_workers)
+    for epoch in range(2):
+        state = torch.get_rng_state()
+        list(stream.epoch(epoch))
+        assert torch.equal(state, torch.get_rng_state())
+
+
+def test_dataset_item_of_an_epoch(native_dataset):
+    (loader,) = build_loaders(_config(native_dataset, mouse_ids=["29002-2-3"]), SPLITS, 0)[
+        "train"
+    ].values()
+    dataset = loader.dataset
+    dataset.set_epoch(3)
+    a = dataset[2]
+    dataset.set_epoch(0)
+    b = dataset.item(2, 3)
+    assert dataset.epoch == 0 and dataset.frames(2, 3) != dataset.frames(2)
+    _assert_same_batches([("", a)], [("", b)])

@@ -200,7 +200,7 @@ class SessionDataset(Dataset):
 
     With `random_crop` (default: tier "train" and crop_frame > 0) each item is a crop of
     `crop_frame` consecutive valid frames, its start drawn from (seed, epoch, trial) so that it
-    is the same in any worker (`set_epoch` moves on). If a trial is shorter than `crop_frame`,
+    is the same in any worker (`set_epoch` moves on; `item(index, epoch)` reads any epoch's). If a trial is shorter than `crop_frame`,
     the crop is shortened to the shortest trial of the dataset (with a warning), so that batches
     have one length. Otherwise items are whole trials without their NaN padding.
     """
@@ -264,18 +264,24 @@ class SessionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.trial_ids)
 
-    def frames(self, index: int) -> slice:
-        """The frames item `index` reads (in the current epoch)."""
+    def frames(self, index: int, epoch: int | None = None) -> slice:
+        """The frames item `index` reads in `epoch` (default: the current one, `set_epoch`)."""
         trial, length = int(self.trial_ids[index]), int(self.lengths[index])
         if not self.random_crop:
             return slice(0, length)
-        rng = np.random.default_rng([self.seed, self.epoch, trial])
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = np.random.default_rng([self.seed, epoch, trial])
         start = int(rng.integers(0, length - self.crop_frame + 1))
         return slice(start, start + self.crop_frame)
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int) -> dict:
+        """Item `index` with the crop of `epoch`, whatever epoch the dataset is set to (for
+        workers that outlive an epoch: they never see a stale `set_epoch`)."""
         trial = int(self.trial_ids[index])
-        data = self.session.load_trial(trial, frames=self.frames(index))
+        data = self.session.load_trial(trial, frames=self.frames(index, epoch))
         video = np.moveaxis(data[layout.VIDEOS], -1, 0)[None]  # (H, W, T) -> (1, T, H, W)
         it = self.input_transform
         # the arrays load_trial returns are private copies: transform them in place

@@ -1,4 +1,4 @@
-"""{split: {session: DataLoader}} from a DataConfig, and the iterator that interleaves sessions.
+"""{split: {session: DataLoader}} from a DataConfig, and the iterators that interleave sessions.
 
 Training loaders shuffle their trials with (seed, epoch); with ``world_size > 1`` each rank reads
 its own share (every rank gets the same number of batches: the shuffled list is padded by
@@ -14,7 +14,8 @@ import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
-from torch.utils.data import DataLoader, Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurotwin.config import DataConfig
 from neurotwin.data import layout
@@ -47,9 +48,11 @@ class TrialSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def indices(self) -> np.ndarray:
+    def indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's indices in `epoch` (default: the one `set_epoch` set)."""
+        epoch = self.epoch if epoch is None else int(epoch)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         else:
             order = np.arange(self.n)
         if self.world_size > 1:
@@ -151,23 +154,141 @@ def _share_crop_length(datasets: list[SessionDataset]) -> None:
             d.crop_frame = common
 
 
+def session_order(batches: Mapping[str, int], seed: int, epoch: int) -> list[str]:
+    """The sessions of an epoch's batches in training order: each session as many times as it
+    has batches (`batches`: session -> count), shuffled under (seed, epoch)."""
+    order = [name for name in sorted(batches) for _ in range(batches[name])]
+    np.random.default_rng([seed, epoch, 7]).shuffle(order)
+    return order
+
+
 def interleave(
     loaders_by_session: Mapping[str, DataLoader], seed: int, epoch: int
 ) -> Iterator[tuple[str, dict]]:
     """(session, batch) pairs: every session's batches once, in an order shuffled under
-    (seed, epoch); each loader's sampler and dataset are set to `epoch` first."""
+    (seed, epoch); each loader's sampler and dataset are set to `epoch` first.
+
+    Each session's loader starts its own workers when the session first comes up; training
+    uses `TrainStream`, which gives the same pairs from one set of persistent workers."""
     for loader in loaders_by_session.values():
         for obj in (loader.sampler, loader.dataset):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-    names = sorted(loaders_by_session)
-    order = [name for name in names for _ in range(len(loaders_by_session[name]))]
-    np.random.default_rng([seed, epoch, 7]).shuffle(order)
+    order = session_order({n: len(x) for n, x in loaders_by_session.items()}, seed, epoch)
     iterators: dict[str, Iterator] = {}
     for name in order:
         if name not in iterators:
             iterators[name] = iter(loaders_by_session[name])
         yield name, next(iterators[name])
+
+
+BatchKey = tuple[str, int, tuple[int, ...]]
+"""(session, epoch, dataset indices): one training batch."""
+
+
+def _identity(batch: dict) -> dict:
+    return batch
+
+
+class SessionBatches(Dataset):
+    """Whole batches of several sessions' datasets: item (session, epoch, indices) is the batch
+    that session's loader collates from those indices, each trial cropped as in `epoch`."""
+
+    def __init__(self, loaders_by_session: Mapping[str, DataLoader]):
+        self.datasets = {name: loader.dataset for name, loader in loaders_by_session.items()}
+        self.collate = {name: loader.collate_fn for name, loader in loaders_by_session.items()}
+
+    def __getitem__(self, key: BatchKey) -> dict:
+        name, epoch, indices = key
+        dataset = self.datasets[name]
+        if hasattr(dataset, "item"):
+            items = [dataset.item(i, epoch) for i in indices]
+        else:  # a dataset without epochs
+            items = [dataset[i] for i in indices]
+        return self.collate[name](items)
+
+
+class InterleavedBatches(Sampler[BatchKey]):
+    """The batch keys of `interleave`'s order, for the epoch set by `set_epoch`: sessions
+    shuffled by `session_order`, each session's sampler indices of the epoch in batches of its
+    loader's batch size (the last one possibly short)."""
+
+    def __init__(self, loaders_by_session: Mapping[str, DataLoader], seed: int):
+        self.samplers = {name: loader.sampler for name, loader in loaders_by_session.items()}
+        self.batch_sizes = {}
+        for name, loader in loaders_by_session.items():
+            if loader.batch_size is None or loader.drop_last:
+                raise ValueError(f"{name}: needs a loader with a batch size and drop_last=False")
+            self.batch_sizes[name] = loader.batch_size
+        self.counts = {name: len(loader) for name, loader in loaders_by_session.items()}
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _indices(self, name: str) -> list[int]:
+        sampler = self.samplers[name]
+        if hasattr(sampler, "indices"):
+            return sampler.indices(self.epoch).tolist()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        return list(sampler)
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        pending: dict[str, Iterator[BatchKey]] = {}
+        for name in session_order(self.counts, self.seed, self.epoch):
+            if name not in pending:
+                indices, size = self._indices(name), self.batch_sizes[name]
+                pending[name] = iter(
+                    [
+                        (name, self.epoch, tuple(indices[i : i + size]))
+                        for i in range(0, len(indices), size)
+                    ]
+                )
+            yield next(pending[name])
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+
+class TrainStream:
+    """The training batches of all sessions through one DataLoader: the (session, batch) pairs
+    `interleave` gives, read by `num_workers` persistent workers in total (not `num_workers` per
+    session, started anew each epoch). The per-session loaders' datasets and samplers are used
+    as they are (rank shares, limit_data, the shared crop length); each batch key carries its
+    epoch, so workers that outlive an epoch crop as in the right one."""
+
+    def __init__(
+        self,
+        loaders_by_session: Mapping[str, DataLoader],
+        num_workers: int,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ):
+        self.sampler = InterleavedBatches(loaders_by_session, seed)
+        self.loader = DataLoader(
+            SessionBatches(loaders_by_session),
+            batch_size=None,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=_identity,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            # its own generator for the workers' base seed: reading data draws nothing from
+            # torch's global RNG (which a resumed run restores), whatever num_workers
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
+
+    def epoch(self, epoch: int) -> Iterator[tuple[str, dict]]:
+        """(session, batch) pairs of `epoch`, in `interleave`'s order."""
+        self.sampler.set_epoch(epoch)
+        names = session_order(self.sampler.counts, self.sampler.seed, epoch)
+        yield from zip(names, self.loader, strict=True)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self.sampler)
 
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
