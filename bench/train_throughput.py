@@ -257,30 +257,39 @@ def time_e2e(args, config, case: Case) -> dict:
     compile_model(model, case, args)
     step = make_step(model, optimizer, case.autocast)
 
+    # the trainer's data path: one stream of all sessions' batches, persistent workers
+    stream = L.TrainStream(loaders, args.num_workers, pin_memory=True, seed=0)
+
     def batches():
         epoch = 0
         while True:
-            yield from L.interleave(loaders, seed=0, epoch=epoch)
+            yield from stream.epoch(epoch)
             epoch += 1
 
     it = batches()
-    # warm up at least one step per session: each session's first step creates its readout's
-    # optimizer state, which is not steady-state work
-    for _ in range(max(args.warmup, len(sessions))):
+    # warm up until every session has had a step (its readout's optimizer state, the kernels of
+    # its neuron count) and at least --warmup steps
+    seen: set[str] = set()
+    done = 0
+    while len(seen) < len(sessions) or done < args.warmup:
         session, batch = next(it)
         step(to_device(batch, device), session)
+        seen.add(session)
+        done += 1
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    trials = 0
+    trials = frames = 0
     for _ in range(args.steps):
         session, batch = next(it)
         trials += batch["video"].shape[0]
+        frames += batch["video"].shape[0] * batch["video"].shape[2]  # crops may be < --frames
         step(to_device(batch, device), session)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     row = summarise(case, args, seconds, flops)
     row["trials/s"] = trials / seconds
+    row["frames/s"] = frames / seconds
     return row
 
 
@@ -294,7 +303,8 @@ def time_loader(args, config) -> dict:
     for b in args.batch_size:
         config.data.batch_size = b
         loaders = L.build_loaders(config.data, {"train": config.data.train_tier}, seed=0)["train"]
-        it = iter(L.interleave(loaders, seed=0, epoch=0))
+        stream = L.TrainStream(loaders, args.num_workers, seed=0)  # the trainer's data path
+        it = (pair for epoch in itertools.count() for pair in stream.epoch(epoch))
         for _ in range(args.warmup):
             next(it)
         t0, trials, n = time.perf_counter(), 0, 0

@@ -1,0 +1,55 @@
+"""bench/train_throughput.py runs (CPU smoke: model and loader modes) and reports sane rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurotwin.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIVIT = (
+    "--core_emb_dim 16 --core_spatial_depth 1 --core_temporal_depth 1 --core_num_heads 2 "
+    "--core_head_dim 8 --core_ff_dim 16 --core_reg_tokens 2 --core_temporal_patch_size 3"
+)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", ROOT / "bench/train_throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_mode_on_the_cpu(tmp_path):
+    out = tmp_path / "rows.json"
+    argv = ["--device", "cpu", "--mode", "model", "--steps", "2", "--warmup", "1", "--sessions", "2",
+            "--neurons", "30", "--frames", "12", "--frame_shape", "18", "32", "--compile", "0",
+            "--autocast", "0", "--override", TINY_VIVIT, "--json", str(out)]  # fmt: skip
+    assert load_bench().main(argv) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["mode"] == "model" and row["batch"] == 1
+    assert row["trials/s"] > 0 and row["TFLOP/trial"] > 0
+    assert row["frames/s"] == pytest.approx(row["trials/s"] * 12)
+
+
+def test_loader_mode_reads_the_native_layout(tmp_path):
+    data = tmp_path / "data"
+    synthetic.generate(data, mice=2, preset="small", seed=1, height=9, width=16, neurons=12,
+                       train_trials=6, oracle_clips=1, oracle_repeats=2, test_clips=1,
+                       test_repeats=1, frames=30, progress=False)  # fmt: skip
+    out = tmp_path / "rows.json"
+    argv = ["--mode", "loader", "--data_dir", str(data), "--num_workers", "0", "--batch_size",
+            "1", "2", "--steps", "5", "--warmup", "1", "--frames", "20", "--json", str(out)]  # fmt: skip
+    assert load_bench().main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["trials/s"] > 0 for r in rows)
+    assert rows[1]["trials/s"] == pytest.approx(2 * rows[1]["batches/s"])
