@@ -9,7 +9,7 @@ trials=${2:-30}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for i in $(seq 0 9); do
-    python -m neurotwin.cli.data synthetic --out "$tmp/gen$i" --mice 1 --preset sensorium \
+    python3 -m neurotwin.cli.data synthetic --out "$tmp/gen$i" --mice 1 --preset sensorium \
         --seed "$i" --train_trials "$trials" --oracle_clips 2 --oracle_repeats 3 \
         --test_clips 1 --test_repeats 2 --no_progress > "$tmp/gen$i.log" 2>&1 &
 done
