@@ -24,3 +24,28 @@ def native_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("native3")
     write_native_dataset(root, 3)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_mice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small synthetic mice in the native layout, written by the real generator."""
+    from neurotwin.data import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(
+        out,
+        mice=2,
+        preset="small",
+        seed=3,
+        height=9,
+        width=16,
+        neurons=20,
+        train_trials=12,
+        oracle_clips=2,
+        oracle_repeats=2,
+        test_clips=1,
+        test_repeats=2,
+        frames=40,
+        progress=False,
+    )
+    return out

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from neurotwin.data import synthetic
-
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "fast_path_parity.py"
 
@@ -35,25 +33,8 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("parity_data")
-    synthetic.generate(
-        out,
-        mice=1,
-        preset="small",
-        seed=5,
-        height=9,
-        width=16,
-        neurons=12,
-        train_trials=8,
-        oracle_clips=2,
-        oracle_repeats=2,
-        test_clips=1,
-        test_repeats=2,
-        frames=40,
-        progress=False,
-    )
-    return out
+def data_dir(synthetic_mice: Path) -> Path:
+    return synthetic_mice
 
 
 def test_one_run_reads_the_correlation_from_metrics_csv(bench, data_dir, tmp_path):

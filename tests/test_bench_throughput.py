@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from neurotwin.data import synthetic
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VIVIT = (
     "--core_emb_dim 16 --core_spatial_depth 1 --core_temporal_depth 1 --core_num_heads 2 "
@@ -40,11 +38,8 @@ def test_model_mode_on_the_cpu(tmp_path):
     assert row["frames/s"] == pytest.approx(row["trials/s"] * 12)
 
 
-def test_loader_mode_reads_the_native_layout(tmp_path):
-    data = tmp_path / "data"
-    synthetic.generate(data, mice=2, preset="small", seed=1, height=9, width=16, neurons=12,
-                       train_trials=6, oracle_clips=1, oracle_repeats=2, test_clips=1,
-                       test_repeats=1, frames=30, progress=False)  # fmt: skip
+def test_loader_mode_reads_the_native_layout(synthetic_mice, tmp_path):
+    data = synthetic_mice
     out = tmp_path / "rows.json"
     argv = ["--mode", "loader", "--data_dir", str(data), "--num_workers", "0", "--batch_size",
             "1", "2", "--steps", "5", "--warmup", "1", "--frames", "20", "--json", str(out)]  # fmt: skip

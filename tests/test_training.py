@@ -21,26 +21,9 @@ from neurotwin.training.trainer import CorrelationAccumulator, Trainer, train
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """Two small synthetic mice in the native layout (the real generator)."""
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(
-        out,
-        mice=2,
-        preset="small",
-        seed=3,
-        height=9,
-        width=16,
-        neurons=20,
-        train_trials=12,
-        oracle_clips=2,
-        oracle_repeats=2,
-        test_clips=1,
-        test_repeats=2,
-        frames=40,
-        progress=False,
-    )
-    return out
+def data_dir(synthetic_mice: Path) -> Path:
+    """Two small synthetic mice in the native layout (conftest.synthetic_mice)."""
+    return synthetic_mice
 
 
 def tiny_config(data_dir: Path, output_dir: Path, **train: object) -> cfg.Config:
