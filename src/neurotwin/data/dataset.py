@@ -200,8 +200,8 @@ class SessionDataset(Dataset):
 
     With `random_crop` (default: tier "train" and crop_frame > 0) each item is a crop of
     `crop_frame` consecutive valid frames, its start drawn from (seed, epoch, trial) so that it
-    is the same in any worker (`set_epoch` moves on; `item(index, epoch)` reads any epoch's). If a trial is shorter than `crop_frame`,
-    the crop is shortened to the shortest trial of the dataset (with a warning), so that batches
+    is the same in any worker (`set_epoch` moves on; `item(index, epoch)` reads any epoch's).
+    If a trial is shorter than `crop_frame`, the crop is shortened to the shortest trial of the dataset (with a warning), so that batches
     have one length. Otherwise items are whole trials without their NaN padding.
     """
 

@@ -186,26 +186,27 @@ BatchKey = tuple[str, int, tuple[int, ...]]
 """(session, epoch, dataset indices): one training batch."""
 
 
-def _identity(batch: dict) -> dict:
-    return batch
+def _identity(pair: tuple[str, dict]) -> tuple[str, dict]:
+    return pair
 
 
 class SessionBatches(Dataset):
-    """Whole batches of several sessions' datasets: item (session, epoch, indices) is the batch
-    that session's loader collates from those indices, each trial cropped as in `epoch`."""
+    """Whole batches of several sessions' datasets: item (session, epoch, indices) is
+    (session, the batch that session's loader collates from those indices), each trial cropped
+    as in `epoch`."""
 
     def __init__(self, loaders_by_session: Mapping[str, DataLoader]):
         self.datasets = {name: loader.dataset for name, loader in loaders_by_session.items()}
         self.collate = {name: loader.collate_fn for name, loader in loaders_by_session.items()}
 
-    def __getitem__(self, key: BatchKey) -> dict:
+    def __getitem__(self, key: BatchKey) -> tuple[str, dict]:
         name, epoch, indices = key
         dataset = self.datasets[name]
         if hasattr(dataset, "item"):
             items = [dataset.item(i, epoch) for i in indices]
         else:  # a dataset without epochs
             items = [dataset[i] for i in indices]
-        return self.collate[name](items)
+        return name, self.collate[name](items)
 
 
 class InterleavedBatches(Sampler[BatchKey]):
@@ -283,8 +284,7 @@ class TrainStream:
     def epoch(self, epoch: int) -> Iterator[tuple[str, dict]]:
         """(session, batch) pairs of `epoch`, in `interleave`'s order."""
         self.sampler.set_epoch(epoch)
-        names = session_order(self.sampler.counts, self.sampler.seed, epoch)
-        yield from zip(names, self.loader, strict=True)
+        yield from self.loader
 
     def __len__(self) -> int:
         """Batches per epoch."""

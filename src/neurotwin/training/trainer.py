@@ -543,7 +543,7 @@ class Trainer:
         set_optimizer_mode(self.optimizer, "train")
         n_sessions = len(self.session_names)
         every = n_sessions if self.config.train.accumulate_sessions else 1
-        total = sum(_n_batches(self.train_loaders[s]) for s in self.session_names)
+        total = len(self.train_stream)
         loss_sum = {
             s: torch.zeros((), dtype=torch.float64, device=self.device) for s in self.session_names
         }
