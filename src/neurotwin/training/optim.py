@@ -233,7 +233,6 @@ class GradClipper:
         self.max_norm = max_norm
         self.percentile = percentile
         self._buffer = torch.zeros(0, dtype=torch.float64)
-        self._slots = torch.zeros(0, dtype=torch.long)
         self._count = torch.zeros((), dtype=torch.long)  # finite norms in the buffer
         self._written = 0  # norms offered so far: a bound on `_count` known on the host
 
@@ -273,7 +272,10 @@ class GradClipper:
         self._reserve(self._written + 1, norm.device)
         value = norm.detach().to(torch.float64)
         finite = torch.isfinite(value)
-        self._buffer = torch.where((self._slots == self._count) & finite, value, self._buffer)
+        # slot `count` is free (NaN): a non-finite norm leaves it NaN and the count where it is
+        self._buffer.index_put_(
+            (self._count.view(1),), torch.where(finite, value, math.nan).view(1)
+        )
         self._count = self._count + finite
         self._written += 1
 
@@ -287,10 +289,8 @@ class GradClipper:
             buffer = torch.full((capacity,), math.nan, dtype=torch.float64, device=device)
             buffer[: self._buffer.numel()] = self._buffer.to(device)
             self._buffer = buffer
-            self._slots = torch.arange(capacity, device=device)
         elif self._buffer.device != device:
             self._buffer = self._buffer.to(device)
-            self._slots = self._slots.to(device)
         self._count = self._count.to(device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -301,7 +301,6 @@ class GradClipper:
         history = history[torch.isfinite(history)].cpu()
         device = self._buffer.device
         self._buffer = torch.zeros(0, dtype=torch.float64)
-        self._slots = torch.zeros(0, dtype=torch.long)
         self._written = 0
         self._reserve(history.numel() + 1, device)
         self._buffer[: history.numel()] = history.to(device)
