@@ -125,7 +125,7 @@ class _PointReadout(torch.autograd.Function):
                 d_weights = k.gather_weights(features, index, scaled).to(weights.dtype)
         elif need_f or need_w:
             d_features, d_weights = _scatter_matmuls(
-                features, weights, index, scaled, ctx.low_precision, ctx
+                features, weights, index, scaled, ctx.low_precision, need_f, need_w
             )
         if ctx.needs_input_grad[1]:
             d_grid = _grid_grad(dots * grad[..., None], valid, fx, fy, height, width)
@@ -141,7 +141,7 @@ def _precision(low_precision: bool) -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _scatter_matmuls(features, weights, index, scaled, low_precision, ctx):
+def _scatter_matmuls(features, weights, index, scaled, low_precision, need_f, need_w):
     """Feature and weight gradients through dense (frames x pixels x neurons) blocks
     A[f, p, n] = sum_k scaled[f, n, k] [index[f, n, k] == p]:
     d_features[f] = A[f] @ weights^T and d_weights^T = sum_f A[f]^T @ features[f]."""
@@ -152,7 +152,6 @@ def _scatter_matmuls(features, weights, index, scaled, low_precision, ctx):
     )
     block = max(1, BACKWARD_BLOCK_BYTES // (n_pixels * n * torch.finfo(dtype).bits // 8))
     w_t = weights.t().to(dtype)  # (N, C)
-    need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
     d_features = torch.empty_like(features) if need_f else None
     acc = _accumulation_dtype(features)
     d_weights_t = weights.new_zeros(weights.shape[::-1], dtype=acc) if need_w else None
