@@ -161,13 +161,9 @@ def convert_ophys(
         "has_eye_tracking": eye is not None,
         "has_running_speed": running is not None,
         "coordinates": f"ROI centroid x, y ({centroid_units}), imaging depth (um)",
-        "movies": [r.name for r in recordings],
-        "frame_size": list(frame_size),
-        "clip_length": clip_length,
-        "heldout_clips": list(heldout_clips),
-        "test_fraction": test_fraction,
-        "test_tier": test_tier,
-        "frame_rate_hz": 30.0,
+        **trials.split_meta(
+            recordings, frame_size, clip_length, heldout_clips, test_fraction, test_tier
+        ),
     }
     return trials.write(folder, session, json_meta, overwrite)
 

@@ -219,6 +219,27 @@ def _trial_arrays(movie: MovieRecording, rep: int, a: int, b: int, length: int) 
     }
 
 
+def split_meta(
+    movies: Sequence[MovieRecording],
+    frame_size: Sequence[int],
+    clip_length: int,
+    heldout_clips: Sequence[str],
+    test_fraction: float,
+    test_tier: str,
+) -> dict:
+    """The entries of meta/neurotwin.json that say how `build_session` cut the movies into
+    trials and tiers (the same for every Allen converter; stimulus movies play at 30 Hz)."""
+    return {
+        "movies": [m.name for m in movies],
+        "frame_size": list(frame_size),
+        "clip_length": clip_length,
+        "heldout_clips": list(heldout_clips),
+        "test_fraction": test_fraction,
+        "test_tier": test_tier,
+        "frame_rate_hz": 30.0,
+    }
+
+
 def write(folder: Path, session: layout.SessionArrays, meta: dict, overwrite: bool) -> Path:
     """Write the session folder, then meta/neurotwin.json (temp name, then rename)."""
     folder = layout.write_session(folder, session, overwrite=overwrite)
