@@ -1,15 +1,24 @@
-"""The vivit core: ViV1T's parameter count, the fused tube embedding, full-size clips."""
+"""The vivit core: ViV1T's parameter count, the fused tube embedding, full-size clips, RoPE and
+the attention path against plain maths."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from neurotwin.config import CoreConfig
-from neurotwin.models.cores.vivit import TubeEmbedding, ViViTCore
+from neurotwin.models.cores.vivit import (
+    Attention,
+    TubeEmbedding,
+    ViViTCore,
+    apply_rope,
+    rope_frequencies,
+    rope_tables,
+)
 
 # ViV1T's vivit core with its published defaults (bryanlimy/ViV1T-closed-loop, train.py
 # `--core vivit` arguments and the README command: --core_behavior_mode=2
@@ -157,3 +166,92 @@ def test_bf16_autocast_forward_backward(norm_qk):
     assert all(p.grad is not None for p in core.parameters())
     ref = core(video, b, b)
     assert (out.float() - ref).abs().mean() < 0.1 * ref.abs().mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE and attention against plain maths
+# ----------------------------------------------------------------------------------------------
+
+
+def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Reference RoPE on x (..., L, d): channel pairs (i, i + d/2) as complex numbers, each
+    multiplied by exp(i * angle[position, i])."""
+    half = x.shape[-1] // 2
+    z = torch.complex(x[..., :half], x[..., half:])
+    z = z * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
+def test_rope_1d_matches_complex_rotation_and_skips_the_prefix():
+    torch.manual_seed(0)
+    n, prefix, d = 7, 3, 8
+    angles = rope_frequencies(n, d)
+    x = torch.randn(2, 3, prefix + n, d, dtype=torch.float64)  # (N, heads, L, d)
+    cos, sin = rope_tables(angles, prefix)
+    got = apply_rope(x, (cos.double(), sin.double(), 1))
+    torch.testing.assert_close(got[..., :prefix, :], x[..., :prefix, :])
+    want = rotate_pairs(x[..., prefix:, :], angles.double())
+    torch.testing.assert_close(got[..., prefix:, :], want)
+
+
+def test_rope_2d_rotates_each_half_of_the_head_by_its_own_axis():
+    torch.manual_seed(0)
+    core = ViViTCore(1, (12, 16), behavior_mode=0, emb_dim=16, spatial_depth=1,
+                     temporal_depth=1, num_heads=2, head_dim=8, ff_dim=16, reg_tokens=2,
+                     spatial_patch_size=3, temporal_patch_size=3)  # fmt: skip
+    gh, gw = core.grid
+    cos, sin, groups = core._spatial_rope(2, None)
+    x = torch.randn(1, 2, 2 + gh * gw, 8, dtype=torch.float64)  # (N, heads, L, d)
+    got = apply_rope(x, (cos.double(), sin.double(), groups))
+    rows = torch.arange(gh).repeat_interleave(gw)
+    cols = torch.arange(gw).repeat(gh)
+    ay = rope_frequencies(gh, 4)[rows].double()  # (P, 2)
+    ax = rope_frequencies(gw, 4)[cols].double()
+    body = x[..., 2:, :]
+    want = torch.cat((rotate_pairs(body[..., :4], ay), rotate_pairs(body[..., 4:], ax)), dim=-1)
+    torch.testing.assert_close(got[..., :2, :], x[..., :2, :])
+    torch.testing.assert_close(got[..., 2:, :], want)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    """The same query and key at every position: rotated scores form a Toeplitz matrix."""
+    torch.manual_seed(0)
+    n, d = 9, 8
+    cos, sin = rope_tables(rope_frequencies(n, d), 0)
+    q = torch.randn(d).expand(n, d).double()
+    k = torch.randn(d).expand(n, d).double()
+    rq = apply_rope(q, (cos.double(), sin.double(), 1))
+    rk = apply_rope(k, (cos.double(), sin.double(), 1))
+    scores = rq @ rk.T
+    for offset in range(-n + 1, n):
+        diag = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag))
+    assert not torch.allclose(torch.diagonal(scores, 0)[0], torch.diagonal(scores, 1)[0])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("extra", [0, 6])
+def test_attention_matches_softmax_attention_by_hand(causal, extra):
+    torch.manual_seed(0)
+    n, length, e, heads, d, prefix = 3, 10, 12, 2, 8, 2
+    att = Attention(e, heads, d, extra, mha_dropout=0.0, norm_qk=False, causal=causal).double()
+    att.eval()
+    cos, sin = rope_tables(rope_frequencies(length - prefix, d), prefix)
+    x = torch.randn(n, length, e, dtype=torch.float64)
+    out, ff = att.attend(x, (cos.double(), sin.double(), 1))
+
+    proj = att.fused(att.norm(x))
+    q, k, v = proj[..., : 3 * heads * d].view(n, length, 3, heads, d).unbind(2)
+    angles = torch.cat((torch.zeros(prefix, d // 2), rope_frequencies(length - prefix, d)))
+    angles = angles.double()[:, None, :]  # (L, 1, d/2): the same for every head
+    q, k = rotate_pairs(q, angles), rotate_pairs(k, angles)
+    scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d)
+    if causal:
+        future = torch.ones(length, length, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    a = torch.einsum("nhqk,nkhd->nqhd", scores.softmax(-1), v).reshape(n, length, heads * d)
+    torch.testing.assert_close(out, att.attn_out(a))
+    if extra:
+        torch.testing.assert_close(ff, proj[..., 3 * heads * d :])
+    else:
+        assert ff is None
