@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,17 @@ def print_row(row: dict[str, Any], width: int) -> None:
     )
 
 
+def report(row: dict[str, Any], width: int) -> None:
+    """Print a finished run's row, with the tail of its log if it failed."""
+    print_row(row, width)
+    if row["status"] != "ok":
+        print(
+            f"  {row.get('error', '')}\n  log: {row['run_dir']}/{LOG_FILE}\n"
+            + "\n".join("  | " + line for line in row.get("log_tail", "").splitlines()),
+            flush=True,
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -333,6 +345,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--noise_k", type=float, default=2.0, help="within noise: |diff| <= k x pooled std"
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at the same time (default 1); small models leave a GPU mostly idle, so several "
+        "runs can share it (the wall-clock trials/s column is then not a speed measurement)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds per run (default: none)")
     p.add_argument(
         "--resume",
@@ -344,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     if len(set(args.paths)) != len(args.paths) or len(set(args.seeds)) != len(args.seeds):
         p.error("--paths and --seeds must not repeat")
     clash = flag_names(shlex.split(args.override)) & RESERVED
@@ -371,17 +392,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'path':<{width}} {'seed':>5} {'final':>9} {'best':>9} {'wall_s':>8} {'epoch_s':>8} "
         f"{'trials/s':>9}  status"
     )
-    rows = []
-    for path, seed in plan:  # seeds outermost: an interrupted sweep has every path for some seeds
-        row = run_one(args, path, seed, argvs[path, seed], out / path / f"seed{seed}")
-        rows.append(row)
-        print_row(row, width)
-        if row["status"] != "ok":
-            print(
-                f"  {row.get('error', '')}\n  log: {row['run_dir']}/{LOG_FILE}\n"
-                + "\n".join("  | " + line for line in row.get("log_tail", "").splitlines()),
-                flush=True,
-            )
+    # seeds outermost: an interrupted sweep has every path for some seeds
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(run_one, args, p, s, argvs[p, s], out / p / f"seed{s}") for p, s in plan
+        ]
+        for future in as_completed(futures):  # each row as its run ends
+            report(future.result(), width)
+    rows = [f.result() for f in futures]  # in plan order
 
     values = {
         p: {r["seed"]: r[args.metric] for r in rows if r["path"] == p and r["status"] == "ok"}

@@ -87,6 +87,7 @@ def test_a_failed_run_is_reported_not_scored(bench, tmp_path):
             str(empty),
             "--seeds",
             "0",
+            "1",
             "--paths",
             "fp32_eager",
             "--epochs",
@@ -95,11 +96,15 @@ def test_a_failed_run_is_reported_not_scored(bench, tmp_path):
             TINY,
             "--output_dir",
             str(out),
+            "--jobs",
+            "2",
         ]
     )
     assert rc == 1
-    (row,) = json.loads((out / "parity.json").read_text())["rows"]
-    assert row["status"].startswith("failed") and "final" not in row
+    rows = json.loads((out / "parity.json").read_text())["rows"]
+    assert [r["seed"] for r in rows] == [0, 1]  # plan order, whichever run ended first
+    for row in rows:
+        assert row["status"].startswith("failed") and "final" not in row
 
 
 def test_override_may_not_change_the_path_or_budget(bench):
