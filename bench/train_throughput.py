@@ -134,8 +134,23 @@ def build(config: cfg.Config, specs: dict, case: Case, frame_shape, device):
 
 
 def compile_model(model, case: Case, args) -> None:
+    """torch.compile the core, as the trainer does, with --compile_mode or with the --inductor
+    options (torch.compile takes one or the other)."""
     if case.compile:
-        model.core = torch.compile(model.core, mode=args.compile_mode)
+        model.core = torch.compile(
+            model.core, mode=args.compile_mode, options=args.inductor or None
+        )
+
+
+def inductor_option(text: str) -> tuple[str, object]:
+    """--inductor KEY=VALUE: a TorchInductor option; VALUE as JSON (true, 0, 1.5) or a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--inductor {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def profile_steps(step, batch, sessions, n: int = 3) -> None:
@@ -225,13 +240,7 @@ def time_model(args, config, case: Case) -> dict:
         return summarise(case, args, time.perf_counter() - t0, flops)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(args.steps):
-        step(batch, sessions[i % len(sessions)])
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000
+    seconds = time_steps(step, batch, sessions, args.steps)
     return {**summarise(case, args, seconds, flops), **parts}
 
 
@@ -290,7 +299,24 @@ def time_e2e(args, config, case: Case) -> dict:
     row = summarise(case, args, seconds, flops)
     row["trials/s"] = trials / seconds
     row["frames/s"] = frames / seconds
+    # the model step on a batch of the same shape already on the GPU: the yardstick of the
+    # "within 10% of the model step" target (crops can be shorter than --frames)
+    model_s = time_steps(step, batch0, sessions[:1], args.steps)  # its session's readout
+    row["model-step trials/s"] = trials / model_s
+    row["e2e / model-step"] = model_s / seconds
     return row
+
+
+def time_steps(step, batch: dict, sessions: list[str], steps: int) -> float:
+    """Seconds of `steps` steps on one batch already on the GPU (CUDA events), cycling sessions."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(steps):
+        step(batch, sessions[i % len(sessions)])
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000
 
 
 def time_loader(args, config) -> dict:
@@ -346,7 +372,12 @@ def summarise(case: Case, args, seconds: float, flops: float) -> dict:
         "TFLOP/trial": flops / case.batch_size / 1e12,
         "peak GiB": peak,
         "GiB/trial": peak / case.batch_size,
+        **({"inductor": inductor_text(args.inductor)} if args.inductor else {}),
     }
+
+
+def inductor_text(options: dict) -> str:
+    return ",".join(f"{k}={json.dumps(v)}" for k, v in options.items())
 
 
 def print_table(rows: list[dict]) -> None:
@@ -387,12 +418,25 @@ def parse_args(argv=None):
     p.add_argument(
         "--compile_mode", default=None, help="torch.compile mode (default, max-autotune...)"
     )
+    p.add_argument(
+        "--inductor",
+        type=inductor_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TorchInductor option for the compiled core (repeatable), for A/B runs of "
+        "inductor settings, e.g. --inductor force_pointwise_cat=true",
+    )
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run")
     p.add_argument(
         "--override", default="", help='config flags in one string, e.g. "--core_emb_dim 32"'
     )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.compile_mode and args.inductor:
+        p.error("--compile_mode and --inductor exclude each other (as in torch.compile)")
+    args.inductor = dict(args.inductor)
+    return args
 
 
 def main(argv=None) -> int:

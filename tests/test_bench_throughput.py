@@ -48,3 +48,14 @@ def test_loader_mode_reads_the_native_layout(synthetic_mice, tmp_path):
     assert [r["batch"] for r in rows] == [1, 2]
     assert all(r["trials/s"] > 0 for r in rows)
     assert rows[1]["trials/s"] == pytest.approx(2 * rows[1]["batches/s"])
+
+
+def test_inductor_options_parse_as_json_values():
+    bench = load_bench()
+    args = bench.parse_args(["--inductor", "force_pointwise_cat=true", "--inductor", "x=1.5",
+                             "--inductor", "name=abc"])  # fmt: skip
+    assert args.inductor == {"force_pointwise_cat": True, "x": 1.5, "name": "abc"}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--inductor", "no_value"])
+    with pytest.raises(SystemExit):  # torch.compile takes a mode or options, not both
+        bench.parse_args(["--inductor", "a=1", "--compile_mode", "max-autotune"])
