@@ -59,3 +59,17 @@ def test_inductor_options_parse_as_json_values():
         bench.parse_args(["--inductor", "no_value"])
     with pytest.raises(SystemExit):  # torch.compile takes a mode or options, not both
         bench.parse_args(["--inductor", "a=1", "--compile_mode", "max-autotune"])
+
+
+def test_block_benchmark_runs_on_the_cpu(capsys):
+    """bench/block_throughput.py end to end at a tiny clip (the GPU numbers are in RESULTS.md)."""
+    spec = importlib.util.spec_from_file_location(
+        "block_throughput", Path(__file__).resolve().parents[1] / "bench" / "block_throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--device", "cpu", "--frames", "2", "--frame_shape", "18", "32", "--steps", "1",
+            "--blocks", "temporal"]  # fmt: skip
+    assert module.main(argv) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "temporal" in line]
+    assert float(row.split("|")[2]) > 0
