@@ -241,11 +241,19 @@ def test_compile_flag_rejects_other_values():
         cfg.parse_config(["--compile", "maybe"])
 
 
+def test_grad_checkpointing_takes_auto():
+    assert cfg.parse_config(["--grad_checkpointing", "auto"]).train.grad_checkpointing == "auto"
+    assert cfg.parse_config(["--grad_checkpointing", "1"]).train.grad_checkpointing == 1
+    assert cfg.parse_config([]).train.grad_checkpointing is None
+    with pytest.raises(ConfigError, match="--grad_checkpointing: 'maybe' is not one of"):
+        cfg.parse_config(["--grad_checkpointing", "maybe"])
+
+
 def test_gpu_preset_compiles_on_cuda_only():
     """viv1t.yaml's fast settings: compile and autocast resolve per device."""
     from neurotwin.training.trainer import autocast_enabled
 
     config = cfg.parse_config(["--config", "configs/viv1t.yaml"])
     assert config.train.compile == "auto" and config.train.autocast == "auto"
-    assert config.train.grad_checkpointing == 0
+    assert config.train.grad_checkpointing == "auto"
     assert not autocast_enabled(config.train.autocast, torch.device("cpu"))

@@ -13,7 +13,7 @@ import torch
 
 from neurotwin import config as cfg
 from neurotwin.data import synthetic
-from neurotwin.errors import CheckpointError
+from neurotwin.errors import CheckpointError, NeurotwinError
 from neurotwin.training import checkpoint as ckpt
 from neurotwin.training.losses import poisson_loss
 from neurotwin.training.optim import GradClipper, Plateau, grad_norm
@@ -558,3 +558,66 @@ def test_compile_auto_stays_off_on_the_cpu(data_dir, tmp_path, mode, compiled):
     trainer = Trainer(tiny_config(data_dir, tmp_path / "run", compile=mode))
     assert trainer.compiled is compiled
     assert (trainer.model.core._compiled_call_impl is not None) is compiled
+
+
+# ------------------------------------------------------------------------------------------------
+# grad_checkpointing auto: the fastest setting that fits (the GPU search, with simulated OOM)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def oom_trainer(data_dir, tmp_path, monkeypatch):
+    """A CPU trainer with grad_checkpointing auto made to behave as on a GPU where a forward+
+    backward of more than `fits[checkpointing]` trials runs out of memory."""
+    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", grad_checkpointing="auto"))
+    assert not trainer.grad_checkpointing and not trainer.auto_checkpointing  # CPU: off
+    trainer.auto_checkpointing = True  # as on CUDA
+    fits = {False: 0, True: 4}
+    calls = []
+
+    def forward_backward(session, batch, batch_size, sync):
+        size = batch["video"].shape[0]
+        calls.append((size, trainer.grad_checkpointing))
+        if size > fits[trainer.grad_checkpointing]:
+            raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(trainer, "_forward_backward", forward_backward)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return trainer, fits, calls
+
+
+def test_auto_checkpointing_switches_on_only_when_one_trial_does_not_fit(oom_trainer):
+    trainer, fits, calls = oom_trainer
+    assert trainer._search_micro_batch_size() == 4
+    assert trainer.grad_checkpointing and trainer.model.core.grad_checkpointing
+    # halving without checkpointing down to one trial, then the full batch with it
+    assert calls == [(4, False), (2, False), (1, False), (4, True)]
+    assert any("grad_checkpointing auto: one trial does not fit" in n for n in trainer._notes)
+
+
+def test_auto_checkpointing_prefers_a_smaller_micro_batch_to_checkpointing(oom_trainer):
+    trainer, fits, calls = oom_trainer
+    fits[False] = 2
+    assert trainer._search_micro_batch_size() == 2
+    assert not trainer.grad_checkpointing and not trainer.model.core.grad_checkpointing
+
+
+def test_without_auto_the_search_says_what_to_try(oom_trainer):
+    trainer, fits, calls = oom_trainer
+    trainer.auto_checkpointing = False
+    with pytest.raises(NeurotwinError, match="--grad_checkpointing 1"):
+        trainer._search_micro_batch_size()
+    assert not trainer.grad_checkpointing
+
+
+def test_auto_checkpointing_with_a_fixed_micro_batch_probes_it_once(oom_trainer):
+    trainer, fits, calls = oom_trainer
+    trainer.config.train.micro_batch_size = 2
+    assert trainer._micro_batch_size() == 2
+    assert calls == [(2, False)] and trainer.grad_checkpointing
+    calls.clear()
+    fits[False] = 2
+    trainer._set_checkpointing(False)
+    assert trainer._micro_batch_size() == 2
+    assert calls == [(2, False)] and not trainer.grad_checkpointing

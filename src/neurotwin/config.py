@@ -246,8 +246,10 @@ class TrainConfig:
     autocast: Literal["auto", "enable", "disable"] = option(
         "auto", "bf16 autocast: auto (on when the device supports bf16), enable, disable"
     )
-    grad_checkpointing: Literal[0, 1] | None = option(
-        None, "gradient checkpointing of core blocks (default: on for CUDA)"
+    grad_checkpointing: Literal[0, 1, "auto"] | None = option(
+        None,
+        "gradient checkpointing of core blocks: 0, 1, auto (on CUDA: off unless one trial does "
+        "not fit without it; off elsewhere), or none (on for CUDA)",
     )
     compile: Literal[False, True, "auto"] = option(
         False, "torch.compile the core: true, false, or auto (on for CUDA devices)"

@@ -352,9 +352,13 @@ class Trainer:
         t = self.config.train
         self.use_autocast = autocast_enabled(t.autocast, self.device)
         gc = t.grad_checkpointing
-        self.grad_checkpointing = bool(gc) if gc is not None else self.device.type == "cuda"
-        if hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(self.grad_checkpointing)
+        # auto: the fastest setting that fits; checkpointing costs ~15% of the step (bench/
+        # RESULTS.md), more than smaller micro-batches do, so it goes on only when not even one
+        # trial fits without it (found by the micro-batch probe below)
+        self.auto_checkpointing = gc == "auto" and self.device.type == "cuda"
+        if gc is None:
+            gc = int(self.device.type == "cuda")
+        self._set_checkpointing(gc == 1)  # auto starts off
         self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
         if self.compiled:
             core = getattr(self.model, "core", None)
@@ -363,40 +367,68 @@ class Trainer:
             core.compile()
         self.micro_batch_size = self._micro_batch_size()
 
+    def _set_checkpointing(self, enabled: bool) -> None:
+        self.grad_checkpointing = bool(enabled)
+        if hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(self.grad_checkpointing)
+
     def _micro_batch_size(self) -> int:
         t, b = self.config.train, self.config.data.batch_size
-        if t.micro_batch_size == -1:
-            return b
-        if t.micro_batch_size > 0:
-            return min(t.micro_batch_size, b)
-        if self.device.type != "cuda":
+        if t.micro_batch_size == 0 and self.device.type != "cuda":
             self._notes.append(
                 f"micro_batch_size 0: the search for the largest micro-batch runs on CUDA only; "
                 f"using the full batch ({b}) on {self.device.type}"
             )
             return b
-        size = self._search_micro_batch_size()
-        sizes = distributed.all_gather_object(size, self.info)
-        return min(sizes)
+        if t.micro_batch_size == 0:
+            size = min(distributed.all_gather_object(self._search_micro_batch_size(), self.info))
+        else:
+            size = b if t.micro_batch_size == -1 else min(t.micro_batch_size, b)
+            if self.auto_checkpointing and not self._fits(*self._probe_batch(), size):
+                self._switch_checkpointing_on(f"a micro-batch of {size} does not fit without it")
+        # one setting on every rank: checkpointing only lowers memory, so sizes still fit
+        if any(distributed.all_gather_object(self.grad_checkpointing, self.info)):
+            self._set_checkpointing(True)
+        return size
+
+    def _probe_batch(self) -> tuple[str, dict[str, Any]]:
+        """A training batch of the session with the most neurons, on the device."""
+        session = max(self.session_names, key=lambda s: self.specs[s]["n_neurons"])
+        return session, _to_device(next(iter(self.train_loaders[session])), self.device)
+
+    def _fits(self, session: str, batch: dict[str, Any], size: int) -> bool:
+        """Whether forward+backward of the first `size` trials of `batch` fits in GPU memory."""
+        try:
+            self.model.zero_grad(set_to_none=True)
+            self._forward_backward(session, _slice(batch, 0, size), self.config.data.batch_size,
+                                   sync=True)  # fmt: skip
+            torch.cuda.synchronize(self.device)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return False
+        finally:
+            self.model.zero_grad(set_to_none=True)
+
+    def _switch_checkpointing_on(self, why: str) -> None:
+        self._set_checkpointing(True)
+        self._notes.append(f"grad_checkpointing auto: {why}; gradient checkpointing on")
 
     def _search_micro_batch_size(self) -> int:
-        """Largest micro-batch (halving from the batch size) whose forward+backward fits."""
-        b = self.config.data.batch_size
-        session = max(self.session_names, key=lambda s: self.specs[s]["n_neurons"])
-        batch = _to_device(next(iter(self.train_loaders[session])), self.device)
-        size = min(b, batch["video"].shape[0])
-        while size >= 1:
-            try:
-                self.model.zero_grad(set_to_none=True)
-                self._forward_backward(session, _slice(batch, 0, size), b, sync=True)
-                torch.cuda.synchronize(self.device)
-                self.model.zero_grad(set_to_none=True)
+        """Largest micro-batch (halving from the batch size) whose forward+backward fits; with
+        grad_checkpointing auto, checkpointing goes on when not even one trial fits without it."""
+        session, batch = self._probe_batch()
+        largest = min(self.config.data.batch_size, batch["video"].shape[0])
+        while True:
+            size = largest
+            while size >= 1 and not self._fits(session, batch, size):
+                size //= 2
+            if size >= 1:
                 self._notes.append(f"micro_batch_size 0: largest micro-batch that fits: {size}")
                 return size
-            except torch.cuda.OutOfMemoryError:
-                self.model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                size //= 2
+            if not (self.auto_checkpointing and not self.grad_checkpointing):
+                break
+            self._switch_checkpointing_on("one trial does not fit without it")
         raise NeurotwinError(
             f"micro_batch_size 0: even one trial does not fit on {self.device}; try "
             "--grad_checkpointing 1, --autocast enable or a smaller --crop_frame"
