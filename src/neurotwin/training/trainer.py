@@ -400,8 +400,8 @@ class Trainer:
         """Whether forward+backward of the first `size` trials of `batch` fits in GPU memory."""
         try:
             self.model.zero_grad(set_to_none=True)
-            self._forward_backward(session, _slice(batch, 0, size), self.config.data.batch_size,
-                                   sync=True)  # fmt: skip
+            b = self.config.data.batch_size
+            self._forward_backward(session, _slice(batch, 0, size), b, sync=True)
             torch.cuda.synchronize(self.device)
             return True
         except torch.cuda.OutOfMemoryError:
@@ -418,21 +418,24 @@ class Trainer:
         """Largest micro-batch (halving from the batch size) whose forward+backward fits; with
         grad_checkpointing auto, checkpointing goes on when not even one trial fits without it."""
         session, batch = self._probe_batch()
-        largest = min(self.config.data.batch_size, batch["video"].shape[0])
-        while True:
-            size = largest
-            while size >= 1 and not self._fits(session, batch, size):
-                size //= 2
-            if size >= 1:
-                self._notes.append(f"micro_batch_size 0: largest micro-batch that fits: {size}")
-                return size
-            if not (self.auto_checkpointing and not self.grad_checkpointing):
-                break
+        size = self._largest_fitting(session, batch)
+        if size == 0 and self.auto_checkpointing and not self.grad_checkpointing:
             self._switch_checkpointing_on("one trial does not fit without it")
-        raise NeurotwinError(
-            f"micro_batch_size 0: even one trial does not fit on {self.device}; try "
-            "--grad_checkpointing 1, --autocast enable or a smaller --crop_frame"
-        )
+            size = self._largest_fitting(session, batch)
+        if size == 0:
+            raise NeurotwinError(
+                f"micro_batch_size 0: even one trial does not fit on {self.device}; try "
+                "--grad_checkpointing 1, --autocast enable or a smaller --crop_frame"
+            )
+        self._notes.append(f"micro_batch_size 0: largest micro-batch that fits: {size}")
+        return size
+
+    def _largest_fitting(self, session: str, batch: dict[str, Any]) -> int:
+        """Largest micro-batch of `batch`, halving from the batch size, that fits (0: none)."""
+        size = min(self.config.data.batch_size, batch["video"].shape[0])
+        while size >= 1 and not self._fits(session, batch, size):
+            size //= 2
+        return size
 
     def _restore(self, state: dict[str, Any]) -> None:
         path = state["_path"]
