@@ -53,7 +53,10 @@ def time_block(
     c = CoreConfig()
     torch._dynamo.reset()
     torch.manual_seed(0)
-    core = vivit.ViViTCore(1, frame_shape, emb_dim=c.core_emb_dim, reg_tokens=c.core_reg_tokens)
+    core = vivit.ViViTCore(  # only for the patch grid and the RoPE tables of the step
+        1, frame_shape, emb_dim=c.core_emb_dim, head_dim=c.core_head_dim,
+        reg_tokens=c.core_reg_tokens, spatial_depth=1, temporal_depth=1,
+    )  # fmt: skip
     block_cls = vivit.ParallelBlock if c.core_parallel_attention else vivit.SequentialBlock
     causal = kind == "temporal" and c.core_use_causal_attention
     block = block_cls(
