@@ -1,4 +1,5 @@
-"""Shared fixtures: small session folders in the native layout (see native_fixture.py)."""
+"""Shared fixtures: small session folders in the native layout (see native_fixture.py), and one
+intra-op thread for modules of small models."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -49,3 +51,13 @@ def synthetic_mice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
+    (10-20x faster here); restored after the module that asks for it (`pytestmark`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

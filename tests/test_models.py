@@ -46,14 +46,8 @@ SMALL_CONV = dict(
 NO_DROPOUT = dict(core_p_dropout=0.0, core_mha_dropout=0.0, core_ff_dropout=0.0, core_drop_path=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
-    (10-20x faster here); restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small models on a shared CPU: one intra-op thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_config(core="conv3d", readout="gaussian", shifter_mode=1, activation="elu1", **core_kw):

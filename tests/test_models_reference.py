@@ -19,14 +19,8 @@ with warnings.catch_warnings():
     shifters = pytest.importorskip("neuralpredictors.layers.shifters.mlp")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
-    (10-20x faster here); restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small models on a shared CPU: one intra-op thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(gauss_type: str, c=4, h=6, w=9, n=11):

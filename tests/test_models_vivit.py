@@ -28,14 +28,8 @@ from neurotwin.models.cores.vivit import (
 VIV1T_CORE_PARAMETERS = 3_787_042
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU: one intra-op thread avoids thread over-subscription
-    (10-20x faster here); restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small models on a shared CPU: one intra-op thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_vivit_parameter_count_matches_viv1t():
