@@ -14,6 +14,7 @@ import torch
 from neurotwin import config as cfg
 from neurotwin.data import synthetic
 from neurotwin.errors import CheckpointError, NeurotwinError
+from neurotwin.registry import CORES, READOUTS
 from neurotwin.training import checkpoint as ckpt
 from neurotwin.training.losses import poisson_loss
 from neurotwin.training.optim import GradClipper, Plateau, grad_norm
@@ -32,15 +33,16 @@ def tiny_config(data_dir: Path, output_dir: Path, **train: object) -> cfg.Config
     c.data.crop_frame = 24
     c.data.batch_size = 4
     c.data.num_workers = 0
-    core = c.model.core
-    core.name = "conv3d"
-    core.core_num_layers = 2
-    core.core_hidden_dim = 4
-    core.core_spatial_input_kernel = 5
-    core.core_spatial_hidden_kernel = 3
-    core.core_temporal_input_kernel = 5
-    core.core_temporal_hidden_kernel = 3
-    c.model.readout.name = "gaussian"
+    c.model.core = CORES.options(
+        "conv3d",
+        core_num_layers=2,
+        core_hidden_dim=4,
+        core_spatial_input_kernel=5,
+        core_spatial_hidden_kernel=3,
+        core_temporal_input_kernel=5,
+        core_temporal_hidden_kernel=3,
+    )
+    c.model.readout = READOUTS.options("gaussian")
     c.train.epochs = 3
     c.train.lr = 0.01
     for k, v in train.items():
@@ -539,12 +541,19 @@ def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):
         grad_checkpointing=1,
         autoclip_percentile=10.0,
     )
-    core = config.model.core
-    core.name = "vivit"
-    core.core_emb_dim, core.core_num_heads, core.core_head_dim, core.core_ff_dim = 16, 2, 8, 16
-    core.core_spatial_depth = core.core_temporal_depth = 1
-    core.core_spatial_patch_size, core.core_spatial_patch_stride = 3, 2
-    core.core_temporal_patch_size, core.core_reg_tokens = 3, 2
+    config.model.core = CORES.options(
+        "vivit",
+        core_emb_dim=16,
+        core_num_heads=2,
+        core_head_dim=8,
+        core_ff_dim=16,
+        core_spatial_depth=1,
+        core_temporal_depth=1,
+        core_spatial_patch_size=3,
+        core_spatial_patch_stride=2,
+        core_temporal_patch_size=3,
+        core_reg_tokens=2,
+    )
     result = train(config)
     assert result["epochs"] == 2 and all(math.isfinite(h["train_loss"]) for h in result["history"])
     log = (tmp_path / "run/train.log").read_text()
