@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 def test_mixed_allen_and_synthetic_training_run(tmp_path):
     from neurotwin.cli import train as train_cli
     from neurotwin.data import synthetic
-    from neurotwin.data.sensorium import find_sessions
+    from neurotwin.data.native import find_sessions
 
     data = tmp_path / "data"
     synthetic.generate(

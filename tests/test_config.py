@@ -251,7 +251,7 @@ def test_grad_checkpointing_takes_auto():
 
 def test_gpu_preset_compiles_on_cuda_only():
     """viv1t.yaml's fast settings: compile and autocast resolve per device."""
-    from neurotwin.training.trainer import autocast_enabled
+    from neurotwin.run import autocast_enabled
 
     config = cfg.parse_config(["--config", "configs/viv1t.yaml"])
     assert config.train.compile == "auto" and config.train.autocast == "auto"

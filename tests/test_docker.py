@@ -549,7 +549,7 @@ def test_dockerignore_keeps_data_runs_envs_and_git_out():
         ".ruff_cache/x",
     ]:
         assert ignored(path, patterns), path
-    for path in ["src/neurotwin/data/sensorium.py", "configs/demo.yaml", "docker/entrypoint.sh"]:
+    for path in ["src/neurotwin/data/native.py", "configs/demo.yaml", "docker/entrypoint.sh"]:
         assert not ignored(path, patterns), path
 
 

@@ -18,9 +18,10 @@ from neurotwin import metrics as M
 from neurotwin import predict as P
 from neurotwin.cli import predict as cli
 from neurotwin.config import Config, from_dict, save_yaml, to_dict
-from neurotwin.data import layout
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data import native
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import CheckpointError, DataFormatError
+from neurotwin.run import PREDICTIONS_DIR
 
 TINY = dict(
     neurons=10,
@@ -76,7 +77,7 @@ def _train(config: Config) -> None:
     from neurotwin.models.model import build_model
 
     specs = loaders.session_specs(config.data)
-    shape = SensoriumSession(next(iter(Path(config.data.data_dir).iterdir()))).frame_shape
+    shape = NativeSession(next(iter(Path(config.data.data_dir).iterdir()))).frame_shape
     model = build_model(config.model, specs, frame_shape=shape)
     out = Path(config.run.output_dir)
     save_yaml(config, out / "config.yaml")
@@ -117,12 +118,12 @@ def _copy_run(run: dict, name: str) -> Path:
 
 
 def _no_leftovers(folder: Path) -> None:
-    assert not (folder / P.PREDICTIONS_DIR).exists()
+    assert not (folder / PREDICTIONS_DIR).exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".predictions")]
 
 
-def _sessions(run: dict) -> dict[str, SensoriumSession]:
-    return {p.name: SensoriumSession(p) for p in sorted(run["data"].iterdir())}
+def _sessions(run: dict) -> dict[str, NativeSession]:
+    return {p.name: NativeSession(p) for p in sorted(run["data"].iterdir())}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_metrics_json_shape(run):
     required = {"single_trial_correlation", "correlation_to_average", "feve", "n_trials"}
     for name, by_tier in result["sessions"].items():
         s = sessions[name]
-        expected_tiers = [t for t in layout.TIERS if t in s.tier_counts and t != "none"]
+        expected_tiers = [t for t in native.TIERS if t in s.tier_counts and t != "none"]
         assert list(by_tier) == expected_tiers
         for tier, m in by_tier.items():
             assert set(m) == keys and required <= set(m)

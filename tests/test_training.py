@@ -14,11 +14,12 @@ import torch
 from neurotwin import config as cfg
 from neurotwin.data import synthetic
 from neurotwin.errors import CheckpointError, NeurotwinError
+from neurotwin.metrics import CorrelationAccumulator, frames_to_skip
 from neurotwin.registry import CORES, READOUTS
 from neurotwin.training import checkpoint as ckpt
 from neurotwin.training.losses import poisson_loss
 from neurotwin.training.optim import GradClipper, Plateau, grad_norm
-from neurotwin.training.trainer import CorrelationAccumulator, Trainer, train
+from neurotwin.training.trainer import Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +90,13 @@ def test_streamed_correlation_equals_the_metric():
     trials_p[1][2] = 1.0  # a neuron whose prediction does not vary in one trial
     acc = CorrelationAccumulator(5)
     for r, p in zip(trials_r, trials_p):
-        acc.update(torch.tensor(p[None, :, 50:]), torch.tensor(r[None, :, 50:]))
-    expected = metrics.single_trial_correlation(trials_r, trials_p, skip=50, per_neuron=True)
-    assert np.allclose(acc.correlation().numpy(), expected, atol=1e-10)
+        acc.add(torch.tensor(r[None, :, 50:]), torch.tensor(p[None, :, 50:]))
+    reference = [metrics.correlation(np.concatenate([t[n, 50:] for t in trials_r]),
+                                     np.concatenate([t[n, 50:] for t in trials_p])) for n in range(5)]  # fmt: skip
+    assert np.allclose(acc.result().numpy(), reference, atol=1e-10)
     const = CorrelationAccumulator(2)
-    const.update(torch.ones(1, 2, 10), torch.rand(1, 2, 10))
-    assert torch.equal(const.correlation(), torch.zeros(2))  # no variance: 0, not NaN
+    const.add(torch.rand(1, 2, 10), torch.ones(1, 2, 10))
+    assert torch.equal(const.result(), torch.zeros(2))  # no variance: 0, not NaN
 
 
 def test_plateau_reduces_then_stops_and_round_trips():
@@ -472,18 +474,19 @@ def test_restore_with_other_sessions_is_refused(data_dir, tmp_path):
 
 @torch.no_grad()
 def validation_correlation(trainer: Trainer, blank_video: bool = False) -> float:
-    """Mean single-trial correlation on the validation tier, optionally with a grey video."""
-    from neurotwin.training.losses import align
-
+    """Mean single-trial correlation on the validation tier (the first frames left out by the
+    metrics' rule), optionally with a grey video."""
     model = trainer.model.eval()
     values = []
     for session, loader in trainer.val_loaders.items():
         acc = CorrelationAccumulator(int(trainer.specs[session]["n_neurons"]))
+        skip = frames_to_skip(loader.dataset.lengths)
         for batch in loader:
             video = torch.zeros_like(batch["video"]) if blank_video else batch["video"]
             pred = model(video, session, batch["behavior"], batch["pupil_center"])
-            acc.update(pred, align(pred, batch["response"]))
-        values.append(float(acc.correlation().mean()))
+            assert pred.shape == batch["response"].shape  # this core predicts every frame
+            acc.add(batch["response"][..., skip:], pred[..., skip:])
+        values.append(float(acc.result().mean()))
     return float(np.mean(values))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from neurotwin import config as cfg
@@ -32,23 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint file (run/checkpoints/last.pt -> run)."""
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
 def resolve_config(args: argparse.Namespace) -> cfg.Config:
     """The run's config: defaults < YAML < flags, or, when restoring, saved < YAML < flags."""
     config = cfg.resolve(args)
     if not config.run.restore:
         return config
-    from neurotwin.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from neurotwin.training.trainer import CONFIG_FILE
+    from neurotwin.run import RunFolder, find_checkpoint
+    from neurotwin.training.checkpoint import load_checkpoint
 
-    checkpoint = resolve_checkpoint(config.run.restore, "last")
-    run_dir = _run_dir(checkpoint)
-    saved_file = run_dir / CONFIG_FILE
+    checkpoint = find_checkpoint(config.run.restore, "last")
+    run = RunFolder.of_checkpoint(checkpoint)
+    saved_file = run.config_file
     if saved_file.is_file():
         saved, source = cfg.read_yaml(saved_file), str(saved_file)
     else:
@@ -57,7 +50,7 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
     merged.run.restore = str(config.run.restore)
     yaml_run = cfg.read_yaml(args.config).get("run", {}) if getattr(args, "config", None) else {}
     if "output_dir" not in vars(args) and "output_dir" not in (yaml_run or {}):
-        merged.run.output_dir = str(run_dir)
+        merged.run.output_dir = str(run.path)
     merged.run.clear_output_dir = False  # never delete the run being resumed
     return merged
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from neurotwin.errors import ConfigError
+from neurotwin.files import write_text
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
@@ -105,14 +106,11 @@ class RunLogger:
         self._write_rows(header, keep)
 
     def _write_rows(self, header: list[str], rows: list[list[str]]) -> None:
-        path = self.output_dir / METRICS_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(header)
         writer.writerows(rows)
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(self.output_dir / METRICS_FILE, buf.getvalue())
 
     def log_metrics(self, row: dict[str, Any], step: int | None = None) -> None:
         """Append one row to metrics.csv (new columns rewrite the header) and log to wandb."""

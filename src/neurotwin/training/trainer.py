@@ -12,8 +12,8 @@ summary dict. The pieces a lab relies on:
 - Gradients are accumulated over as many batches as there are sessions before each optimiser step
   (`accumulate_sessions`), then clipped (fixed norm or AutoClip) and applied.
 - Validation: single-trial correlation per neuron over all frames of all validation trials, the
-  first 50 frames of each trial left out when at least 25 frames remain (Sensorium's convention;
-  shorter trials are scored on all their frames), mean over neurons, then mean over sessions: the value early stopping watches.
+  first frames of each trial left out by `metrics.frames_to_skip` (the rule prediction uses),
+  mean over neurons, then mean over sessions: the value early stopping watches.
 - Schedule-free optimisers are switched to eval mode for validation and checkpoints, and back.
 - No host read-back per step: loss sums and gradient norms stay on the device (AutoClip's history
   too) and are read once per epoch, so the GPU never waits for the host between steps.
@@ -42,6 +42,8 @@ from torch import nn
 from neurotwin import config as cfg
 from neurotwin.config import Config
 from neurotwin.errors import CheckpointError, ConfigError, NeurotwinError
+from neurotwin.metrics import CorrelationAccumulator, frames_to_skip
+from neurotwin.run import CHECKPOINT_DIR, CONFIG_FILE, autocast, autocast_enabled, pick_device
 from neurotwin.training import distributed
 from neurotwin.training.checkpoint import (
     VERSION,
@@ -63,39 +65,18 @@ from neurotwin.training.optim import (
     set_optimizer_mode,
 )
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-SKIP_FRAMES = 50  # Sensorium: frames left out at the start of each trial when scoring
-MIN_SCORED_FRAMES = 25  # shorter trials are scored on all their frames
-
-
 # ------------------------------------------------------------------------------------------------
 # Small helpers
 # ------------------------------------------------------------------------------------------------
 
 
 def check_config(config: Config) -> None:
-    """Values that the dataclass types cannot express; ConfigError names the option."""
-    t, d = config.train, config.data
-    if t.epochs < 1:
-        raise ConfigError(f"train.epochs: must be >= 1, got {t.epochs}")
-    if d.batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be >= 1, got {d.batch_size}")
-    if t.micro_batch_size < -1:
-        raise ConfigError(
-            f"train.micro_batch_size: must be >= 1, 0 (search) or -1 (off), got {t.micro_batch_size}"
-        )
-    if t.min_epochs < 0:
-        raise ConfigError(f"train.min_epochs: must be >= 0, got {t.min_epochs}")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps: must be >= 0, got {t.warmup_steps}")
-    if d.crop_frame < 1 and d.crop_frame != -1:
-        raise ConfigError(f"data.crop_frame: must be >= 1 or -1 (whole trial), got {d.crop_frame}")
-    if d.num_workers < 0:
-        raise ConfigError(f"data.num_workers: must be >= 0, got {d.num_workers}")
+    """Every option's range check (values may have been set after construction), and that
+    what the run asks for is installed."""
+    cfg.check_config(config)
     if config.run.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError(
-            "run.wandb: wandb is not installed; install it with `pip install neurotwin[wandb]` "
+            "--wandb: wandb is not installed; install it with `pip install neurotwin[wandb]` "
             "or leave out --wandb"
         )
 
@@ -109,67 +90,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def skip_for(n_frames: int) -> int:
-    """Frames left out at the start of a trial when scoring: 50 when >= 25 frames remain."""
-    return SKIP_FRAMES if n_frames >= SKIP_FRAMES + MIN_SCORED_FRAMES else 0
-
-
-def autocast_enabled(mode: str, device: torch.device) -> bool:
-    """bf16 autocast: `auto` = CUDA with bf16 support; `enable` = always (CPU too); `disable`."""
-    if mode == "disable":
-        return False
-    if mode == "enable":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(
-                "train.autocast: enable asks for bf16, which this GPU does not support"
-            )
-        return True
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-class CorrelationAccumulator:
-    """Pearson correlation per neuron over frames streamed in batches (float64 sums).
-
-    Equal to concatenating all frames of all trials and correlating per neuron (Sensorium's
-    single-trial correlation); a neuron whose responses or predictions do not vary gets 0.
-    The sums can be added over ranks (`stats`) before `correlation()`.
-    """
-
-    def __init__(self, n_neurons: int, device: torch.device | str = "cpu"):
-        self.stats = torch.zeros(6, n_neurons, dtype=torch.float64, device=device)
-        self.shift: torch.Tensor | None = None
-
-    def update(self, prediction: torch.Tensor, response: torch.Tensor) -> None:
-        """prediction, response: (B, N, T)."""
-        x = response.detach().to(torch.float64).transpose(0, 1).reshape(response.shape[1], -1)
-        y = prediction.detach().to(torch.float64).transpose(0, 1).reshape(prediction.shape[1], -1)
-        if x.shape[1] == 0:
-            return
-        s = self.stats
-        s[0] += x.shape[1]
-        s[1] += x.sum(1)
-        s[2] += y.sum(1)
-        s[3] += (x * x).sum(1)
-        s[4] += (y * y).sum(1)
-        s[5] += (x * y).sum(1)
-
-    def correlation(self) -> torch.Tensor:
-        n, sx, sy, sxx, syy, sxy = self.stats
-        n = n.clamp_min(1)
-        vx = (sxx - sx * sx / n).clamp_min(0)
-        vy = (syy - sy * sy / n).clamp_min(0)
-        cov = sxy - sx * sy / n
-        tiny = 1e-12
-        bad = (vx <= tiny * sxx.clamp_min(tiny)) | (vy <= tiny * syy.clamp_min(tiny))
-        denom = torch.sqrt(torch.where(bad, torch.ones_like(vx), vx * vy))
-        return torch.where(bad, torch.zeros_like(cov), cov / denom).clamp(-1, 1)
 
 
 def _n_batches(loader: Any) -> int:
@@ -207,7 +127,7 @@ class Trainer:
     def __init__(self, config: Config, info: distributed.DistInfo | None = None):
         check_config(config)
         self.config = config
-        self.info = info or distributed.DistInfo(device=distributed.pick_device(config.run.device))
+        self.info = info or distributed.DistInfo(device=pick_device(config.run.device))
         self.device = self.info.device
         self.is_main = self.info.is_main
         self.output_dir = Path(config.run.output_dir)
@@ -289,7 +209,7 @@ class Trainer:
             remove_stale_temporaries(self.ckpt_dir)
 
     def _prepare_data(self) -> None:
-        from neurotwin.data import loaders, sensorium
+        from neurotwin.data import loaders, native
 
         data = self.config.data
         if data.generate_synthetic:
@@ -314,8 +234,8 @@ class Trainer:
                 f"data: no session with {data.train_tier!r} trials in {data.data_dir}"
             )
         self.specs = loaders.session_specs(data)
-        paths = sensorium.find_sessions(data.data_dir, data.mouse_ids)
-        self.frame_shape = tuple(sensorium.SensoriumSession(paths[0]).frame_shape)
+        paths = native.find_sessions(data.data_dir, data.mouse_ids)
+        self.frame_shape = tuple(native.NativeSession(paths[0]).frame_shape)
         self.session_names = sorted(self.train_loaders)
         # training batches of all sessions from one DataLoader with persistent workers
         self.train_stream = loaders.TrainStream(
@@ -505,9 +425,7 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.use_autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return autocast(self.device, self.use_autocast)
 
     def _forward_backward(
         self, session: str, batch: dict[str, Any], batch_size: int, sync: bool
@@ -638,7 +556,10 @@ class Trainer:
         model.eval()
         result: dict[str, Any] = {"correlation": {}, "loss": {}}
         for session in sorted(self.val_loaders):
-            acc = CorrelationAccumulator(int(self.specs[session]["n_neurons"]), self.device)
+            # sums about 0, added over ranks (the responses here are transformed: no offset)
+            n_neurons = int(self.specs[session]["n_neurons"])
+            acc = CorrelationAccumulator(n_neurons, self.device, center=0.0)
+            skip = frames_to_skip(self.val_loaders[session].dataset.lengths)
             loss = torch.zeros(2, dtype=torch.float64, device=self.device)
             for batch in self.val_loaders[session]:
                 batch = _to_device(batch, self.device)
@@ -652,11 +573,11 @@ class Trainer:
                 loss[0] += self.criterion(prediction, target).double()
                 loss[1] += target.numel()
                 t, t_pred = response.shape[-1], prediction.shape[-1]
-                cut = max(skip_for(t) - (t - t_pred), 0)
-                acc.update(prediction[..., cut:], target[..., cut:])
+                cut = max(skip - (t - t_pred), 0)
+                acc.add(target[..., cut:], prediction[..., cut:])
             distributed.all_reduce_sum(acc.stats, self.info)
             distributed.all_reduce_sum(loss, self.info)
-            result["correlation"][session] = float(acc.correlation().mean())
+            result["correlation"][session] = float(acc.result().mean())
             result["loss"][session] = float(loss[0] / loss[1].clamp_min(1))
         corrs = list(result["correlation"].values())
         losses = list(result["loss"].values())
