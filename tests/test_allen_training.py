@@ -15,9 +15,9 @@ from neurotwin.data.allen.ophys import convert_ophys
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("neurotwin.training.trainer") is None
+    importlib.util.find_spec("neurotwin.training.video") is None
     or importlib.util.find_spec("neurotwin.cli.train") is None,
-    reason="training (neurotwin.training.trainer, neurotwin.cli.train) not in this tree",
+    reason="training (neurotwin.training.video, neurotwin.cli.train) not in this tree",
 )
 
 

@@ -67,7 +67,7 @@ def _config(data_dir: Path, out: Path) -> Config:
 def _train(config: Config) -> None:
     """One epoch with the training code; by hand (build_model + checkpoint) without it."""
     try:
-        from neurotwin.training.trainer import train
+        from neurotwin.training.video import train
     except ImportError:
         train = None
     if train is not None:

@@ -18,6 +18,8 @@ from typing import Any
 
 from neurotwin import config as cfg
 from neurotwin.errors import NeurotwinError
+from neurotwin.run import RunFolder, find_checkpoint
+from neurotwin.training.checkpoint import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +38,6 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
     config = cfg.resolve(args)
     if not config.run.restore:
         return config
-    from neurotwin.run import RunFolder, find_checkpoint
-    from neurotwin.training.checkpoint import load_checkpoint
-
     checkpoint = find_checkpoint(config.run.restore, "last")
     run = RunFolder.of_checkpoint(checkpoint)
     saved_file = run.config_file
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     try:
         config = resolve_config(args)
-        from neurotwin.training.trainer import train
+        from neurotwin.training.video import train  # here: --help needs no data stack
 
         return train(config)
     except NeurotwinError as e:

@@ -11,9 +11,12 @@ import io
 import math
 import os
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from neurotwin.errors import ConfigError
 from neurotwin.files import write_text
@@ -72,8 +75,6 @@ class RunLogger:
         """A tqdm progress bar (stderr, when it is a terminal) if enabled and verbose."""
         if not self.enabled or self.verbose < 1:
             return iter(iterable)
-        from tqdm.auto import tqdm
-
         return iter(
             tqdm(
                 iterable,
@@ -168,8 +169,6 @@ def _wandb_id(output_dir: Path) -> str:
     path = output_dir / ".wandb_id"
     if path.is_file():
         return path.read_text().strip()
-    import uuid
-
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id)
     return run_id
