@@ -94,9 +94,7 @@ class DataConfig(Options):
         "neuron (r - min) / (max - min)",
     )
     shipped_statistics: bool = option(
-        False,
-        "use the statistics shipped in meta/statistics instead of ones computed from the "
-        "training tier over trials and frames",
+        False, "use meta/statistics as shipped, not those of the training tier's frames"
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
@@ -148,9 +146,7 @@ class TrainConfig(Options):
     )
     warmup_steps: int = option(0, "schedule-free: warm-up steps")
     accumulate_sessions: bool = option(
-        True,
-        "accumulate gradients over as many batches as there are sessions before each optimiser "
-        "step (ViV1T, neuralpredictors); false: one step per batch",
+        True, "one optimiser step per as many batches as there are sessions (false: per batch)"
     )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")

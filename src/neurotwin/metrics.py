@@ -280,6 +280,15 @@ def group_repeats(keys: Sequence[Any]) -> list[np.ndarray]:
     return [np.asarray(g, dtype=np.int64) for g in groups.values()]
 
 
+def _repeats(
+    responses: Trials, predictions: Trials, groups: Sequence[Sequence[int]], skip: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The checked inputs of a repeat-based metric as `_repeat_blocks` (empty: no repeats)."""
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    return _repeat_blocks(resp, pred, groups, _skip(skip, resp))
+
+
 def _repeat_blocks(
     responses: list[np.ndarray],
     predictions: list[np.ndarray],
@@ -339,9 +348,7 @@ def correlation_to_average(
     `groups` lists, per clip, the positions of its repeats in `responses` (see `group_repeats`);
     clips with fewer than 2 repeats are left out. Returns None when no clip has 2 repeats.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, _skip(skip, resp))
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)
@@ -393,9 +400,7 @@ def feve(
     variance are zero) — the threshold is then up to the caller (see `explainable_variance`). Returns None
     when no clip has 2 repeats, NaN when no neuron passes the threshold.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, _skip(skip, resp))
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     total, noise, mse = _variances(blocks)
@@ -421,9 +426,7 @@ def normalized_correlation(
 
     Returns None when no clip has 2 repeats, NaN when no neuron has signal power.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, _skip(skip, resp))
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     mean_r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)  # (N, stimuli)

@@ -67,15 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neurotwin.predict import predict_run
 
     try:
-        predict_run(
-            args.output_dir,
-            checkpoint=args.checkpoint,
-            tiers=args.tiers,
-            data_dir=args.data_dir,
-            device=args.device,
-            batch_size=args.batch_size,
-            verbose=args.verbose,
-        )
+        predict_run(**vars(args))  # the flags are predict_run's arguments
     except NeurotwinError as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"predict.py: error: {message}", file=sys.stderr)

@@ -9,6 +9,7 @@ from torch import nn
 
 from neurotwin.config import option, require
 from neurotwin.models.cores.base import Core, CoreOptions, behavior_channels, concat_behavior
+from neurotwin.models.frames import fold_time, unfold_time
 from neurotwin.registry import CORES
 
 
@@ -83,7 +84,4 @@ class Conv2dCore(Core):
 
     def forward(self, video, behavior=None, pupil_center=None):
         x = concat_behavior(video, behavior, pupil_center, self.options.core_behavior_mode)
-        b, c, t, h, w = x.shape
-        x = x.transpose(1, 2).reshape(b * t, c, h, w)
-        x = self.layers(x)
-        return x.view(b, t, -1, h, w).transpose(1, 2)
+        return unfold_time(self.layers(fold_time(x)), x.shape[0])

@@ -23,6 +23,7 @@ from neurotwin.config import option
 from neurotwin.errors import ConfigError
 from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
 from neurotwin.models.cores.conv2d import ConvStackOptions
+from neurotwin.models.frames import fold_time, unfold_time
 from neurotwin.registry import CORES
 
 
@@ -150,13 +151,10 @@ class PretrainedCore(Core):
         return tuple(frame_shape)  # type: ignore[return-value]
 
     def forward(self, video, behavior=None, pupil_center=None):
-        b, c, t, h, w = video.shape
-        x = video.transpose(1, 2).reshape(b * t, c, h, w)
+        b, c = video.shape[:2]
+        x = fold_time(video)
         if self.backbone.in_channels != c:  # grey video into an RGB network, or the reverse
             x = x.expand(-1, 3, -1, -1) if c == 1 else x.mean(1, keepdim=True)
-        f = self.backbone(x)  # frozen parameters; gradients still reach the video (MEIs)
-        f = f.view(b, t, -1, h, w).transpose(1, 2)
+        f = unfold_time(self.backbone(x), b)  # frozen; gradients still reach the video (MEIs)
         f = concat_behavior(f, behavior, pupil_center, self.options.core_behavior_mode)
-        bb, cc = f.shape[:2]
-        f = self.adapter(f.transpose(1, 2).reshape(bb * t, cc, h, w))
-        return f.view(b, t, -1, h, w).transpose(1, 2)
+        return unfold_time(self.adapter(fold_time(f)), b)

@@ -72,9 +72,3 @@ def make_bias(n: int, mode: int, bias_init: torch.Tensor | None) -> nn.Parameter
             raise ValueError(f"mean_response has {bias_init.numel()} values, expected {n}")
         bias = torch.nan_to_num(bias_init.clone(), nan=0.0, posinf=0.0, neginf=0.0)
     return nn.Parameter(bias)
-
-
-def fold_time(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, h, w) -> (B*T, C, h, w)."""
-    b, c, t, h, w = features.shape
-    return features.transpose(1, 2).reshape(b * t, c, h, w)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurotwin.config import option
-from neurotwin.models.readouts.base import Readout, ReadoutOptions, fold_time, make_bias
+from neurotwin.models.frames import fold_time, unfold_neurons
+from neurotwin.models.readouts.base import Readout, ReadoutOptions, make_bias
 from neurotwin.registry import READOUTS
 
 INIT_NOISE = 1e-3  # scale of the random initial masks and feature weights
@@ -68,7 +69,6 @@ class FactorizedReadout(Readout):
         return F.grid_sample(x, grid, align_corners=True)
 
     def forward(self, features, shift=None, sample: bool | None = None):
-        b, c, t, h, w = features.shape
         x = self.dropout(fold_time(features))
         if shift is not None:
             x = self.shift_features(x, shift)
@@ -76,4 +76,4 @@ class FactorizedReadout(Readout):
         y = (pooled * self.features.to(x.dtype)).sum(-1)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(b, t, self.n_neurons).transpose(1, 2)
+        return unfold_neurons(y, features.shape[0])

@@ -23,9 +23,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
 from neurotwin.config import option, require
+from neurotwin.models.frames import unfold_neurons
 from neurotwin.models.readouts.base import Readout, ReadoutOptions, make_bias
 from neurotwin.models.readouts.point_sampling import point_readout
 from neurotwin.registry import READOUTS
@@ -153,11 +155,11 @@ class GaussianReadout(Readout):
 
     def forward(self, features, shift=None, sample: bool | None = None):
         b, c, t, h, w = features.shape
-        x = features.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B*T, h*w, C)
+        x = rearrange(features, "b c t h w -> (b t) (h w) c")  # channels last
         grid = self.sample_grid(b * t, sample)  # (B*T, N, 2)
         if shift is not None:
             grid = grid + shift.reshape(b * t, 1, 2).to(grid.dtype)
         y = point_readout(x, grid, self.features, h, w).to(features.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(b, t, self.n_neurons).transpose(1, 2)
+        return unfold_neurons(y, b)
