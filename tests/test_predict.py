@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from native_fixture import write_native_dataset
 from neurotwin import metrics as M
 from neurotwin import predict as P
 from neurotwin.cli import predict as cli
@@ -22,6 +23,7 @@ from neurotwin.data import native
 from neurotwin.data.native import NativeSession
 from neurotwin.errors import CheckpointError, DataFormatError
 from neurotwin.run import PREDICTIONS_DIR
+from neurotwin.training.video import train as train_video
 
 TINY = dict(
     neurons=10,
@@ -423,3 +425,20 @@ def test_failure_keeps_the_previous_predictions_and_leaves_nothing_partial(run, 
     with pytest.raises(OSError):
         P.predict_run(fresh, tiers=["live_test_main"], verbose=0)
     _no_leftovers(fresh)
+
+
+def test_early_stopping_watches_the_score_predict_reports_on_short_trials(tmp_path):
+    """64-frame validation trials (some NaN-padded to 48): validation and prediction leave out
+    the same first frames (metrics.frames_to_skip), so the best validation score is the oracle
+    single-trial correlation predict.py reports for best.pt (before, validation scored trials
+    under 75 frames on all frames while prediction skipped 50)."""
+    data = tmp_path / "data"
+    write_native_dataset(data, 2, n_frames=64)
+    config = _config(data, tmp_path / "run")
+    config.data.crop_frame = 32
+    config.train.epochs = 2
+    summary = train_video(config)
+    result = P.predict_run(tmp_path / "run", tiers=["oracle"], verbose=0)
+    assert M.frames_to_skip([64, 48]) == M.SKIP_FRAMES
+    reported = result["mean"]["oracle"]["single_trial_correlation"]
+    assert reported == pytest.approx(summary["best_value"], abs=1e-5)
