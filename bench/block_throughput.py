@@ -26,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import inductor_option  # noqa: E402
 
-from neurotwin.config import CoreConfig  # noqa: E402
 from neurotwin.models.cores import vivit  # noqa: E402
 
 BACKENDS = {
@@ -50,13 +49,12 @@ def time_block(
     frames: int = 300, frame_shape: tuple[int, int] = (36, 64),
 ) -> tuple[float, float]:  # fmt: skip
     """(ms per forward+backward, seconds of compilation and warm-up) of one block."""
-    c = CoreConfig()
+    c = vivit.ViViTOptions()
     torch._dynamo.reset()
     torch.manual_seed(0)
-    core = vivit.ViViTCore(  # only for the patch grid and the RoPE tables of the step
-        1, frame_shape, emb_dim=c.core_emb_dim, head_dim=c.core_head_dim,
-        reg_tokens=c.core_reg_tokens, spatial_depth=1, temporal_depth=1,
-    )  # fmt: skip
+    one_block = vivit.ViViTOptions(core_spatial_depth=1, core_temporal_depth=1)
+    # only for the patch grid and the RoPE tables of the step
+    core = vivit.ViViTCore(1, frame_shape, one_block)
     block_cls = vivit.ParallelBlock if c.core_parallel_attention else vivit.SequentialBlock
     causal = kind == "temporal" and c.core_use_causal_attention
     block = block_cls(

@@ -3,7 +3,7 @@
     from native_fixture import write_native_session, write_native_dataset
 
 `write_native_session(folder, ...)` writes one session folder (atomically, through
-`neurotwin.data.layout.write_session`) and returns its path; `write_native_dataset(root, k)`
+`neurotwin.data.native.write_session`) and returns its path; `write_native_dataset(root, k)`
 writes k sessions with published-style folder names. Arrays follow the published layout:
 videos (H, W, T), responses (N, T), behavior (2, T), pupil_center (2, T), all float, NaN past a
 trial's end; tiers shuffled over trial indices as in the real data; test tiers with hidden
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 
 DEFAULT_TIERS = ("train",) * 6 + ("oracle",) * 2 + ("live_test_main", "final_test_main")
 
@@ -35,7 +35,7 @@ def write_native_session(
     n_frames: int = 24,
     frame_shape: tuple[int, int] = (6, 8),
     seed: int = 0,
-    hidden_tiers: Sequence[str] = layout.TEST_TIERS,
+    hidden_tiers: Sequence[str] = native.TEST_TIERS,
     hidden: str = "zeros",
     shuffle_tiers: bool = True,
     shipped_statistics: bool | str = True,
@@ -44,7 +44,7 @@ def write_native_session(
     meta: dict | None = None,
     overwrite: bool = False,
     return_arrays: bool = False,
-) -> Path | tuple[Path, layout.SessionArrays]:
+) -> Path | tuple[Path, native.SessionArrays]:
     """Write a session folder with chosen sizes; returns its path.
 
     `trial_lengths`: valid frames per trial (int for all, a sequence per trial in file order;
@@ -52,7 +52,7 @@ def write_native_session(
     way responses of `hidden_tiers` are withheld. `meta` is written to meta/neurotwin.json.
     `shipped_statistics`: True writes meta/statistics over the training trials and frames;
     "per_frame" over trials only, keeping the frame axis (as the published statistics were made);
-    False writes none. `return_arrays`: also return the `layout.SessionArrays` written.
+    False writes none. `return_arrays`: also return the `native.SessionArrays` written.
     """
     rng = np.random.default_rng(seed)
     tiers = np.array(list(tiers))
@@ -84,39 +84,39 @@ def write_native_session(
                 np.zeros_like(response) if hidden == "zeros" else np.full_like(response, np.nan)
             )
         trials[i] = {
-            layout.VIDEOS: video.astype(dtype),
-            layout.RESPONSES: response.astype(dtype),
-            layout.BEHAVIOR: behavior.astype(dtype),
-            layout.PUPIL_CENTER: pupil.astype(dtype),
+            native.VIDEOS: video.astype(dtype),
+            native.RESPONSES: response.astype(dtype),
+            native.BEHAVIOR: behavior.astype(dtype),
+            native.PUPIL_CENTER: pupil.astype(dtype),
         }
         rates[i] = rate.astype(dtype)
     statistics = {}
-    train = [i for i in range(n_trials) if tiers[i] == layout.TRAIN_TIER]
+    train = [i for i in range(n_trials) if tiers[i] == native.TRAIN_TIER]
     if shipped_statistics == "per_frame":
-        for name in layout.TRIAL_ARRAYS:
+        for name in native.TRIAL_ARRAYS:
             stack = np.stack([trials[i][name] for i in train]).astype(np.float64)
             statistics[name] = {
                 stat: getattr(np, f"nan{stat}")(stack, axis=0).astype(np.float32)
-                for stat in layout.STATISTIC_NAMES
+                for stat in native.STATISTIC_NAMES
             }
     elif shipped_statistics:
-        for name, keep in zip(layout.TRIAL_ARRAYS, (None, 0, 0, 0)):
-            statistics[name] = layout.trial_statistics([trials[i][name] for i in train], keep)
+        for name, keep in zip(native.TRIAL_ARRAYS, (None, 0, 0, 0)):
+            statistics[name] = native.trial_statistics([trials[i][name] for i in train], keep)
     extra_meta = {}
-    session = layout.SessionArrays(
+    session = native.SessionArrays(
         tiers=tiers,
         unit_ids=np.arange(1, n_neurons + 1, dtype=np.int64) * 3,
         coordinates=rng.integers(-1000, 1000, size=(n_neurons, 3)).astype(np.int64),
         trials=trials,
         statistics=statistics,
         extra_meta=extra_meta,
-        extra_data={layout.NOISELESS: rates} if noiseless else {},
+        extra_data={native.NOISELESS: rates} if noiseless else {},
     )
-    path = layout.write_session(folder, session, overwrite=overwrite)
+    path = native.write_session(folder, session, overwrite=overwrite)
     if meta is not None:
         import json
 
-        (path / layout.SESSION_META_FILE).write_text(json.dumps(meta))
+        (path / native.SESSION_META_FILE).write_text(json.dumps(meta))
     return (path, session) if return_arrays else path
 
 

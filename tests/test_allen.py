@@ -18,11 +18,11 @@ from allen_fixtures import (
     write_template_npy,
 )
 from neurotwin.cli import data as data_cli
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.allen.ecephys import convert_ecephys
 from neurotwin.data.allen.ophys import convert_ophys
 from neurotwin.data.allen.resample import area_resize, count_in_intervals, interval_mean
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import DataFormatError
 
 SIZE = (6, 8)
@@ -85,7 +85,7 @@ def test_interval_mean_and_counts():
 
 def test_ophys_readback_values(ophys):
     truth, folder = ophys
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     assert s.frame_shape == SIZE and s.n_neurons == 4
     np.testing.assert_array_equal(s.unit_ids, truth["cell_ids"])
     meta = _trials_meta(folder)
@@ -120,7 +120,7 @@ def test_ophys_readback_values(ophys):
 
 def test_ophys_tiers_meta_coordinates(ophys):
     truth, folder = ophys
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     meta = _trials_meta(folder)
     held = (meta["movie"] == "natural_movie_one") & (meta["clip"] == 0)
     assert set(s.tiers[~held]) == {"train"}
@@ -157,7 +157,7 @@ def test_ophys_events_and_no_eye_tracking(tmp_path):
         frame_size=SIZE,
         clip_length=CLIP,
     )
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     assert s.meta["has_eye_tracking"] is False and s.meta["responses"] == "events"
     first = s.load_trial(0)
     assert first["responses"][1, 0] == pytest.approx(2.5) and first["responses"].sum() == 2.5
@@ -236,7 +236,7 @@ def test_not_an_nwb_file(tmp_path):
 
 def test_ecephys_units_counts_behaviour(ecephys):
     truth, folder = ecephys
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     spec = truth["unit_spec"]
     kept = [i for i in range(5)]  # fixture: the first 5 units pass allensdk's default filters
     np.testing.assert_array_equal(s.unit_ids, truth["unit_ids"][kept])
@@ -283,7 +283,7 @@ def test_ecephys_filters_and_areas(tmp_path):
         frame_size=SIZE,
         clip_length=5,
     )
-    assert SensoriumSession(f2).n_neurons == 6  # + the unit with presence ratio 0.92
+    assert NativeSession(f2).n_neurons == 6  # + the unit with presence ratio 0.92
     f3 = convert_ecephys(
         tmp_path / "s.nwb",
         tmp_path / "o",
@@ -292,7 +292,7 @@ def test_ecephys_filters_and_areas(tmp_path):
         frame_size=SIZE,
         clip_length=5,
     )
-    assert SensoriumSession(f3).n_neurons == 8  # + out-of-brain, invalid channel, "noise"
+    assert NativeSession(f3).n_neurons == 8  # + out-of-brain, invalid channel, "noise"
     with pytest.raises(DataFormatError, match="no unit passes the filters"):
         convert_ecephys(tmp_path / "s.nwb", tmp_path / "o", areas=["VISam"], name="x")
 
@@ -319,7 +319,7 @@ def test_ecephys_templates_outside_and_no_ccf_no_eye(tmp_path):
         clip_length=5,
         templates={"natural_movie_one": npy},
     )
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     assert s.meta["has_eye_tracking"] is False and "probe" in s.meta["coordinates"]
     np.testing.assert_allclose(s.coordinates[:, 1], truth["vert"][[0, 1, 4, 6, 2]])
     assert not s.load_trial(0)["pupil_center"].any()
@@ -398,7 +398,7 @@ def test_cli_converts_and_guards_allensdk(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    s = SensoriumSession(tmp_path / "data" / "allen-ophys-501940850")
+    s = NativeSession(tmp_path / "data" / "allen-ophys-501940850")
     assert s.frame_shape == (4, 6) and s.tier_counts == {"oracle": 2, "train": 2}
     write_ecephys_nwb(
         tmp_path / "e.nwb", movies={"natural_movie_three": 6}, repeats={"natural_movie_three": 2}
@@ -418,7 +418,7 @@ def test_cli_converts_and_guards_allensdk(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert SensoriumSession(tmp_path / "data" / "allen-ecephys-715093703").n_neurons == 3
+    assert NativeSession(tmp_path / "data" / "allen-ecephys-715093703").n_neurons == 3
     with pytest.raises(SystemExit, match="DfOverF"):
         with h5py.File(tmp_path / "o.nwb", "a") as f:
             del f[DFF]
@@ -434,7 +434,7 @@ def test_cli_converts_and_guards_allensdk(tmp_path, capsys):
 
 def test_meta_json_is_valid(ophys, ecephys):
     for folder in (ophys[1], ecephys[1]):
-        meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+        meta = json.loads((folder / native.SESSION_META_FILE).read_text())
         assert meta["source"].startswith("allen") and meta["clip_length"] in (CLIP, 5)
 
 
@@ -453,7 +453,7 @@ def test_ophys_negative_dff_is_shifted(tmp_path):
     shifted = convert_ophys(tmp_path / "n.nwb", tmp_path / "o", frame_size=SIZE, clip_length=CLIP)
     offset = np.load(shifted / "meta/neurons/response_offset.npy")
     assert offset[0] < 0 and offset[3] == 0
-    a, b = SensoriumSession(raw), SensoriumSession(shifted)
+    a, b = NativeSession(raw), NativeSession(shifted)
     lowest = min(np.nanmin(b.load_trial(t)["responses"]) for t in range(b.n_trials))
     assert lowest == pytest.approx(0.0, abs=1e-6)
     for t in range(a.n_trials):
@@ -492,7 +492,7 @@ def test_allensdk_reads_the_fixtures(tmp_path):
     assert sorted(session.units.index) == sorted(etruth["unit_ids"][:5])
     folder = convert_ecephys(tmp_path / "e.nwb", tmp_path / "out", frame_size=SIZE)
     np.testing.assert_array_equal(
-        sorted(SensoriumSession(folder).unit_ids), sorted(session.units.index)
+        sorted(NativeSession(folder).unit_ids), sorted(session.units.index)
     )
 
 
@@ -563,5 +563,5 @@ def test_fetch_by_id_through_allensdk_cache(tmp_path, monkeypatch):
     assert data_cli.main(["allen-ecephys", "--session-id", "715093703", *common]) == 0
     assert ("ophys", 501940850) in calls and ("ecephys", 715093703) in calls
     assert ("movie", 1) in calls
-    assert SensoriumSession(out / "allen-ophys-501940850").n_trials == 2 * 3
-    assert SensoriumSession(out / "allen-ecephys-715093703").n_trials == 2 * 2
+    assert NativeSession(out / "allen-ophys-501940850").n_trials == 2 * 3
+    assert NativeSession(out / "allen-ecephys-715093703").n_trials == 2 * 2

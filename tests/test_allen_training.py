@@ -15,16 +15,16 @@ from neurotwin.data.allen.ophys import convert_ophys
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("neurotwin.training.trainer") is None
+    importlib.util.find_spec("neurotwin.training.video") is None
     or importlib.util.find_spec("neurotwin.cli.train") is None,
-    reason="training (neurotwin.training.trainer, neurotwin.cli.train) not in this tree",
+    reason="training (neurotwin.training.video, neurotwin.cli.train) not in this tree",
 )
 
 
 def test_mixed_allen_and_synthetic_training_run(tmp_path):
     from neurotwin.cli import train as train_cli
     from neurotwin.data import synthetic
-    from neurotwin.data.sensorium import find_sessions
+    from neurotwin.data.native import find_sessions
 
     data = tmp_path / "data"
     synthetic.generate(

@@ -189,11 +189,11 @@ def test_restore_of_a_missing_run_is_a_clear_error(tmp_path):
         parse(["--restore", str(tmp_path / "nothing")])
 
 
-def test_every_leaf_has_a_flag():
+def test_every_option_has_a_flag():
     parser = argparse.ArgumentParser()
     cfg.add_config_flags(parser)
     flags = {a.dest for a in parser._actions}
-    assert {leaf.flag for leaf in cfg.LEAVES} <= flags
+    assert {flag.name for flag in cfg.flags()} <= flags
     # ViV1T's names
     assert {"core", "readout", "batch_size", "micro_batch_size", "crop_frame", "restore"} <= flags
 
@@ -251,9 +251,111 @@ def test_grad_checkpointing_takes_auto():
 
 def test_gpu_preset_compiles_on_cuda_only():
     """viv1t.yaml's fast settings: compile and autocast resolve per device."""
-    from neurotwin.training.trainer import autocast_enabled
+    from neurotwin.run import autocast_enabled
 
     config = cfg.parse_config(["--config", "configs/viv1t.yaml"])
     assert config.train.compile == "auto" and config.train.autocast == "auto"
     assert config.train.grad_checkpointing == "auto"
     assert not autocast_enabled(config.train.autocast, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Part options: owned by the part, checked, flags grouped by part, older configs
+# ----------------------------------------------------------------------------------------------
+
+LEGACY_RUN = REPO / "tests" / "fixtures" / "legacy_run"
+
+
+def test_option_of_another_part_is_an_error_naming_its_owner(tmp_path):
+    with pytest.raises(ConfigError, match="^--core_emb_dim belongs to core vivit; the chosen core is conv3d$"):  # fmt: skip
+        parse(["--core", "conv3d", "--core_emb_dim", "16"])
+    with pytest.raises(ConfigError, match="--core_dropout belongs to core conv2d, conv3d; the chosen core is vivit"):  # fmt: skip
+        parse(["--core_dropout", "0.1"])  # the default core is vivit
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: {core: {name: conv3d, core_emb_dim: 5}}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: model.core.core_emb_dim belongs to core vivit"):
+        parse(["--config", str(preset)])
+    with pytest.raises(ConfigError, match="--readout_grid_mode belongs to readout gaussian"):
+        parse(["--readout", "factorized", "--readout_grid_mode", "0"])
+    with pytest.raises(ConfigError, match="unknown core option"):
+        cfg.from_dict({"model": {"core": {"name": "conv3d", "core_nope": 1}}})
+    with pytest.raises(ConfigError, match="unknown core 'nope'; known: .*conv3d"):
+        parse(["--core", "nope"])
+
+
+def test_a_layer_that_picks_another_part_drops_the_previous_parts_options():
+    """demo.yaml's conv3d options do not apply to --core vivit; the option both own stays."""
+    config = parse(["--config", "configs/demo.yaml", "--core", "vivit", "--core_emb_dim", "16"])
+    assert config.model.core.name == "vivit" and config.model.core.core_emb_dim == 16
+    assert config.model.core.core_behavior_mode == 0  # demo.yaml's, shared by both cores
+    assert not hasattr(config.model.core, "core_temporal_input_kernel")
+
+
+def test_option_ranges_are_checked_where_the_options_are_declared():
+    with pytest.raises(ConfigError, match="--core_num_layers: must be >= 1, got 0"):
+        parse(["--core", "conv3d", "--core_num_layers", "0"])
+    with pytest.raises(ConfigError, match="--core_head_dim: must be a multiple of 4"):
+        parse(["--core_head_dim", "6"])
+    with pytest.raises(ConfigError, match="--readout_init_sigma: must be > 0"):
+        parse(["--readout_init_sigma", "0"])
+    config = cfg.Config()
+    config.train.epochs = 0  # set after construction: caught before a run starts
+    with pytest.raises(ConfigError, match="--epochs: must be >= 1"):
+        cfg.check_config(config)
+
+
+def test_saved_config_holds_a_version_and_the_chosen_parts_options_only(tmp_path):
+    config = parse(["--config", "configs/demo.yaml"])
+    saved = yaml.safe_load(cfg.save_yaml(config, tmp_path / "config.yaml").read_text())
+    assert saved["version"] == cfg.CONFIG_VERSION
+    core = saved["model"]["core"]
+    assert core["name"] == "conv3d" and "core_emb_dim" not in core and "core_dropout" in core
+    assert saved["model"]["output_activation"] == "elu1"  # a part without options: its name
+    assert cfg.load_yaml(tmp_path / "config.yaml") == config
+    with pytest.raises(ConfigError, match="version 9"):
+        cfg.from_dict({"version": 9})
+
+
+def test_a_previous_release_config_loads_without_the_other_parts_fields():
+    """tests/fixtures/legacy_run/config.yaml was written by neurotwin 0.1 (commit 1bb85e4): its
+    core section holds all 32 core_* fields of every core, its readout every readout's."""
+    values = cfg.read_yaml(LEGACY_RUN / "config.yaml")
+    assert "version" not in values and cfg.is_legacy(values)
+    assert set(cfg.LEGACY_FIELDS["core"]) <= set(values["model"]["core"])
+    config = cfg.load_yaml(LEGACY_RUN / "config.yaml")
+    core = config.model.core
+    assert core.name == "conv3d" and (core.core_num_layers, core.core_hidden_dim) == (1, 4)
+    assert core.core_behavior_mode == 2 and not hasattr(core, "core_emb_dim")
+    assert config.model.readout.name == "gaussian" and not hasattr(config.model.readout, "readout_dropout")  # fmt: skip
+    assert config.model.shifter.shifter_mode == 1 and config.model.output_activation.name == "elu1"
+    assert config.data.crop_frame == 32 and config.train.lr == 0.01
+    # the same from the config dict a checkpoint of that release holds
+    state = torch.load(LEGACY_RUN / "checkpoints" / "last.pt", weights_only=True)
+    assert cfg.from_dict(state["config"]) == config
+    # a hand-written preset without a version is not legacy: foreign options stay errors
+    partial = {"model": {"core": {"name": "conv3d", "core_emb_dim": 5}}}
+    assert not cfg.is_legacy(partial)
+
+
+def test_help_groups_flags_by_part_and_states_each_default_once(capsys):
+    parser = train_cli.build_parser()
+    groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
+    assert groups["core options of conv2d, conv3d, pretrained"] == [
+        "core_num_layers",
+        "core_hidden_dim",
+        "core_spatial_input_kernel",
+        "core_spatial_hidden_kernel",
+    ]  # one flag for the option the three cores share
+    assert "core_emb_dim" in groups["core options of vivit"]
+    assert "readout_grid_mode" in groups["readout options of gaussian"]
+    # the option every core has (other tests may register more cores)
+    every = next(t for t, dests in groups.items() if "core_behavior_mode" in dests)
+    assert "conv2d, conv3d, pretrained" in every and every.endswith("vivit")
+    assert "lr" in groups["train options"] and "core" in groups[next(t for t in groups if t.startswith("core ("))]  # fmt: skip
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help.count("default:") == 1, action.dest
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "core options of vivit:" in out and "(default: 112)" in out

@@ -10,13 +10,13 @@ import torch
 
 from native_fixture import write_native_session
 from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import DataFormatError
 
 
 @pytest.fixture
-def session(native_session) -> SensoriumSession:
-    return SensoriumSession(native_session)
+def session(native_session) -> NativeSession:
+    return NativeSession(native_session)
 
 
 def test_eval_items_are_whole_trials(session):
@@ -74,7 +74,7 @@ def test_crops_deterministic_under_seed_and_epoch(session):
 
 def test_crop_shortened_to_shortest_trial(tmp_path, caplog):
     lengths = [24, 12, 24, 24, 20, 24, 24, 24, 24, 24]
-    s = SensoriumSession(
+    s = NativeSession(
         write_native_session(tmp_path / "s", trial_lengths=lengths, shuffle_tiers=False)
     )
     with caplog.at_level(logging.WARNING):

@@ -13,6 +13,7 @@ import torch
 
 from neurotwin import config as cfg
 from neurotwin.data import synthetic
+from neurotwin.registry import CORES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +41,15 @@ def test_two_ranks_end_with_identical_weights(tmp_path):
     c.data.crop_frame = 16
     c.data.batch_size = 2
     c.data.num_workers = 0
-    c.model.core.name = "conv3d"
-    c.model.core.core_num_layers = 2
-    c.model.core.core_hidden_dim = 4
-    c.model.core.core_spatial_input_kernel = 5
-    c.model.core.core_spatial_hidden_kernel = 3
-    c.model.core.core_temporal_input_kernel = 5
-    c.model.core.core_temporal_hidden_kernel = 3
+    c.model.core = CORES.options(
+        "conv3d",
+        core_num_layers=2,
+        core_hidden_dim=4,
+        core_spatial_input_kernel=5,
+        core_spatial_hidden_kernel=3,
+        core_temporal_input_kernel=5,
+        core_temporal_hidden_kernel=3,
+    )
     c.train.epochs = 2
     c.train.lr = 0.01
     c.train.micro_batch_size = 1  # no_sync accumulation across micro-batches and sessions

@@ -17,7 +17,7 @@ from neurotwin.data.loaders import (
     interleave,
     session_specs,
 )
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import DataFormatError
 
 SPLITS = {"train": "train", "val": "oracle"}
@@ -166,7 +166,7 @@ def test_session_specs(native_dataset):
         specs = session_specs(cfg)
         assert sorted(specs) == sorted(published_name(i) for i in range(3))
         for name, spec in specs.items():
-            s = SensoriumSession(native_dataset / name)
+            s = NativeSession(native_dataset / name)
             assert set(spec) == {"n_neurons", "coordinates", "mean_response", "unit_ids"}
             assert spec["n_neurons"] == s.n_neurons
             assert spec["coordinates"].shape == (s.n_neurons, 3)

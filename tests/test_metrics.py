@@ -141,8 +141,24 @@ def test_single_trial_correlation_exact_cases():
 def test_single_trial_correlation_bad_input():
     with pytest.raises(ValueError):
         metrics.single_trial_correlation([np.zeros((3, 60))], [np.zeros((4, 60))])
-    with pytest.raises(ValueError):
-        metrics.single_trial_correlation([np.zeros((3, 40))], [np.zeros((3, 40))])
+    with pytest.raises(ValueError, match="no frames left"):
+        metrics.single_trial_correlation([np.zeros((3, 40))], [np.zeros((3, 40))], skip=50)
+
+
+def test_the_first_50_frames_are_skipped_unless_no_trial_is_longer():
+    """One rule (`frames_to_skip`) for validation, prediction and the synthetic ceiling:
+    Sensorium's 50 frames, or none when every trial of the set has at most 50 (toy data)."""
+    assert metrics.frames_to_skip([90, 60, 30]) == 50
+    assert metrics.frames_to_skip([51]) == 50
+    assert metrics.frames_to_skip([50, 40]) == 0 and metrics.frames_to_skip([]) == 0
+    rng = np.random.default_rng(1)
+    resp = [rng.random((3, 70)), rng.random((3, 40))]  # the 40-frame trial adds no frame
+    pred = [r + rng.normal(0, 0.3, r.shape) for r in resp]
+    expected = metrics.correlation(resp[0][:, 50:], pred[0][:, 50:], axis=1).mean()
+    assert metrics.single_trial_correlation(resp, pred) == pytest.approx(expected)
+    short = [r[:, :40] for r in resp], [p[:, :40] for p in pred]  # all short: every frame
+    expected = metrics.correlation(np.concatenate(short[0], 1), np.concatenate(short[1], 1), axis=1)
+    assert metrics.single_trial_correlation(*short) == pytest.approx(expected.mean())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -383,8 +399,19 @@ def test_correlation_accumulator_pieces_and_precision():
     acc = metrics.CorrelationAccumulator()
     for a, b in ((0, 100), (100, 101), (101, 101), (101, 600)):
         acc.add(x[:, a:b], y[:, a:b])
-    assert acc.n == 600
+    assert acc.n_frames == 600
     expected = [pearsonr(a, b)[0] for a, b in zip(x, y)]
-    np.testing.assert_allclose(acc.result(), expected, atol=1e-9)
+    np.testing.assert_allclose(acc.result().numpy(), expected, atol=1e-9)
+    # sums about a common centre (0, for data without an offset) add up over processes
+    parts = [metrics.CorrelationAccumulator(3, center=0.0) for _ in range(2)]
+    parts[0].add(x[:, :300] - 1e6, y[:, :300] + 2e5)
+    parts[1].add(x[:, 300:] - 1e6, y[:, 300:] + 2e5)
+    total = metrics.CorrelationAccumulator(3, center=0.0)
+    total.stats = parts[0].stats + parts[1].stats
+    np.testing.assert_allclose(total.result().numpy(), expected, atol=1e-9)
+    # NaN frames left out when asked (padding past the end of short trials)
+    padded = metrics.CorrelationAccumulator()
+    padded.add(np.concatenate([x, np.full((3, 5), np.nan)], 1), np.concatenate([y, np.ones((3, 5))], 1), ignore_nan=True)  # fmt: skip
+    np.testing.assert_allclose(padded.result().numpy(), expected, atol=1e-9)
     with pytest.raises(ValueError):
         metrics.CorrelationAccumulator().result()

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from neurotwin.config import ModelConfig
+from neurotwin.config import ModelConfig, flags, option
 from neurotwin.errors import ConfigError
-from neurotwin.models import CORES, build_model, parameter_counts, summary
+from neurotwin.models import ACTIVATIONS, CORES, READOUTS, build_model, parameter_counts, summary
 from neurotwin.models.activations import build_activation
-from neurotwin.models.cores.base import Core
+from neurotwin.models.cores.base import Core, CoreOptions
 from neurotwin.models.cores.pretrained import FrozenConvStack
-from neurotwin.models.readouts.factorized import FactorizedReadout
-from neurotwin.models.readouts.gaussian import GaussianReadout
-from neurotwin.models.shifter import MLPShifter
+from neurotwin.models.readouts.factorized import FactorizedOptions, FactorizedReadout
+from neurotwin.models.readouts.gaussian import GaussianOptions, GaussianReadout
+from neurotwin.models.shifter import MLPShifter, ShifterOptions
 
 FRAME = (12, 16)
 CORE_NAMES = ["conv2d", "conv3d", "vivit", "pretrained"]
@@ -51,13 +51,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_config(core="conv3d", readout="gaussian", shifter_mode=1, activation="elu1", **core_kw):
-    cfg = ModelConfig()
-    cfg.core = dataclasses.replace(cfg.core, name=core, **SMALL_CONV, **SMALL_VIVIT)
-    cfg.core = dataclasses.replace(cfg.core, **core_kw)
-    cfg.readout = dataclasses.replace(cfg.readout, name=readout)
-    cfg.shifter = dataclasses.replace(cfg.shifter, shifter_mode=shifter_mode)
-    cfg.output_activation = activation
-    return cfg
+    """Small parts: of SMALL_CONV, SMALL_VIVIT and `core_kw`, the options the core has."""
+    own = {f.name for f in dataclasses.fields(CORES.options_class(core))}
+    values = {k: v for k, v in {**SMALL_CONV, **SMALL_VIVIT, **core_kw}.items() if k in own}
+    return ModelConfig(
+        core=CORES.options(core, **values),
+        readout=READOUTS.options(readout),
+        shifter=ShifterOptions(shifter_mode=shifter_mode),
+        output_activation=ACTIVATIONS.options(activation),
+    )
+
+
+def gaussian(in_shape, n, coordinates=None, bias_init=None, **options) -> GaussianReadout:
+    """A Gaussian readout with options given without their `readout_` prefix."""
+    o = GaussianOptions(**{f"readout_{k}": v for k, v in options.items()})
+    return GaussianReadout(in_shape, n, o, coordinates=coordinates, bias_init=bias_init)
+
+
+def factorized(in_shape, n, **options) -> FactorizedReadout:
+    o = FactorizedOptions(**{f"readout_{k}": v for k, v in options.items()})
+    return FactorizedReadout(in_shape, n, o)
 
 
 def make_specs(sizes=(("mouse_a", 7), ("mouse_b", 5)), seed=0):
@@ -181,7 +194,7 @@ def test_gradients_reach_every_trainable_parameter(core, readout):
 @pytest.mark.parametrize("gauss_type", ["full", "uncorrelated", "isotropic"])
 def test_gaussian_readout_variants_get_gradients(grid_mode, gauss_type):
     torch.manual_seed(0)
-    r = GaussianReadout(
+    r = gaussian(
         (4, 5, 6), 9, coordinates=np.random.default_rng(0).normal(size=(9, 3)),
         grid_mode=grid_mode, gauss_type=gauss_type, init_sigma=0.2,
     )  # fmt: skip
@@ -206,11 +219,11 @@ def test_session_only_touches_its_own_readout_and_shifter():
 
 
 def test_regularizers():
-    r = GaussianReadout((3, 4, 4), 5, grid_mode=0, reg_weight=0.5)
+    r = gaussian((3, 4, 4), 5, grid_mode=0, reg_weight=0.5)
     with torch.no_grad():
         r.features.copy_(torch.randn(3, 5))
     assert torch.isclose(r.regularizer(), 0.5 * r.features.abs().sum())
-    f = FactorizedReadout((3, 4, 4), 5, reg_weight=2.0)
+    f = factorized((3, 4, 4), 5, reg_weight=2.0)
     expected = 2.0 * sum(
         (f.mask[n].abs().sum() * f.features[n].abs().sum()).item() for n in range(5)
     )
@@ -269,7 +282,7 @@ def test_non_causal_vivit_sees_the_future():
 
 def test_gaussian_readout_samples_in_training_only():
     torch.manual_seed(0)
-    r = GaussianReadout((4, 5, 6), 3, grid_mode=0, init_sigma=0.3)
+    r = gaussian((4, 5, 6), 3, grid_mode=0, init_sigma=0.3)
     x = torch.randn(1, 4, 2, 5, 6)
     r.train()
     assert not torch.equal(r(x), r(x))
@@ -299,7 +312,7 @@ def _bilinear(fmap: np.ndarray, x: float, y: float) -> np.ndarray:
 def test_gaussian_readout_matches_bilinear_sampling_by_hand():
     torch.manual_seed(0)
     c, h, w, n = 3, 5, 7, 4
-    r = GaussianReadout((c, h, w), n, grid_mode=0, bias_mode=1).eval()
+    r = gaussian((c, h, w), n, grid_mode=0, bias_mode=1).eval()
     mu = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.3, -0.45], [-0.8, 0.65]])
     with torch.no_grad():
         r._mu.copy_(mu)
@@ -329,19 +342,19 @@ def test_gaussian_readout_matches_bilinear_sampling_by_hand():
 
 def test_gaussian_positions_from_coordinates():
     coords = np.array([[0.0, 10.0, 5.0], [100.0, 30.0, 5.0], [50.0, 20.0, 5.0]])
-    r = GaussianReadout((2, 4, 4), 3, coordinates=coords, grid_mode=3)
+    r = gaussian((2, 4, 4), 3, coordinates=coords, grid_mode=3)
     assert torch.allclose(r.mu, torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
-    r1 = GaussianReadout((2, 4, 4), 3, coordinates=coords, grid_mode=1)
+    r1 = gaussian((2, 4, 4), 3, coordinates=coords, grid_mode=1)
     assert r1.mu.shape == (3, 2) and (r1.mu.abs() <= 1).all()
     with pytest.warns(UserWarning, match="coordinates missing or constant"):
-        r0 = GaussianReadout((2, 4, 4), 3, coordinates=np.zeros((3, 3)), grid_mode=1)
+        r0 = gaussian((2, 4, 4), 3, coordinates=np.zeros((3, 3)), grid_mode=1)
     assert r0.grid_mode == 0
 
 
 def test_factorized_readout_by_hand_and_shift_sign():
     torch.manual_seed(0)
     c, h, w, n = 2, 4, 5, 3
-    r = FactorizedReadout((c, h, w), n, bias_mode=1).eval()
+    r = factorized((c, h, w), n, bias_mode=1).eval()
     feats = torch.randn(1, c, 2, h, w)
     y = r(feats)
     m, f = r.mask.detach(), r.features.detach()
@@ -361,31 +374,35 @@ def test_factorized_readout_by_hand_and_shift_sign():
 
 def test_shifter_modes_and_shapes():
     behavior, pupil = torch.randn(3, 2, 7), torch.randn(3, 2, 7)
-    s1, s2 = MLPShifter(1, 5, 3), MLPShifter(2, 5, 3)
+    s1 = MLPShifter(ShifterOptions(shifter_mode=1, shifter_size=5, shifter_layers=3))
+    s2 = MLPShifter(ShifterOptions(shifter_mode=2, shifter_size=5, shifter_layers=3))
     assert s1(None, pupil).shape == (3, 7, 2)
     out = s2(behavior, pupil)
     assert out.shape == (3, 7, 2) and (out.abs() < 1).all()
     assert s2.mlp[0].in_features == 4 and s1.mlp[0].in_features == 2
     frame0 = s1(None, pupil[..., :1])[:, 0]
     assert torch.allclose(frame0, s1(None, pupil)[:, 0])  # per frame
-    with pytest.raises(ConfigError):
-        MLPShifter(3)
+    with pytest.raises(ConfigError, match="--shifter_mode"):
+        MLPShifter(ShifterOptions(shifter_mode=0))
+    with pytest.raises(ConfigError, match="--shifter_layers"):
+        ShifterOptions(shifter_layers=0)
 
 
-def test_registry_adds_a_core_with_one_decorator():
+@dataclasses.dataclass
+class ScaleOptions(CoreOptions):
+    core_test_scale: float = option(1.0, "initial scale")
+
+
+def test_registry_adds_a_core_with_its_options():
     name = "_test_identity_core"
     if name not in CORES:
 
-        @CORES.register(name)
+        @CORES.register(name, options=ScaleOptions)
         class IdentityCore(Core):
-            def __init__(self, in_channels):
-                super().__init__()
-                self.scale = torch.nn.Parameter(torch.ones(()))
+            def __init__(self, in_channels, frame_shape, options):
+                super().__init__(options)
+                self.scale = torch.nn.Parameter(torch.tensor(options.core_test_scale))
                 self.out_channels = in_channels
-
-            @classmethod
-            def from_config(cls, config, in_channels, frame_shape):
-                return cls(in_channels)
 
             def out_shape(self, frame_shape):
                 return frame_shape
@@ -393,13 +410,18 @@ def test_registry_adds_a_core_with_one_decorator():
             def forward(self, video, behavior=None, pupil_center=None):
                 return video * self.scale
 
-    model = build(make_config(name, "gaussian", 0))
+    model = build(make_config(name, "gaussian", 0, core_test_scale=2.0))
+    assert model.core.scale.item() == 2.0 and model.core.registered_name == name
     video, behavior, pupil = make_inputs()
     assert model(video, "mouse_a", behavior, pupil).shape == (2, 7, 8)
+    assert CORES.owners("core_test_scale") == [name]
+    assert "core_test_scale" in {f.name for f in flags()}  # its flag, made from the options
     with pytest.raises(ConfigError, match="unknown core"):
         build(make_config("no_such_core"))
     with pytest.raises(ValueError, match="registered twice"):
         CORES.register("vivit")(type("Other", (), {}))
+    with pytest.raises(ValueError, match="give each part its own class"):
+        CORES.register("_test_other_core", options=ScaleOptions)(type("Other", (), {}))
 
 
 def test_pretrained_core_loads_local_weights(tmp_path):
@@ -462,8 +484,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
 
 
 def test_model_config_flags_follow_viv1t_names():
-    from neurotwin.config import LEAF_BY_FLAG
-
+    names = {f.name for f in flags()}
     for flag in (
         "core",
         "readout",
@@ -479,14 +500,14 @@ def test_model_config_flags_follow_viv1t_names():
         "shifter_mode",
         "shifter_size",
     ):
-        assert flag in LEAF_BY_FLAG
+        assert flag in names
 
 
 def test_readout_input_checks():
-    r = GaussianReadout((2, 3, 3), 2, grid_mode=0, bias_mode=2, bias_init=torch.ones(2))
+    r = gaussian((2, 3, 3), 2, grid_mode=0, bias_mode=2, bias_init=torch.ones(2))
     assert torch.equal(r.bias.detach(), torch.ones(2))
     with pytest.raises(ValueError, match="expected 2"):
-        GaussianReadout((2, 3, 3), 2, grid_mode=0, bias_mode=2, bias_init=torch.ones(3))
-    assert GaussianReadout((2, 3, 3), 2, grid_mode=0, bias_mode=0).bias is None
+        gaussian((2, 3, 3), 2, grid_mode=0, bias_mode=2, bias_init=torch.ones(3))
+    assert gaussian((2, 3, 3), 2, grid_mode=0, bias_mode=0).bias is None
     x = torch.randn(1, 2, 2, 3, 3)
     assert r(x).shape == (1, 2, 2)

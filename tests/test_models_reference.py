@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from neurotwin.models.readouts.gaussian import GaussianReadout
-from neurotwin.models.shifter import MLPShifter
+from neurotwin.models.readouts.gaussian import GaussianOptions, GaussianReadout
+from neurotwin.models.shifter import MLPShifter, ShifterOptions
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -25,7 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _pair(gauss_type: str, c=4, h=6, w=9, n=11):
     torch.manual_seed(0)
-    ours = GaussianReadout((c, h, w), n, grid_mode=0, gauss_type=gauss_type, bias_mode=1)
+    options = GaussianOptions(
+        readout_grid_mode=0, readout_gauss_type=gauss_type, readout_bias_mode=1
+    )
+    ours = GaussianReadout((c, h, w), n, options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not initialized with mean activity"
         ref = readouts.FullGaussian2d(
@@ -64,7 +67,7 @@ def test_gaussian_readout_matches_neuralpredictors_full_gaussian2d(gauss_type):
 
 def test_shifter_matches_neuralpredictors_mlp():
     torch.manual_seed(0)
-    ours = MLPShifter(mode=2, hidden=5, layers=3)
+    ours = MLPShifter(ShifterOptions(shifter_mode=2, shifter_size=5, shifter_layers=3))
     ref = shifters.MLP(input_features=4, hidden_channels=5, shift_layers=3)
     ref.load_state_dict(ours.state_dict())  # same layer layout: Linear/Tanh x 3
     behavior, pupil = torch.randn(2, 2, 7), torch.randn(2, 2, 7)

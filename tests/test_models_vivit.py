@@ -3,18 +3,17 @@ the attention path against plain maths."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from neurotwin.config import CoreConfig
 from neurotwin.models.cores.vivit import (
     Attention,
     TubeEmbedding,
     ViViTCore,
+    ViViTOptions,
     apply_rope,
     rope_frequencies,
     rope_tables,
@@ -32,8 +31,13 @@ VIV1T_CORE_PARAMETERS = 3_787_042
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def vivit(frame_shape, **options) -> ViViTCore:
+    """A vivit core with options given without their `core_` prefix."""
+    return ViViTCore(1, frame_shape, ViViTOptions(**{f"core_{k}": v for k, v in options.items()}))
+
+
 def test_default_vivit_parameter_count_matches_viv1t():
-    core = ViViTCore.from_config(CoreConfig(), in_channels=1, frame_shape=(36, 64))
+    core = ViViTCore(1, (36, 64), ViViTOptions())
     n = sum(p.numel() for p in core.parameters())
     assert abs(n - VIV1T_CORE_PARAMETERS) <= 0.10 * VIV1T_CORE_PARAMETERS
     assert n == VIV1T_CORE_PARAMETERS  # same layers, so the same count
@@ -42,7 +46,7 @@ def test_default_vivit_parameter_count_matches_viv1t():
 
 
 def test_default_config_is_viv1t_published_config():
-    c = CoreConfig()
+    c = ViViTOptions()
     assert (c.core_spatial_patch_size, c.core_spatial_patch_stride) == (7, 2)
     assert (c.core_temporal_patch_size, c.core_temporal_patch_stride) == (13, 1)
     assert (c.core_emb_dim, c.core_num_heads, c.core_head_dim, c.core_ff_dim) == (112, 2, 80, 224)
@@ -80,7 +84,7 @@ def test_tube_embedding_equals_unfold_layernorm_linear(stride):
 
 
 def test_frame_shape_and_length_checks():
-    core = ViViTCore(1, (12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, head_dim=8,
+    core = vivit((12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, head_dim=8,
                      ff_dim=16, spatial_patch_size=3, pos_encoding="learned", max_frame=8)  # fmt: skip
     b = torch.zeros(1, 2, 4)
     with pytest.raises(ValueError, match="built for frames"):
@@ -91,8 +95,7 @@ def test_frame_shape_and_length_checks():
 
 
 def _default_vivit(**overrides):
-    cfg = dataclasses.replace(CoreConfig(), **overrides)
-    return ViViTCore.from_config(cfg, in_channels=1, frame_shape=(36, 64))
+    return ViViTCore(1, (36, 64), ViViTOptions(**overrides))
 
 
 @pytest.mark.slow
@@ -136,7 +139,7 @@ def test_sdpa_is_used_with_causal_flag(monkeypatch):
         return real(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    core = ViViTCore(1, (12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, num_heads=2,
+    core = vivit((12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, num_heads=2,
                      head_dim=8, ff_dim=16, spatial_patch_size=3, reg_tokens=2)  # fmt: skip
     b = torch.zeros(1, 2, 5)
     core(torch.zeros(1, 1, 5, 12, 16), b, b)
@@ -150,7 +153,7 @@ def test_sdpa_is_used_with_causal_flag(monkeypatch):
 def test_bf16_autocast_forward_backward(norm_qk):
     """The dtype paths the GPU takes under bf16 autocast (bf16 matmuls/SDPA, float32 stats)."""
     torch.manual_seed(0)
-    core = ViViTCore(1, (12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, head_dim=8,
+    core = vivit((12, 16), emb_dim=16, spatial_depth=1, temporal_depth=1, head_dim=8,
                      ff_dim=16, spatial_patch_size=3, norm_qk=norm_qk, behavior_tokens=True).eval()  # fmt: skip
     video, b = torch.randn(1, 1, 5, 12, 16), torch.randn(1, 2, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -190,7 +193,7 @@ def test_rope_1d_matches_complex_rotation_and_skips_the_prefix():
 
 def test_rope_2d_rotates_each_half_of_the_head_by_its_own_axis():
     torch.manual_seed(0)
-    core = ViViTCore(1, (12, 16), behavior_mode=0, emb_dim=16, spatial_depth=1,
+    core = vivit((12, 16), behavior_mode=0, emb_dim=16, spatial_depth=1,
                      temporal_depth=1, num_heads=2, head_dim=8, ff_dim=16, reg_tokens=2,
                      spatial_patch_size=3, temporal_patch_size=3)  # fmt: skip
     gh, gw = core.grid

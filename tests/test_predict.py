@@ -14,13 +14,16 @@ import pytest
 import torch
 import yaml
 
+from native_fixture import write_native_dataset
 from neurotwin import metrics as M
 from neurotwin import predict as P
 from neurotwin.cli import predict as cli
 from neurotwin.config import Config, from_dict, save_yaml, to_dict
-from neurotwin.data import layout
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data import native
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import CheckpointError, DataFormatError
+from neurotwin.run import PREDICTIONS_DIR
+from neurotwin.training.video import train as train_video
 
 TINY = dict(
     neurons=10,
@@ -66,7 +69,7 @@ def _config(data_dir: Path, out: Path) -> Config:
 def _train(config: Config) -> None:
     """One epoch with the training code; by hand (build_model + checkpoint) without it."""
     try:
-        from neurotwin.training.trainer import train
+        from neurotwin.training.video import train
     except ImportError:
         train = None
     if train is not None:
@@ -76,7 +79,7 @@ def _train(config: Config) -> None:
     from neurotwin.models.model import build_model
 
     specs = loaders.session_specs(config.data)
-    shape = SensoriumSession(next(iter(Path(config.data.data_dir).iterdir()))).frame_shape
+    shape = NativeSession(next(iter(Path(config.data.data_dir).iterdir()))).frame_shape
     model = build_model(config.model, specs, frame_shape=shape)
     out = Path(config.run.output_dir)
     save_yaml(config, out / "config.yaml")
@@ -117,12 +120,12 @@ def _copy_run(run: dict, name: str) -> Path:
 
 
 def _no_leftovers(folder: Path) -> None:
-    assert not (folder / P.PREDICTIONS_DIR).exists()
+    assert not (folder / PREDICTIONS_DIR).exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".predictions")]
 
 
-def _sessions(run: dict) -> dict[str, SensoriumSession]:
-    return {p.name: SensoriumSession(p) for p in sorted(run["data"].iterdir())}
+def _sessions(run: dict) -> dict[str, NativeSession]:
+    return {p.name: NativeSession(p) for p in sorted(run["data"].iterdir())}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def test_metrics_json_shape(run):
     required = {"single_trial_correlation", "correlation_to_average", "feve", "n_trials"}
     for name, by_tier in result["sessions"].items():
         s = sessions[name]
-        expected_tiers = [t for t in layout.TIERS if t in s.tier_counts and t != "none"]
+        expected_tiers = [t for t in native.TIERS if t in s.tier_counts and t != "none"]
         assert list(by_tier) == expected_tiers
         for tier, m in by_tier.items():
             assert set(m) == keys and required <= set(m)
@@ -422,3 +425,20 @@ def test_failure_keeps_the_previous_predictions_and_leaves_nothing_partial(run, 
     with pytest.raises(OSError):
         P.predict_run(fresh, tiers=["live_test_main"], verbose=0)
     _no_leftovers(fresh)
+
+
+def test_early_stopping_watches_the_score_predict_reports_on_short_trials(tmp_path):
+    """64-frame validation trials (some NaN-padded to 48): validation and prediction leave out
+    the same first frames (metrics.frames_to_skip), so the best validation score is the oracle
+    single-trial correlation predict.py reports for best.pt (before, validation scored trials
+    under 75 frames on all frames while prediction skipped 50)."""
+    data = tmp_path / "data"
+    write_native_dataset(data, 2, n_frames=64)
+    config = _config(data, tmp_path / "run")
+    config.data.crop_frame = 32
+    config.train.epochs = 2
+    summary = train_video(config)
+    result = P.predict_run(tmp_path / "run", tiers=["oracle"], verbose=0)
+    assert M.frames_to_skip([64, 48]) == M.SKIP_FRAMES
+    reported = result["mean"]["oracle"]["single_trial_correlation"]
+    assert reported == pytest.approx(summary["best_value"], abs=1e-5)

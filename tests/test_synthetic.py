@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurotwin.data import layout, synthetic
+from neurotwin.data import native, synthetic
 from neurotwin.errors import ConfigError, NeurotwinError
 
 TINY = dict(
@@ -27,7 +27,7 @@ TINY = dict(
     short_fraction=0.4,
 )
 N_TRIALS = 8 + 2 * 3 + 2 * 1 * 2
-ARRAYS = (*layout.TRIAL_ARRAYS, layout.NOISELESS)
+ARRAYS = (*native.TRIAL_ARRAYS, native.NOISELESS)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _load(folder: Path, name: str, trial: int) -> np.ndarray:
 
 
 def _tiers(folder: Path) -> np.ndarray:
-    return np.load(folder / layout.TIERS_FILE)
+    return np.load(folder / native.TIERS_FILE)
 
 
 def _length(video: np.ndarray) -> int:
@@ -61,30 +61,30 @@ def test_layout_is_exact(tiny: list[Path]) -> None:
     for folder in tiny:
         assert re.fullmatch(r"dynamic\d+-\d+-\d+-Video-[0-9a-f]{32}", folder.name)
         expected = [f"data/{a}/{i}.npy" for a in ARRAYS for i in range(N_TRIALS)]
-        expected += [layout.TIERS_FILE, layout.UNIT_IDS_FILE, layout.COORDINATES_FILE]
+        expected += [native.TIERS_FILE, native.UNIT_IDS_FILE, native.COORDINATES_FILE]
         expected += [
-            f"{layout.STATISTICS_DIR}/{a}/all/{s}.npy"
-            for a in layout.TRIAL_ARRAYS
-            for s in layout.STATISTIC_NAMES
+            f"{native.STATISTICS_DIR}/{a}/all/{s}.npy"
+            for a in native.TRIAL_ARRAYS
+            for s in native.STATISTIC_NAMES
         ]
-        expected += [f"meta/{synthetic.VIDEO_IDS_FILE}", layout.SESSION_META_FILE]
+        expected += [f"meta/{synthetic.VIDEO_IDS_FILE}", native.SESSION_META_FILE]
         assert _files(folder) == sorted(expected)
         tiers = _tiers(folder)
         assert tiers.dtype.kind == "U" and tiers.shape == (N_TRIALS,)
         counts = dict(zip(*np.unique(tiers, return_counts=True)))
         assert counts == {"train": 8, "oracle": 6, "live_test_main": 2, "final_test_main": 2}
-        assert set(tiers) <= set(layout.TIERS)
-        ids = np.load(folder / layout.UNIT_IDS_FILE)
+        assert set(tiers) <= set(native.TIERS)
+        ids = np.load(folder / native.UNIT_IDS_FILE)
         assert ids.dtype.kind == "i" and ids.shape == (N,) and len(set(ids)) == N
-        coords = np.load(folder / layout.COORDINATES_FILE)
+        coords = np.load(folder / native.COORDINATES_FILE)
         assert coords.dtype == np.float32 and coords.shape == (N, 3)
         assert np.isfinite(coords).all()
         shapes = {
-            layout.VIDEOS: (H, W, T),
-            layout.RESPONSES: (N, T),
-            layout.BEHAVIOR: (2, T),
-            layout.PUPIL_CENTER: (2, T),
-            layout.NOISELESS: (N, T),
+            native.VIDEOS: (H, W, T),
+            native.RESPONSES: (N, T),
+            native.BEHAVIOR: (2, T),
+            native.PUPIL_CENTER: (2, T),
+            native.NOISELESS: (N, T),
         }
         for trial in range(N_TRIALS):
             for name, shape in shapes.items():
@@ -92,7 +92,7 @@ def test_layout_is_exact(tiny: list[Path]) -> None:
                 assert a.shape == shape and a.dtype == np.float32, (name, trial)
         video_ids = np.load(folder / "meta" / synthetic.VIDEO_IDS_FILE)
         assert video_ids.shape == (N_TRIALS,) and video_ids.dtype.kind == "i"
-        meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+        meta = json.loads((folder / native.SESSION_META_FILE).read_text())
         assert meta["source"] == "synthetic" and meta["seed"] == 3
         assert meta["sizes"] == {**TINY} and "mean_rate" in meta["params"]
         assert meta["hidden_tiers"] == ["final_test_main"]
@@ -100,21 +100,21 @@ def test_layout_is_exact(tiny: list[Path]) -> None:
 
 def test_value_ranges(tiny: list[Path]) -> None:
     folder = tiny[0]
-    videos = np.stack([_load(folder, layout.VIDEOS, i) for i in range(N_TRIALS)])
+    videos = np.stack([_load(folder, native.VIDEOS, i) for i in range(N_TRIALS)])
     assert np.nanmin(videos) >= 0 and np.nanmax(videos) <= 255 and np.nanstd(videos) > 20
     for trial in range(N_TRIALS):
-        T = _length(_load(folder, layout.VIDEOS, trial))
-        behavior = _load(folder, layout.BEHAVIOR, trial)[:, :T]
+        T = _length(_load(folder, native.VIDEOS, trial))
+        behavior = _load(folder, native.BEHAVIOR, trial)[:, :T]
         assert (behavior >= 0).all()  # pupil dilation and running speed
-        responses = _load(folder, layout.RESPONSES, trial)[:, :T]
+        responses = _load(folder, native.RESPONSES, trial)[:, :T]
         assert (responses >= 0).all()
-        assert (_load(folder, layout.NOISELESS, trial)[:, :T] > 0).all()
+        assert (_load(folder, native.NOISELESS, trial)[:, :T] > 0).all()
 
 
 def test_sessions_differ(tiny: list[Path]) -> None:
     a, b = tiny
     assert not np.array_equal(
-        np.load(a / layout.COORDINATES_FILE), np.load(b / layout.COORDINATES_FILE)
+        np.load(a / native.COORDINATES_FILE), np.load(b / native.COORDINATES_FILE)
     )
     assert not np.array_equal(_tiers(a), _tiers(b))  # trial files are in random order
 
@@ -129,7 +129,7 @@ def test_deterministic_under_seed(tiny: list[Path], tmp_path: Path) -> None:
     other = synthetic.generate(tmp_path / "b", mice=1, seed=4, progress=False, **TINY)[0]
     assert other.name != tiny[0].name
     assert not np.array_equal(
-        _load(other, layout.RESPONSES, 0), _load(tiny[0], layout.RESPONSES, 0)
+        _load(other, native.RESPONSES, 0), _load(tiny[0], native.RESPONSES, 0)
     )
 
 
@@ -138,7 +138,7 @@ def test_short_trials_are_nan_padded(tiny: list[Path]) -> None:
     short = 0
     for folder in tiny:
         for trial in range(N_TRIALS):
-            video = _load(folder, layout.VIDEOS, trial)
+            video = _load(folder, native.VIDEOS, trial)
             length = _length(video)
             assert length > 0
             short += length < T
@@ -147,7 +147,7 @@ def test_short_trials_are_nan_padded(tiny: list[Path]) -> None:
             for name in ARRAYS[1:]:
                 a = _load(folder, name, trial)
                 assert np.isfinite(a[:, :length]).all(), (name, trial)
-                if name != layout.RESPONSES or _tiers(folder)[trial] != "final_test_main":
+                if name != native.RESPONSES or _tiers(folder)[trial] != "final_test_main":
                     assert np.isnan(a[:, length:]).all(), (name, trial)
     assert short > 0
 
@@ -162,10 +162,10 @@ def test_oracle_repeats_show_identical_videos(tiny: list[Path]) -> None:
         for vid in set(video_ids[oracle]):
             trials = np.flatnonzero(video_ids == vid)
             assert len(trials) == TINY["oracle_repeats"] and set(tiers[trials]) == {"oracle"}
-            videos = [_load(folder, layout.VIDEOS, t) for t in trials]
+            videos = [_load(folder, native.VIDEOS, t) for t in trials]
             for v in videos[1:]:
                 np.testing.assert_array_equal(v, videos[0])
-            behaviors = [_load(folder, layout.BEHAVIOR, t) for t in trials]
+            behaviors = [_load(folder, native.BEHAVIOR, t) for t in trials]
             assert not np.array_equal(behaviors[0], behaviors[1], equal_nan=True)
             if vid in clips:  # shared by every mouse
                 np.testing.assert_array_equal(videos[0], clips[vid])
@@ -178,10 +178,10 @@ def test_hidden_test_responses_are_zeros(tiny: list[Path]) -> None:
     folder = tiny[0]
     tiers = _tiers(folder)
     for trial in np.flatnonzero(tiers == "final_test_main"):
-        assert not _load(folder, layout.RESPONSES, trial).any()
-        assert np.nanmax(_load(folder, layout.NOISELESS, trial)) > 0
+        assert not _load(folder, native.RESPONSES, trial).any()
+        assert np.nanmax(_load(folder, native.NOISELESS, trial)) > 0
     for trial in np.flatnonzero(tiers == "live_test_main"):
-        assert np.nanmax(_load(folder, layout.RESPONSES, trial)) > 0
+        assert np.nanmax(_load(folder, native.RESPONSES, trial)) > 0
 
 
 def test_noiseless_rates_predict_responses(tiny: list[Path]) -> None:
@@ -189,15 +189,15 @@ def test_noiseless_rates_predict_responses(tiny: list[Path]) -> None:
         ceiling = synthetic.session_ceiling(folder, tiers=("train", "oracle"), skip_frames=0)
         assert ceiling.shape == (TINY["neurons"],)
         assert ceiling.mean() > 0.3 and (ceiling > 0).mean() > 0.9
-        meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+        meta = json.loads((folder / native.SESSION_META_FILE).read_text())
         assert meta["ceiling_correlation"]["by_tier"]["train"]["mean"] > 0.3
     # shuffled in time, the noiseless rates predict nothing
     folder = tiny[0]
     trials = np.flatnonzero(_tiers(folder) == "train")
-    x = [_load(folder, layout.NOISELESS, t) for t in trials]
-    y = [_load(folder, layout.RESPONSES, t) for t in trials]
+    x = [_load(folder, native.NOISELESS, t) for t in trials]
+    y = [_load(folder, native.RESPONSES, t) for t in trials]
     assert synthetic.ceiling_correlation(x, y).mean() > 0.3
-    rolled = [np.roll(_load(folder, layout.NOISELESS, t), 7, axis=1) for t in trials]
+    rolled = [np.roll(_load(folder, native.NOISELESS, t), 7, axis=1) for t in trials]
     assert synthetic.ceiling_correlation(rolled, y).mean() < 0.3
 
 
@@ -227,7 +227,7 @@ def test_statistics_match_the_data(tiny: list[Path]) -> None:
     """Shipped statistics: over the training trials, for every frame (as published)."""
     for folder in tiny:
         train = np.flatnonzero(_tiers(folder) == "train")
-        for name in layout.TRIAL_ARRAYS:
+        for name in native.TRIAL_ARRAYS:
             stack = np.stack([_load(folder, name, t) for t in train]).astype(np.float64)
             expected = {
                 "mean": np.nanmean(stack, 0),
@@ -237,17 +237,17 @@ def test_statistics_match_the_data(tiny: list[Path]) -> None:
                 "median": np.nanmedian(stack, 0),
             }
             for stat, value in expected.items():
-                path = folder / layout.STATISTICS_DIR / name / "all" / f"{stat}.npy"
+                path = folder / native.STATISTICS_DIR / name / "all" / f"{stat}.npy"
                 got = np.load(path)
                 assert got.dtype == np.float32 and got.shape == stack.shape[1:], path
                 np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-4, err_msg=str(path))
-        meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+        meta = json.loads((folder / native.SESSION_META_FILE).read_text())
         assert meta["shipped_statistics"]["median"] == "exact"
     # the public helper computes the same thing from arrays in memory
-    trials = [{n: _load(folder, n, t) for n in layout.TRIAL_ARRAYS} for t in train]
+    trials = [{n: _load(folder, n, t) for n in native.TRIAL_ARRAYS} for t in train]
     for name, stats in synthetic.shipped_statistics(trials).items():
         for stat, value in stats.items():
-            path = folder / layout.STATISTICS_DIR / name / "all" / f"{stat}.npy"
+            path = folder / native.STATISTICS_DIR / name / "all" / f"{stat}.npy"
             np.testing.assert_array_equal(value, np.load(path), err_msg=str(path))
 
 
@@ -263,7 +263,7 @@ def test_streaming_paths_give_the_same_session(
             continue
         assert (folder / rel).read_bytes() == (tiny[0] / rel).read_bytes(), rel
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # spill removed
-    meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+    meta = json.loads((folder / native.SESSION_META_FILE).read_text())
     assert meta["shipped_statistics"]["median"] != "exact"
     # noiseless rates asked for before (or without) their trial: recomputed, identically
     mouse = synthetic._Mouse(
@@ -276,9 +276,9 @@ def test_streaming_paths_give_the_same_session(
     )
     for trial in (0, N_TRIALS - 1):
         np.testing.assert_array_equal(
-            mouse.noiseless_of(trial), _load(folder, layout.NOISELESS, trial)
+            mouse.noiseless_of(trial), _load(folder, native.NOISELESS, trial)
         )
-    assert np.isfinite(np.load(folder / layout.STATISTICS_DIR / "responses/all/median.npy")).all()
+    assert np.isfinite(np.load(folder / native.STATISTICS_DIR / "responses/all/median.npy")).all()
 
 
 def test_bad_arguments(tmp_path: Path, tiny: list[Path]) -> None:
@@ -344,13 +344,12 @@ def test_ensure_synthetic(tmp_path: Path, tiny: list[Path], monkeypatch: pytest.
 
 
 def test_read_back_through_the_reader(tiny: list[Path]) -> None:
-    sensorium = pytest.importorskip("neurotwin.data.sensorium")
-    assert sensorium.find_sessions(tiny[0].parent) == sorted(tiny)
+    assert native.find_sessions(tiny[0].parent) == sorted(tiny)
     folder = tiny[0]
-    session = sensorium.SensoriumSession(folder)
+    session = native.NativeSession(folder)
     np.testing.assert_array_equal(session.tiers, _tiers(folder))
-    np.testing.assert_array_equal(session.unit_ids, np.load(folder / layout.UNIT_IDS_FILE))
-    np.testing.assert_array_equal(session.coordinates, np.load(folder / layout.COORDINATES_FILE))
+    np.testing.assert_array_equal(session.unit_ids, np.load(folder / native.UNIT_IDS_FILE))
+    np.testing.assert_array_equal(session.coordinates, np.load(folder / native.COORDINATES_FILE))
     assert session.frame_shape == (TINY["height"], TINY["width"])
     assert session.n_neurons == TINY["neurons"] and session.has_noiseless
     assert session.meta["source"] == "synthetic"
@@ -359,16 +358,16 @@ def test_read_back_through_the_reader(tiny: list[Path]) -> None:
     assert not session.responses_hidden("train")
     for trial in range(N_TRIALS):
         arrays = session.load_trial(trial)
-        for name in layout.TRIAL_ARRAYS:
+        for name in native.TRIAL_ARRAYS:
             np.testing.assert_array_equal(arrays[name], _load(folder, name, trial))
         np.testing.assert_array_equal(
-            session.load_noiseless(trial), _load(folder, layout.NOISELESS, trial)
+            session.load_noiseless(trial), _load(folder, native.NOISELESS, trial)
         )
-        assert session.trial_length(trial) == _length(_load(folder, layout.VIDEOS, trial))
+        assert session.trial_length(trial) == _length(_load(folder, native.VIDEOS, trial))
     shipped = session.statistics(shipped=True)
-    for name in layout.TRIAL_ARRAYS:
-        for stat in layout.STATISTIC_NAMES:
+    for name in native.TRIAL_ARRAYS:
+        for stat in native.STATISTIC_NAMES:
             np.testing.assert_array_equal(
                 shipped[name][stat],
-                np.load(folder / layout.STATISTICS_DIR / name / "all" / f"{stat}.npy"),
+                np.load(folder / native.STATISTICS_DIR / name / "all" / f"{stat}.npy"),
             )

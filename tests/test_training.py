@@ -14,10 +14,14 @@ import torch
 from neurotwin import config as cfg
 from neurotwin.data import synthetic
 from neurotwin.errors import CheckpointError, NeurotwinError
+from neurotwin.metrics import CorrelationAccumulator, frames_to_skip
+from neurotwin.registry import CORES, READOUTS
 from neurotwin.training import checkpoint as ckpt
+from neurotwin.training.loop import Trainer
 from neurotwin.training.losses import poisson_loss
+from neurotwin.training.memory import MemoryProbe
 from neurotwin.training.optim import GradClipper, Plateau, grad_norm
-from neurotwin.training.trainer import CorrelationAccumulator, Trainer, train
+from neurotwin.training.video import VideoTask, train
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +36,16 @@ def tiny_config(data_dir: Path, output_dir: Path, **train: object) -> cfg.Config
     c.data.crop_frame = 24
     c.data.batch_size = 4
     c.data.num_workers = 0
-    core = c.model.core
-    core.name = "conv3d"
-    core.core_num_layers = 2
-    core.core_hidden_dim = 4
-    core.core_spatial_input_kernel = 5
-    core.core_spatial_hidden_kernel = 3
-    core.core_temporal_input_kernel = 5
-    core.core_temporal_hidden_kernel = 3
-    c.model.readout.name = "gaussian"
+    c.model.core = CORES.options(
+        "conv3d",
+        core_num_layers=2,
+        core_hidden_dim=4,
+        core_spatial_input_kernel=5,
+        core_spatial_hidden_kernel=3,
+        core_temporal_input_kernel=5,
+        core_temporal_hidden_kernel=3,
+    )
+    c.model.readout = READOUTS.options("gaussian")
     c.train.epochs = 3
     c.train.lr = 0.01
     for k, v in train.items():
@@ -50,6 +55,11 @@ def tiny_config(data_dir: Path, output_dir: Path, **train: object) -> cfg.Config
     c.run.verbose = 0
     c.run.seed = 7
     return c
+
+
+def make_trainer(config: cfg.Config) -> Trainer:
+    """The shared loop with the video model's task, as `train` builds it (one process)."""
+    return Trainer(VideoTask(config), config)
 
 
 def load_rows(run: Path) -> list[dict[str, str]]:
@@ -87,12 +97,13 @@ def test_streamed_correlation_equals_the_metric():
     trials_p[1][2] = 1.0  # a neuron whose prediction does not vary in one trial
     acc = CorrelationAccumulator(5)
     for r, p in zip(trials_r, trials_p):
-        acc.update(torch.tensor(p[None, :, 50:]), torch.tensor(r[None, :, 50:]))
-    expected = metrics.single_trial_correlation(trials_r, trials_p, skip=50, per_neuron=True)
-    assert np.allclose(acc.correlation().numpy(), expected, atol=1e-10)
+        acc.add(torch.tensor(r[None, :, 50:]), torch.tensor(p[None, :, 50:]))
+    reference = [metrics.correlation(np.concatenate([t[n, 50:] for t in trials_r]),
+                                     np.concatenate([t[n, 50:] for t in trials_p])) for n in range(5)]  # fmt: skip
+    assert np.allclose(acc.result().numpy(), reference, atol=1e-10)
     const = CorrelationAccumulator(2)
-    const.update(torch.ones(1, 2, 10), torch.rand(1, 2, 10))
-    assert torch.equal(const.correlation(), torch.zeros(2))  # no variance: 0, not NaN
+    const.add(torch.rand(1, 2, 10), torch.ones(1, 2, 10))
+    assert torch.equal(const.result(), torch.zeros(2))  # no variance: 0, not NaN
 
 
 def test_plateau_reduces_then_stops_and_round_trips():
@@ -329,14 +340,14 @@ def test_killed_run_resumed_equals_uninterrupted(data_dir, tmp_path, schedule_fr
 def test_micro_batches_give_the_full_batch_gradient(data_dir, tmp_path):
     config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=2)
     config.data.batch_size = 5
-    trainer = Trainer(config)
+    trainer = make_trainer(config)
     assert trainer.micro_batch_size == 2
     trainer.model.eval()  # deterministic readout sampling, batch norm on running statistics
     trainer.model.double()  # float64, so that only the summation order differs
-    session = trainer.session_names[0]
+    session = trainer.task.session_names[0]
     batch = {
         k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-        for k, v in next(iter(trainer.train_loaders[session])).items()
+        for k, v in next(iter(trainer.task.train_loaders[session])).items()
     }
     assert batch["video"].shape[0] == 5
 
@@ -366,9 +377,9 @@ def test_training_steps_read_nothing_back_from_the_device(data_dir, tmp_path, mo
     fixed norm, the optimiser step). Only torch's AdamW may read its step counter, which it keeps
     on the CPU by design (not a GPU synchronisation)."""
     config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=2, **clip)
-    trainer = Trainer(config)
-    session = trainer.session_names[0]
-    batches = list(trainer.train_loaders[session])[:3]
+    trainer = make_trainer(config)
+    session = trainer.task.session_names[0]
+    batches = list(trainer.task.train_loaders[session])[:3]
     real = {name: getattr(torch.Tensor, name) for name in READ_BACKS}
 
     def forbidden(name: str):
@@ -400,7 +411,7 @@ def test_training_steps_read_nothing_back_from_the_device(data_dir, tmp_path, mo
 
 def test_micro_batch_search_on_cpu_uses_the_full_batch(data_dir, tmp_path):
     config = tiny_config(data_dir, tmp_path / "run", micro_batch_size=0)
-    trainer = Trainer(config)
+    trainer = make_trainer(config)
     assert trainer.micro_batch_size == config.data.batch_size
     assert "CUDA only" in (tmp_path / "run" / "train.log").read_text()
     trainer.logger.close()
@@ -408,7 +419,7 @@ def test_micro_batch_search_on_cpu_uses_the_full_batch(data_dir, tmp_path):
 
 def test_schedule_free_switches_to_eval_for_validation_and_checkpoints(data_dir, tmp_path):
     config = tiny_config(data_dir, tmp_path / "run", epochs=2, schedule_free=True)
-    trainer = Trainer(config)
+    trainer = make_trainer(config)
     seen: list[tuple[str, bool, dict]] = []
     validate, save = trainer.validate, trainer.save
 
@@ -470,18 +481,19 @@ def test_restore_with_other_sessions_is_refused(data_dir, tmp_path):
 
 @torch.no_grad()
 def validation_correlation(trainer: Trainer, blank_video: bool = False) -> float:
-    """Mean single-trial correlation on the validation tier, optionally with a grey video."""
-    from neurotwin.training.losses import align
-
+    """Mean single-trial correlation on the validation tier (the first frames left out by the
+    metrics' rule), optionally with a grey video."""
     model = trainer.model.eval()
     values = []
-    for session, loader in trainer.val_loaders.items():
-        acc = CorrelationAccumulator(int(trainer.specs[session]["n_neurons"]))
+    for session, loader in trainer.task.val_loaders.items():
+        acc = CorrelationAccumulator(int(trainer.task.specs[session]["n_neurons"]))
+        skip = frames_to_skip(loader.dataset.lengths)
         for batch in loader:
             video = torch.zeros_like(batch["video"]) if blank_video else batch["video"]
             pred = model(video, session, batch["behavior"], batch["pupil_center"])
-            acc.update(pred, align(pred, batch["response"]))
-        values.append(float(acc.correlation().mean()))
+            assert pred.shape == batch["response"].shape  # this core predicts every frame
+            acc.add(batch["response"][..., skip:], pred[..., skip:])
+        values.append(float(acc.result().mean()))
     return float(np.mean(values))
 
 
@@ -514,7 +526,7 @@ def test_demo_model_learns_from_the_stimulus(tmp_path):
     config.run.output_dir = str(tmp_path / "run")
     config.run.verbose = 0
     config.run.seed = 1
-    trainer = Trainer(config)
+    trainer = make_trainer(config)
     result = trainer.fit()
     best = result["best_value"]
     assert best > 0.06, result["history"]
@@ -539,12 +551,19 @@ def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):
         grad_checkpointing=1,
         autoclip_percentile=10.0,
     )
-    core = config.model.core
-    core.name = "vivit"
-    core.core_emb_dim, core.core_num_heads, core.core_head_dim, core.core_ff_dim = 16, 2, 8, 16
-    core.core_spatial_depth = core.core_temporal_depth = 1
-    core.core_spatial_patch_size, core.core_spatial_patch_stride = 3, 2
-    core.core_temporal_patch_size, core.core_reg_tokens = 3, 2
+    config.model.core = CORES.options(
+        "vivit",
+        core_emb_dim=16,
+        core_num_heads=2,
+        core_head_dim=8,
+        core_ff_dim=16,
+        core_spatial_depth=1,
+        core_temporal_depth=1,
+        core_spatial_patch_size=3,
+        core_spatial_patch_stride=2,
+        core_temporal_patch_size=3,
+        core_reg_tokens=2,
+    )
     result = train(config)
     assert result["epochs"] == 2 and all(math.isfinite(h["train_loss"]) for h in result["history"])
     log = (tmp_path / "run/train.log").read_text()
@@ -555,7 +574,7 @@ def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):
 @pytest.mark.parametrize(("mode", "compiled"), [("auto", False), (False, False), (True, True)])
 def test_compile_auto_stays_off_on_the_cpu(data_dir, tmp_path, mode, compiled):
     """compile: auto (the GPU preset's) compiles on CUDA only; on the CPU the core stays eager."""
-    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", compile=mode))
+    trainer = make_trainer(tiny_config(data_dir, tmp_path / "run", compile=mode))
     assert trainer.compiled is compiled
     assert (trainer.model.core._compiled_call_impl is not None) is compiled
 
@@ -569,9 +588,9 @@ def test_compile_auto_stays_off_on_the_cpu(data_dir, tmp_path, mode, compiled):
 def oom_trainer(data_dir, tmp_path, monkeypatch):
     """A CPU trainer with grad_checkpointing auto made to behave as on a GPU where a forward+
     backward of more than `fits[checkpointing]` trials runs out of memory."""
-    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", grad_checkpointing="auto"))
-    assert not trainer.grad_checkpointing and not trainer.auto_checkpointing  # CPU: off
-    trainer.auto_checkpointing = True  # as on CUDA
+    trainer = make_trainer(tiny_config(data_dir, tmp_path / "run", grad_checkpointing="auto"))
+    assert not trainer.grad_checkpointing and not trainer.checkpointing.auto  # CPU: off
+    trainer.checkpointing.auto = True  # as on CUDA
     fits = {False: 0, True: 4}
     calls = []
 
@@ -587,27 +606,33 @@ def oom_trainer(data_dir, tmp_path, monkeypatch):
     return trainer, fits, calls
 
 
+def probe(trainer: Trainer) -> MemoryProbe:
+    """The memory probe as the loop makes it for --micro_batch_size 0 (on CUDA)."""
+    return MemoryProbe(trainer._fits, trainer.checkpointing)
+
+
 def test_auto_checkpointing_switches_on_only_when_one_trial_does_not_fit(oom_trainer):
     trainer, fits, calls = oom_trainer
-    assert trainer._search_micro_batch_size() == 4
+    p = probe(trainer)
+    assert p.largest(4) == 4
     assert trainer.grad_checkpointing and trainer.model.core.grad_checkpointing
     # halving without checkpointing down to one trial, then the full batch with it
     assert calls == [(4, False), (2, False), (1, False), (4, True)]
-    assert any("grad_checkpointing auto: one trial does not fit" in n for n in trainer._notes)
+    assert any("grad_checkpointing auto: one trial does not fit" in n for n in p.notes)
 
 
 def test_auto_checkpointing_prefers_a_smaller_micro_batch_to_checkpointing(oom_trainer):
     trainer, fits, calls = oom_trainer
     fits[False] = 2
-    assert trainer._search_micro_batch_size() == 2
+    assert probe(trainer).largest(4) == 2
     assert not trainer.grad_checkpointing and not trainer.model.core.grad_checkpointing
 
 
 def test_without_auto_the_search_says_what_to_try(oom_trainer):
     trainer, fits, calls = oom_trainer
-    trainer.auto_checkpointing = False
+    trainer.checkpointing.auto = False
     with pytest.raises(NeurotwinError, match="--grad_checkpointing 1"):
-        trainer._search_micro_batch_size()
+        probe(trainer).largest(4)
     assert not trainer.grad_checkpointing
 
 
@@ -618,6 +643,6 @@ def test_auto_checkpointing_with_a_fixed_micro_batch_probes_it_once(oom_trainer)
     assert calls == [(2, False)] and trainer.grad_checkpointing
     calls.clear()
     fits[False] = 2
-    trainer._set_checkpointing(False)
+    trainer.checkpointing.set(False)
     assert trainer._micro_batch_size() == 2
     assert calls == [(2, False)] and not trainer.grad_checkpointing

@@ -1,18 +1,27 @@
-"""Every option of neurotwin, as dataclasses: YAML <-> dataclass <-> argparse flags.
+"""The config tree: YAML <-> dataclasses, checked; each model part's options live with the part.
 
-A config is a tree: `Config(data, model(core, readout, shifter), train, run)`. Each leaf field is
-one option with one home; its command-line flag is `--<leaf name>`, so leaf names are unique
-across the whole tree (checked at import). YAML presets mirror the tree, e.g.
+A config is `Config(data, model, train, run)`. `data`, `train` and `run` are dataclasses of this
+module. `model` holds four part slots (core, readout, shifter, output_activation); a slot holds
+the options dataclass of the part chosen for it, declared beside the part's class and registered
+with it (see `neurotwin.registry`). Every option's flag is `--<field name>` (a slot's part is
+picked with `--<slot>`, e.g. `--core conv3d`); names are unique across the tree, except that an
+option several parts of one slot declare (e.g. `core_hidden_dim`) is one flag. YAML mirrors the
+tree, a slot as `{name: PART, <option>: value, ...}` (or the bare name):
 
     data: {data_dir: data/synthetic, batch_size: 4}
-    model: {core: {name: conv3d}}
+    model: {core: {name: conv3d, core_num_layers: 2}, output_activation: elu1}
 
-Flags override YAML, YAML overrides the defaults. Unknown keys and bad values raise ConfigError.
+Layers (defaults < a saved run's config < a YAML preset < flags) are merged by `merge_layers`:
+a layer that picks another part drops the options the layers below gave the previous one; an
+option that only another part owns is an error naming its owners. Saved configs carry
+`version: 2`; a config.yaml without it, holding the old release's flat core section (all its
+`core_*` fields whatever the core), loads with the other cores' fields dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import types
 import typing
@@ -24,6 +33,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from neurotwin.errors import ConfigError
+from neurotwin.files import write_text
+from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, Options, Registry
+
+CONFIG_VERSION = 2  # saved configs; files without a version are the previous release's
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -34,18 +47,30 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata=metadata, **kwargs)
 
 
+def part(registry: Registry, default: str, help: str) -> Any:
+    """A slot of the tree that holds the options of one part of `registry` (default `default`)."""
+    metadata = {"help": help, "registry": registry, "default": default}
+    return field(default_factory=lambda: registry.options(default), metadata=metadata)
+
+
+def require(condition: bool, flag: str, problem: str) -> None:
+    """The range check of an option: ConfigError naming its flag unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"--{flag}: {problem}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Options):
     """Where the data is, which sessions and trials to use, and how to batch and transform it."""
 
     data_dir: str = option("data/synthetic", "folder holding one sub-folder per session")
     mouse_ids: list[str] | None = option(
-        None, "sessions to use, by folder name or short alias (default: every session found)"
+        None, "sessions to use, by folder name or short alias (none: every session found)"
     )
     generate_synthetic: bool = option(
         False, "write the built-in synthetic dataset into data_dir first if it holds no session"
@@ -69,140 +94,33 @@ class DataConfig:
         "neuron (r - min) / (max - min)",
     )
     shipped_statistics: bool = option(
-        False,
-        "use the statistics shipped in meta/statistics instead of ones computed from the "
-        "training tier over trials and frames",
+        False, "use meta/statistics as shipped, not those of the training tier's frames"
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
 
-
-@dataclass
-class CoreConfig:
-    """The shared core: which one, and its hyperparameters (a core reads only its own fields).
-
-    Defaults are ViV1T's published vivit core (bryanlimy/ViV1T-closed-loop, train.py and the
-    README's training command: causal temporal attention, parallel attention+MLP blocks).
-    """
-
-    name: str = option("vivit", "core: conv2d | conv3d | vivit | pretrained")
-    core_behavior_mode: Literal[0, 1, 2] = option(
-        2,
-        "0: no behaviour in the core, 1: behaviour (dilation, speed) as extra input channels, "
-        "2: behaviour and pupil centre as extra input channels (ViV1T's core_behavior_mode)",
-    )
-    core_behavior_tokens: bool = option(
-        False, "vivit: add one token per frame made from behaviour and pupil centre"
-    )
-    # conv2d / conv3d (ViV1T's factorized 3D CNN baseline names and defaults)
-    core_num_layers: int = option(4, "conv cores: number of layers")
-    core_hidden_dim: int = option(16, "conv cores: channels of each layer")
-    core_spatial_input_kernel: int = option(11, "conv cores: spatial kernel of the first layer")
-    core_spatial_hidden_kernel: int = option(5, "conv cores: spatial kernel of later layers")
-    core_temporal_input_kernel: int = option(11, "conv3d: temporal kernel of the first layer")
-    core_temporal_hidden_kernel: int = option(5, "conv3d: temporal kernel of later layers")
-    core_dropout: float = option(0.0, "conv cores: dropout after each layer")
-    # vivit
-    core_spatial_patch_size: int = option(7, "vivit: spatial patch size of the tube embedding")
-    core_spatial_patch_stride: int = option(2, "vivit: spatial patch stride")
-    core_temporal_patch_size: int = option(13, "vivit: temporal patch size (frames per tube)")
-    core_temporal_patch_stride: int = option(1, "vivit: temporal patch stride")
-    core_pad_frame: bool = option(
-        True,
-        "vivit: zero-pad frames so patches cover the whole frame, and pad the past so that "
-        "there is one output frame per input frame",
-    )
-    core_emb_dim: int = option(112, "vivit: token embedding size")
-    core_spatial_depth: int = option(14, "vivit: spatial transformer blocks")
-    core_temporal_depth: int = option(14, "vivit: temporal transformer blocks")
-    core_num_heads: int = option(2, "vivit: attention heads")
-    core_head_dim: int = option(80, "vivit: size of each attention head")
-    core_ff_dim: int = option(224, "vivit: hidden size of the feed-forward (MLP) blocks")
-    core_ff_activation: Literal["relu", "gelu", "silu", "elu", "tanh"] = option(
-        "relu", "vivit: feed-forward activation"
-    )
-    core_p_dropout: float = option(0.17, "vivit: patch dropout (whole tokens) after embedding")
-    core_mha_dropout: float = option(0.04, "vivit: dropout on the attention output")
-    core_ff_dropout: float = option(0.21, "vivit: dropout in the feed-forward blocks")
-    core_drop_path: float = option(0.43, "vivit: stochastic depth rate of every block")
-    core_use_causal_attention: bool = option(
-        True, "vivit: causal temporal attention (no output depends on later frames)"
-    )
-    core_parallel_attention: bool = option(
-        True, "vivit: attention and MLP in parallel in each block (else one after the other)"
-    )
-    core_norm_qk: bool = option(False, "vivit: layer-normalise queries and keys (per head)")
-    core_pos_encoding: Literal["rope", "learned", "none"] = option(
-        "rope",
-        "vivit: rope (rotary: 2D over patches, 1D over frames) or learned (added spatial and "
-        "temporal embeddings)",
-    )
-    core_reg_tokens: int = option(24, "vivit: learned register tokens per transformer")
-    core_max_frame: int = option(300, "vivit: most frames a clip may have (learned positions)")
-    # pretrained
-    core_pretrained_weights: str | None = option(
-        None,
-        "pretrained: local .pt state dict of the frozen per-frame conv stack (its layers are "
-        "read from the file; none: a random frozen stack of core_num_layers x core_hidden_dim)",
-    )
+    def check(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
+            self.crop_frame >= 1 or self.crop_frame == -1,
+            "crop_frame",
+            f"must be >= 1 or -1 (whole trial), got {self.crop_frame}",
+        )
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 @dataclass
-class ReadoutConfig:
-    """The per-session readout (defaults: ViV1T's Gaussian readout)."""
-
-    name: str = option("gaussian", "readout: gaussian | factorized")
-    readout_bias_mode: Literal[0, 1, 2] = option(
-        2, "0: no bias, 1: bias initialised to zero, 2: bias initialised to the mean response"
-    )
-    readout_grid_mode: Literal[0, 1, 2, 3] = option(
-        1,
-        "gaussian positions: 0 free (uniform init), 1 predicted from the (x, y) cortical "
-        "coordinates by a small MLP, 2 predicted from (x, y, z), 3 free, initialised from the "
-        "(x, y) coordinates scaled to [-1, 1]",
-    )
-    readout_gauss_type: Literal["full", "uncorrelated", "isotropic"] = option(
-        "full", "gaussian: covariance of each neuron's position"
-    )
-    readout_init_mu_range: float = option(
-        0.2, "gaussian: free positions start uniform in [-range, range]"
-    )
-    readout_init_sigma: float = option(
-        1.0,
-        "gaussian: initial spread (full: matrix entries uniform in [-s, s]; else all equal s)",
-    )
-    readout_reg_weight: float = option(
-        0.0, "L1 penalty on the readout weights (ViV1T: 0; Sensorium baselines: 0.0076)"
-    )
-    readout_dropout: float = option(0.0, "factorized: dropout on the core features")
-
-
-@dataclass
-class ShifterConfig:
-    """The per-session shifter that moves readout positions by gaze."""
-
-    shifter_mode: Literal[0, 1, 2] = option(
-        1, "0: no shifter, 1: shift from pupil centre, 2: from pupil centre and behaviour"
-    )
-    shifter_layers: int = option(3, "shifter: MLP layers")
-    shifter_size: int = option(5, "shifter: hidden units")
-
-
-@dataclass
-class ModelConfig:
+class ModelConfig(Options):
     """core -> per-session readout (moved by a shifter) -> output activation."""
 
-    core: CoreConfig = field(default_factory=CoreConfig)
-    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
-    shifter: ShifterConfig = field(default_factory=ShifterConfig)
-    output_activation: Literal["none", "elu1", "exp", "softplus", "sigmoid"] = option(
-        "elu1",
-        "keeps rates positive: none | elu1 (ELU+1) | exp | softplus (learnable beta) | sigmoid",
-    )
+    core: Any = part(CORES, "vivit", "the core shared by all sessions")
+    readout: Any = part(READOUTS, "gaussian", "the readout of each session")
+    shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
+    output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Loss, optimiser, schedule, and the numerics of a training step."""
 
     epochs: int = option(400, "maximum epochs")
@@ -213,10 +131,10 @@ class TrainConfig:
         True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
     )
     lr: float = option(0.0048, "learning rate")
-    core_lr: float | None = option(None, "learning rate of the core (default: lr)")
+    core_lr: float | None = option(None, "learning rate of the core (none: lr)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     core_weight_decay: float | None = option(
-        None, "AdamW weight decay of the core (default: weight_decay)"
+        None, "AdamW weight decay of the core (none: weight_decay)"
     )
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
@@ -228,15 +146,13 @@ class TrainConfig:
     )
     warmup_steps: int = option(0, "schedule-free: warm-up steps")
     accumulate_sessions: bool = option(
-        True,
-        "accumulate gradients over as many batches as there are sessions before each optimiser "
-        "step (ViV1T, neuralpredictors); false: one step per batch",
+        True, "one optimiser step per as many batches as there are sessions (false: per batch)"
     )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
     max_reduce: int = option(2, "plateau schedule: reductions before early stopping")
     min_epochs: int = option(0, "never stop before this many epochs")
-    grad_norm: float | None = option(None, "clip gradients to this norm (None: off)")
+    grad_norm: float | None = option(None, "clip gradients to this norm (none: off)")
     autoclip_percentile: float | None = option(
         None, "AutoClip: clip to this percentile of past gradient norms (overrides grad_norm)"
     )
@@ -255,13 +171,38 @@ class TrainConfig:
         False, "torch.compile the core: true, false, or auto (on for CUDA devices)"
     )
 
+    def check(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(
+            self.micro_batch_size >= -1,
+            "micro_batch_size",
+            f"must be >= 1, 0 (search) or -1 (off), got {self.micro_batch_size}",
+        )
+        require(self.min_epochs >= 0, "min_epochs", f"must be >= 0, got {self.min_epochs}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.core_lr is None or self.core_lr > 0, "core_lr", f"must be > 0, got {self.core_lr}")  # fmt: skip
+        require(0 < self.lr_factor < 1, "lr_factor", f"must be in (0, 1), got {self.lr_factor}")
+        require(self.lr_patience >= 1, "lr_patience", f"must be >= 1, got {self.lr_patience}")
+        require(self.max_reduce >= 0, "max_reduce", f"must be >= 0, got {self.max_reduce}")
+        require(
+            self.grad_norm is None or self.grad_norm > 0,
+            "grad_norm",
+            f"must be > 0 or none, got {self.grad_norm}",
+        )
+        p = self.autoclip_percentile
+        require(p is None or 0 < p <= 100, "autoclip_percentile", f"must be in (0, 100], got {p}")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+
 
 @dataclass
-class RunConfig:
+class RunConfig(Options):
     """Where outputs go, which device, seeds and logging."""
 
     output_dir: str = option("runs/default", "folder for checkpoints, config and logs")
-    device: str = option("", "cpu | cuda | cuda:K | mps (default: best available)")
+    device: str = option("", 'cpu | cuda | cuda:K | mps, or "" for the best available')
     seed: int = option(1234, "random seed")
     deterministic: bool = option(False, "use deterministic algorithms")
     restore: str | None = option(
@@ -276,7 +217,7 @@ class RunConfig:
 
 
 @dataclass
-class Config:
+class Config(Options):
     """The whole configuration of a run."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -285,49 +226,13 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-# ----------------------------------------------------------------------------------------------
-# Leaves: the flat view (flag name -> path in the tree)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Leaf:
-    """One option: its flag name, its path in the tree, its type and help."""
-
-    flag: str
-    path: tuple[str, ...]
-    type: Any
-    help: str
-    default: Any
-
-
-def _flag_name(section_path: tuple[str, ...], f: dataclasses.Field) -> str:
-    # `name` fields of the model parts take the part's name: --core, --readout (ViV1T's flags).
-    if f.name == "name" and section_path[:1] == ("model",):
-        return section_path[-1]
-    return f.name
-
-
-def leaves(cls: type = Config, prefix: tuple[str, ...] = ()) -> list[Leaf]:
-    """Every option under `cls`, depth first."""
-    out: list[Leaf] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out.extend(leaves(tp, prefix + (f.name,)))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append(
-            Leaf(_flag_name(prefix, f), prefix + (f.name,), tp, f.metadata.get("help", ""), default)
-        )
-    return out
-
-
-LEAVES: list[Leaf] = leaves()
-LEAF_BY_FLAG: dict[str, Leaf] = {leaf.flag: leaf for leaf in LEAVES}
-if len(LEAF_BY_FLAG) != len(LEAVES):  # pragma: no cover - guards edits of this file
-    raise RuntimeError("config leaf names must be unique across sections")
+def check_config(config: Any) -> None:
+    """Run every `check()` of the tree again (values may have been set after construction)."""
+    if isinstance(config, Options):
+        config.check()
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            check_config(getattr(config, f.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,34 +311,241 @@ def convert(value: Any, tp: Any, where: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Dict <-> dataclass, YAML files
+# The tree's shape: sections, slots and option fields
 # ----------------------------------------------------------------------------------------------
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, type) of a dataclass, types resolved."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def slot_registry(f: dataclasses.Field) -> Registry | None:
+    """The registry of a part slot, None for other fields."""
+    return f.metadata.get("registry")
+
+
+def part_fields(registry: Registry, name: str) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """The option fields of part `name`: {field name: (field, type)}."""
+    return {f.name: (f, tp) for f, tp in _fields(registry.options_class(name))}
+
+
+def _option_type(registry: Registry, key: str) -> Any:
+    """The type of option `key` in any part of `registry` (None if no part has it)."""
+    for name in registry.owners(key):
+        return part_fields(registry, name)[key][1]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers of nested dicts -> one checked dict -> dataclasses
+# ----------------------------------------------------------------------------------------------
+
+FLAGS = "flags"  # the source name of the command-line layer
+
+
+def _where(source: str, path: tuple[str, ...]) -> str:
+    """How an error names a value: `--flag` for flags, `file: a.b.c` for YAML."""
+    if source == FLAGS:
+        return f"--{path[-2] if path[-1] == 'name' and len(path) > 2 else path[-1]}"
+    return f"{source}: {'.'.join(path)}"
+
+
+def _part_name(value: Any, where: str) -> dict[str, Any]:
+    """A slot's value as a mapping ({"name": ...} for a bare name)."""
+    if isinstance(value, str):
+        return {"name": value}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a part name or a mapping, got {value!r}")
+    return dict(value)
+
+
+def merge_layers(layers: Sequence[tuple[str, dict[str, Any]]], cls: type = Config) -> dict:
+    """Merge nested dicts (lowest first), each checked against `cls` and converted; returns one
+    dict that `build` turns into `cls`. A layer that picks another part for a slot drops the
+    options lower layers gave the previous part (those the new part does not own)."""
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for source, values in layers:
+        if cls is Config:
+            values = _accept_version(upgrade_legacy(values), source)
+        _merge_section(merged, values, cls, source, (), origins)
+    _check_owners(merged, cls, (), origins)
+    return merged
+
+
+def _merge_section(merged, values, cls, source, path, origins) -> None:
+    if not isinstance(values, dict):
+        where = f"{source}: {'.'.join(path)}" if path else source
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: (f, tp) for f, tp in _fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{source}: {'.'.join(path)}" if path else source
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(fields)}")
+    for key, value in values.items():
+        f, tp = fields[key]
+        here = (*path, key)
+        registry = slot_registry(f)
+        if registry is not None:
+            slot = merged.setdefault(key, {"name": f.metadata["default"]})
+            _merge_slot(slot, _part_name(value, _where(source, here)), registry, source, here, origins)  # fmt: skip
+        elif dataclasses.is_dataclass(tp):
+            _merge_section(merged.setdefault(key, {}), value or {}, tp, source, here, origins)
+        else:
+            merged[key] = convert(value, tp, _where(source, here))
+
+
+def _merge_slot(slot, values, registry, source, path, origins) -> None:
+    name = values.pop("name", None)
+    if name is not None:
+        name = convert(name, str, _where(source, (*path, "name")))
+        registry.get(name)  # an unknown part is an error here, naming the known ones
+        if name != slot["name"]:  # options given for the previous part no longer apply
+            for key in [k for k in slot if k != "name" and name not in registry.owners(k)]:
+                del slot[key]
+        slot["name"] = name
+    for key, value in values.items():
+        tp = _option_type(registry, key)
+        if tp is None:
+            known = sorted({f for n in registry.names() for f in part_fields(registry, n)})
+            raise ConfigError(
+                f"{_where(source, (*path, key))}: unknown {registry.kind} option; known: {known}"
+            )
+        slot[key] = convert(value, tp, _where(source, (*path, key)))
+        origins[(*path, key)] = source
+
+
+def _check_owners(merged, cls, path, origins) -> None:
+    """Every option in a slot belongs to the part chosen for it."""
+    for f, tp in _fields(cls):
+        registry = slot_registry(f)
+        if f.name not in merged:
+            continue
+        if registry is not None:
+            slot = merged[f.name]
+            for key in slot:
+                owners = registry.owners(key)
+                if key != "name" and slot["name"] not in owners:
+                    here = (*path, f.name, key)
+                    raise ConfigError(
+                        f"{_where(origins.get(here, 'config'), here)} belongs to "
+                        f"{registry.kind} {', '.join(owners)}; the chosen {registry.kind} is "
+                        f"{slot['name']}"
+                    )
+        elif dataclasses.is_dataclass(tp):
+            _check_owners(merged[f.name], tp, (*path, f.name), origins)
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """`cls` from a dict `merge_layers` made (option checks run as each dataclass is made)."""
+    kwargs = {}
+    for f, tp in _fields(cls):
+        if f.name not in values:
+            continue
+        registry = slot_registry(f)
+        if registry is not None:
+            opts = dict(values[f.name])
+            kwargs[f.name] = registry.options(opts.pop("name"), **opts)
+        elif dataclasses.is_dataclass(tp):
+            kwargs[f.name] = build(tp, values[f.name])
+        else:
+            kwargs[f.name] = copy.deepcopy(values[f.name])
+    return cls(**kwargs)
 
 
 def from_dict(values: dict[str, Any], source: str = "config", cls: type = Config) -> Any:
     """Build `cls` from a nested dict, checking every key and value."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        tp, where = hints[f.name], f"{source}: {f.name}"
-        if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = from_dict(values[f.name] or {}, where, tp)
-        else:
-            kwargs[f.name] = convert(values[f.name], tp, where)
-    return cls(**kwargs)
+    return build(cls, merge_layers([(source, values)], cls))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The config as a nested dict of plain values (YAML-ready)."""
-    return dataclasses.asdict(config)
+    """The config as a nested dict of plain values (YAML-ready); a Config carries `version`."""
+    out: dict[str, Any] = {"version": CONFIG_VERSION} if isinstance(config, Config) else {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if slot_registry(f) is not None:
+            options = to_dict(value)
+            out[f.name] = {"name": value.name, **options} if options else value.name
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Versions: configs written by the previous release
+# ----------------------------------------------------------------------------------------------
+
+# The previous release (0.1, configs without `version`) saved one flat core section holding
+# every core's fields, and every readout's fields, whatever part was chosen.
+LEGACY_FIELDS = {
+    "core": (
+        "core_behavior_mode", "core_behavior_tokens", "core_num_layers", "core_hidden_dim",
+        "core_spatial_input_kernel", "core_spatial_hidden_kernel", "core_temporal_input_kernel",
+        "core_temporal_hidden_kernel", "core_dropout", "core_spatial_patch_size",
+        "core_spatial_patch_stride", "core_temporal_patch_size", "core_temporal_patch_stride",
+        "core_pad_frame", "core_emb_dim", "core_spatial_depth", "core_temporal_depth",
+        "core_num_heads", "core_head_dim", "core_ff_dim", "core_ff_activation", "core_p_dropout",
+        "core_mha_dropout", "core_ff_dropout", "core_drop_path", "core_use_causal_attention",
+        "core_parallel_attention", "core_norm_qk", "core_pos_encoding", "core_reg_tokens",
+        "core_max_frame", "core_pretrained_weights",
+    ),
+    "readout": (
+        "readout_bias_mode", "readout_grid_mode", "readout_gauss_type", "readout_init_mu_range",
+        "readout_init_sigma", "readout_reg_weight", "readout_dropout",
+    ),
+}  # fmt: skip
+
+
+def is_legacy(values: dict[str, Any]) -> bool:
+    """A config saved by the previous release: no `version`, a core section with every field."""
+    core = (values.get("model") or {}).get("core") if isinstance(values, dict) else None
+    return (
+        "version" not in values
+        and isinstance(core, dict)
+        and set(LEGACY_FIELDS["core"]) <= set(core)
+    )
+
+
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A previous release's saved config with the fields of the parts not chosen left out (the
+    release ignored them); any other dict unchanged."""
+    if not isinstance(values, dict) or not is_legacy(values):
+        return values
+    out = copy.deepcopy(values)
+    model = out["model"]
+    for slot, registry, default in (("core", CORES, "vivit"), ("readout", READOUTS, "gaussian")):
+        section = model.get(slot)
+        if not isinstance(section, dict):
+            continue
+        name = section.get("name", default)
+        own = set(part_fields(registry, name)) if name in registry else set()
+        model[slot] = {k: v for k, v in section.items() if k not in LEGACY_FIELDS[slot] or k in own}
+    out["version"] = CONFIG_VERSION
+    return out
+
+
+def _accept_version(values: Any, source: str) -> Any:
+    if not isinstance(values, dict) or "version" not in values:
+        return values
+    values = dict(values)
+    version = values.pop("version")
+    if version != CONFIG_VERSION:
+        raise ConfigError(
+            f"{source}: version {version!r}: this neurotwin reads config versions up to "
+            f"{CONFIG_VERSION}"
+        )
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML files
+# ----------------------------------------------------------------------------------------------
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -451,50 +563,123 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> Config:
-    """Read a YAML preset or a saved config."""
+    """Read a YAML preset or a saved config (one of the previous release too)."""
     return from_dict(read_yaml(path), str(path))
 
 
-def save_yaml(config: Config, path: str | Path) -> Path:
+def save_yaml(config: Any, path: str | Path) -> Path:
     """Write the resolved config (atomically), so that `load_yaml` gives it back exactly."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
-    return path
-
-
-def get_value(config: Config, leaf: Leaf) -> Any:
-    obj = config
-    for part in leaf.path:
-        obj = getattr(obj, part)
-    return obj
-
-
-def set_value(config: Config, leaf: Leaf, value: Any) -> None:
-    obj = config
-    for part in leaf.path[:-1]:
-        obj = getattr(obj, part)
-    setattr(obj, leaf.path[-1], value)
+    return write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------------------------
-# argparse
+# Flags (argparse), made from the tree
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag: where its value goes in the tree, its type and help.
+
+    `owners` are the parts that declare it (empty for section options and slot choices);
+    `defaults` its default per owner (one entry, key "", for the others)."""
+
+    name: str
+    path: tuple[str, ...]
+    type: Any
+    help: str
+    defaults: dict[str, Any]
+    group: str
+    owners: tuple[str, ...] = ()
+
+
+def flags(cls: type = Config, path: tuple[str, ...] = ()) -> list[Flag]:
+    """Every flag of the tree under `cls`, in help order (parts are looked up now)."""
+    out: list[Flag] = []
+    for f, tp in _fields(cls):
+        here = (*path, f.name)
+        registry = slot_registry(f)
+        if registry is not None:
+            out.extend(_slot_flags(f, registry, here))
+        elif dataclasses.is_dataclass(tp):
+            out.extend(flags(tp, here))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            group = f"{path[0]} options" if path else "options"
+            out.append(Flag(f.name, here, tp, f.metadata.get("help", ""), {"": default}, group))
+    names = [x.name for x in out]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:  # pragma: no cover - guards the declarations of options
+        raise RuntimeError(f"options declared in two places of the config tree: {clash}")
+    return out
+
+
+def _slot_flags(f: dataclasses.Field, registry: Registry, path: tuple[str, ...]) -> list[Flag]:
+    names = registry.names()
+    choice = Flag(
+        f.name,
+        (*path, "name"),
+        Literal[tuple(names)],
+        f.metadata["help"],
+        {"": f.metadata["default"]},
+        f"{registry.kind} (the groups after this one hold the options of the parts they name)",
+    )
+    fields: dict[str, dict[str, tuple[dataclasses.Field, Any]]] = {}
+    for name in names:
+        for key, (field_, tp) in part_fields(registry, name).items():
+            fields.setdefault(key, {})[name] = (field_, tp)
+    out = [choice]
+    for key, by_part in fields.items():
+        types_ = {repr(tp) for _, tp in by_part.values()}
+        if len(types_) > 1:  # pragma: no cover - guards the declarations of options
+            raise RuntimeError(f"{registry.kind} option {key} has different types: {types_}")
+        first_field, tp = next(iter(by_part.values()))
+        defaults = {}
+        for name, (field_, _) in by_part.items():
+            defaults[name] = (
+                field_.default
+                if field_.default is not dataclasses.MISSING
+                else field_.default_factory()
+            )
+        owners = tuple(by_part)
+        group = f"{registry.kind} options of {', '.join(owners)}"
+        out.append(Flag(key, (*path, key), tp, first_field.metadata.get("help", ""), defaults, group, owners))  # fmt: skip
+    # options of the same parts together, in the order the parts come
+    return [choice] + sorted(out[1:], key=lambda x: [x.group for x in out[1:]].index(x.group))
+
+
+def _default_text(flag: Flag) -> str:
+    values = list(flag.defaults.values())
+    if all(v == values[0] for v in values):
+        return f"default: {_show(values[0])}"
+    return "default: " + ", ".join(f"{_show(v)} ({n})" for n, v in flag.defaults.items())
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else '""'
 
 
 def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
-    """Add `--config` and one `--flag` per option; only flags given on the command line are set."""
-    parser.add_argument("--config", type=str, default=None, help="YAML preset to start from")
-    for leaf in LEAVES:
-        if leaf.flag in exclude:
+    """Add `--config` and one `--flag` per option, grouped by section and part; only flags given
+    on the command line are set (the others are absent from the parsed namespace)."""
+    parser.add_argument(
+        "--config", type=str, default=None, help="YAML preset to start from (default: none)"
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in flags():
+        if flag.name in exclude:
             continue
-        optional, inner = _is_optional(leaf.type)
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": leaf.flag}
-        help_text = f"{leaf.help} (default: {leaf.default})"
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        optional, inner = _is_optional(flag.type)
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": flag.name}
+        help_text = f"{flag.help} ({_default_text(flag)})"
         if get_origin(inner) is Literal:
-            help_text += f" choices: {list(get_args(inner))}"
+            help_text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
         if inner is bool or (
             get_origin(inner) is Literal and any(c is True for c in get_args(inner))
         ):
@@ -502,23 +687,36 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
         elif get_origin(inner) is list:
             kwargs.update(nargs="+", metavar="VALUE")
         else:
-            kwargs.update(metavar=leaf.flag.upper())
-        parser.add_argument(f"--{leaf.flag}", type=str, help=help_text, **kwargs)
+            kwargs.update(metavar=flag.name.upper())
+        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=help_text, **kwargs)
 
 
-def resolve(args: argparse.Namespace) -> Config:
-    """YAML preset (if any) with the command-line flags applied on top."""
-    config = load_yaml(args.config) if getattr(args, "config", None) else Config()
-    for flag, value in vars(args).items():
-        leaf = LEAF_BY_FLAG.get(flag)
-        if leaf is None:
+def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on a command line as a nested dict (a layer for `merge_layers`)."""
+    by_name = {flag.name: flag for flag in flags()}
+    layer: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        flag = by_name.get(name)
+        if flag is None:
             continue
-        set_value(config, leaf, convert(value, leaf.type, f"--{flag}"))
-    return config
+        node = layer
+        for key in flag.path[:-1]:
+            node = node.setdefault(key, {})
+        node[flag.path[-1]] = value
+    return layer
+
+
+def resolve(args: argparse.Namespace, base: Sequence[tuple[str, dict[str, Any]]] = ()) -> Config:
+    """`base` layers (e.g. a saved run's config), the YAML preset (if any), then the flags."""
+    layers = list(base)
+    if getattr(args, "config", None):
+        layers.append((str(args.config), read_yaml(args.config)))
+    layers.append((FLAGS, flag_layer(args)))
+    return build(Config, merge_layers(layers))
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:
-    """Parse a command line into a Config (what train.py does)."""
+    """Parse a command line into a Config (what train.py does, without --restore)."""
     parser = argparse.ArgumentParser(prog=prog, description="neurotwin options")
     add_config_flags(parser)
     return resolve(parser.parse_args(argv))

@@ -4,8 +4,10 @@ Conventions (checked against the published code: ecker-lab/sensorium_2023
 `sensorium/utility/scores.py`, sinzlab/sensorium `sensorium/utility/metrics.py`, sinzlab/neuralpredictors
 0.3.0 `measures/np_functions.py`, bryanlimy/ViV1T `src/viv1t/metrics.py` and `utils/utils.py`):
 
-- The first `skip` = 50 frames of every trial are left out (the model has not yet seen enough of the
-  movie); a trial with T valid frames contributes its last T - 50 frames.
+- The first 50 frames of every trial are left out (the model has not yet seen enough of the
+  movie); a trial with T valid frames contributes its last T - 50 frames. `frames_to_skip` is
+  the one rule, used by validation (early stopping), prediction and the synthetic ceiling: 50,
+  unless no trial of the scored set is longer than 50 frames (toy data), then 0.
 - Correlations are per neuron, over the frames of all trials concatenated, then averaged over neurons.
   A neuron whose responses or predictions do not vary gets a correlation of 0, never NaN (the
   published code adds 1e-8 to each standard deviation and sets remaining NaNs to 0).
@@ -33,14 +35,15 @@ Metrics (all return the mean over neurons unless `per_neuron=True`):
   (SP <= 0) get 0 and are left out of the mean.
 
 Trials are given as a sequence of (N, T_i) arrays (numpy or torch; lengths may differ) or one
-(B, N, T) array. Everything is computed in float64 numpy; `correlation` also works on torch tensors.
+(B, N, T) array. Everything is computed in float64: numpy, except the streamed correlation
+(`CorrelationAccumulator`, torch, on the device of its inputs); `correlation` takes either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,48 +106,95 @@ def correlation(x: ArrayLike, y: ArrayLike, axis: int = -1) -> ArrayLike:
     return out
 
 
+def frames_to_skip(lengths: Iterable[int]) -> int:
+    """Frames left out at the start of every trial of a scored set of trials with these valid
+    lengths: Sensorium's 50 (a trial of T <= 50 frames then adds none), or 0 when no trial is
+    longer than 50 frames, so that toy data still gets a score."""
+    return SKIP_FRAMES if max((int(t) for t in lengths), default=0) > SKIP_FRAMES else 0
+
+
 class CorrelationAccumulator:
     """Per-neuron Pearson correlation over frames added piece by piece (constant memory).
 
-    `add(x, y)` takes (N, T) arrays (frames along the last axis); `result()` gives (N,) with 0 for
-    neurons without variance, as `correlation`. Sums are kept in float64 around the first piece's
-    means, so that long recordings do not lose precision.
+    Equal to concatenating all frames of all pieces and correlating per neuron (Sensorium's
+    single-trial correlation); a neuron whose responses or predictions do not vary gets 0. The
+    sums (`stats`: count, sum x, sum y, sum x^2, sum y^2, sum xy per neuron, float64) are of
+    the values minus a centre, so that a large offset loses no precision: by default each
+    neuron's means in the first piece; give `center` (e.g. 0.0) where several processes
+    accumulate and sum their `stats` before `result()`, so that all use the same. The sums stay
+    on the device of the inputs: streaming reads nothing back.
     """
 
-    def __init__(self) -> None:
-        self.n = 0
-        self._shift: tuple[np.ndarray, np.ndarray] | None = None
-        self._sums: list[np.ndarray] = []
+    def __init__(
+        self,
+        n_neurons: int | None = None,
+        device: torch.device | str = "cpu",
+        center: float | None = None,
+    ) -> None:
+        self.stats: torch.Tensor | None = None
+        self.center: tuple[Any, Any] | None = None if center is None else (center, center)
+        self._shifted = center != 0.0
+        if n_neurons is not None:
+            self.stats = torch.zeros(6, n_neurons, dtype=torch.float64, device=device)
 
-    def add(self, x: ArrayLike, y: ArrayLike) -> None:
-        x, y = _to_numpy(x), _to_numpy(y)
-        if x.shape != y.shape or x.ndim != 2:
-            raise ValueError(f"expected two (N, T) arrays of one shape, got {x.shape}, {y.shape}")
+    def add(self, responses: ArrayLike, predictions: ArrayLike, ignore_nan: bool = False) -> None:
+        """responses, predictions: (N, T) or (B, N, T), numpy or torch. With `ignore_nan`, a
+        frame that is NaN in either is left out (per neuron)."""
+        x, y = _frames_by_neuron(responses), _frames_by_neuron(predictions)
+        if x.shape != y.shape:
+            raise ValueError(f"responses {tuple(x.shape)} but predictions {tuple(y.shape)}")
         if x.shape[1] == 0:
             return
-        if self._shift is None:
-            self._shift = (x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True))
-            self._sums = [np.zeros(x.shape[0]) for _ in range(5)]
-        elif x.shape[0] != self._shift[0].shape[0]:
-            raise ValueError(f"{x.shape[0]} neurons, earlier pieces had {self._shift[0].shape[0]}")
-        xc, yc = x - self._shift[0], y - self._shift[1]
-        for acc, v in zip(self._sums, (xc, yc, xc * xc, yc * yc, xc * yc)):
-            acc += v.sum(axis=1)
-        self.n += x.shape[1]
+        y = y.to(x.device)
+        if self.stats is None:
+            self.stats = torch.zeros(6, x.shape[0], dtype=torch.float64, device=x.device)
+        if self.center is None:
+            means = (x.nanmean(1, keepdim=True), y.nanmean(1, keepdim=True))
+            self.center = tuple(torch.nan_to_num(m) for m in means)
+        if self._shifted:
+            x, y = x - self.center[0], y - self.center[1]
+        s = self.stats
+        if ignore_nan:
+            valid = torch.isfinite(x) & torch.isfinite(y)
+            x, y = torch.where(valid, x, 0.0), torch.where(valid, y, 0.0)
+            s[0] += valid.sum(1)
+        else:
+            s[0] += x.shape[1]
+        s[1] += x.sum(1)
+        s[2] += y.sum(1)
+        s[3] += (x * x).sum(1)
+        s[4] += (y * y).sum(1)
+        s[5] += (x * y).sum(1)
 
-    def result(self) -> np.ndarray:
-        if self._shift is None:
+    @property
+    def n_frames(self) -> int:
+        """Frames added so far (the most of any neuron); reads back from the device."""
+        return 0 if self.stats is None else int(self.stats[0].max())
+
+    def result(self) -> torch.Tensor:
+        """(N,) correlations, on the device of the sums."""
+        if self.stats is None:
             raise ValueError("no frames added")
-        sx, sy, sxx, syy, sxy = (v / self.n for v in self._sums)
-        vx, vy, cov = sxx - sx * sx, syy - sy * sy, sxy - sx * sy
-        mx, my = self._shift[0][:, 0] + sx, self._shift[1][:, 0] + sy
-        bad = _no_variance(vx, vx + mx * mx) | _no_variance(vy, vy + my * my)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(bad, 0.0, cov / np.sqrt(np.where(bad, 1.0, vx * vy)))
-        if not np.all(np.isfinite(out)):
-            warnings.warn("NaN correlations (NaN inputs) set to 0", RuntimeWarning, stacklevel=2)
-            out = np.where(np.isfinite(out), out, 0.0)
-        return out
+        n, sx, sy, sxx, syy, sxy = self.stats
+        n = n.clamp_min(1)
+        vx = (sxx - sx * sx / n).clamp_min(0)
+        vy = (syy - sy * sy / n).clamp_min(0)
+        cov = sxy - sx * sy / n
+        tiny = 1e-12  # what is left of a constant signal after rounding, relative to sum x^2
+        bad = (vx <= tiny * sxx.clamp_min(tiny)) | (vy <= tiny * syy.clamp_min(tiny))
+        denom = torch.sqrt(torch.where(bad, torch.ones_like(vx), vx * vy))
+        return torch.where(bad, torch.zeros_like(cov), cov / denom).clamp(-1, 1)
+
+
+def _frames_by_neuron(a: ArrayLike) -> torch.Tensor:
+    """(N, T) or (B, N, T) -> (N, frames) float64 torch."""
+    t = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+    t = t.to(torch.float64)
+    if t.ndim == 3:
+        return t.transpose(0, 1).reshape(t.shape[1], -1)
+    if t.ndim != 2:
+        raise ValueError(f"expected (N, T) or (B, N, T), got shape {tuple(t.shape)}")
+    return t
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,6 +244,11 @@ def skip_frames(trial: np.ndarray, skip: int = SKIP_FRAMES) -> np.ndarray:
     return trial[:, skip:]
 
 
+def _skip(skip: int | None, trials: list[np.ndarray]) -> int:
+    """`skip`, or (None) the rule of `frames_to_skip` for these trials."""
+    return frames_to_skip(t.shape[1] for t in trials) if skip is None else int(skip)
+
+
 def _mean(values: np.ndarray, per_neuron: bool) -> Any:
     return values if per_neuron else float(np.mean(values))
 
@@ -225,6 +280,15 @@ def group_repeats(keys: Sequence[Any]) -> list[np.ndarray]:
     return [np.asarray(g, dtype=np.int64) for g in groups.values()]
 
 
+def _repeats(
+    responses: Trials, predictions: Trials, groups: Sequence[Sequence[int]], skip: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The checked inputs of a repeat-based metric as `_repeat_blocks` (empty: no repeats)."""
+    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
+    _check_pair(resp, pred)
+    return _repeat_blocks(resp, pred, groups, _skip(skip, resp))
+
+
 def _repeat_blocks(
     responses: list[np.ndarray],
     predictions: list[np.ndarray],
@@ -253,24 +317,30 @@ def _repeat_blocks(
 
 
 def single_trial_correlation(
-    responses: Trials, predictions: Trials, skip: int = SKIP_FRAMES, per_neuron: bool = False
+    responses: Trials, predictions: Trials, skip: int | None = None, per_neuron: bool = False
 ) -> Any:
-    """Correlation per neuron over the frames (after `skip`) of all trials; mean over neurons."""
+    """Correlation per neuron over the frames (after `skip`; None: `frames_to_skip`) of all
+    trials; mean over neurons."""
     resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
     _check_pair(resp, pred)
+    skip = _skip(skip, resp)
     acc = CorrelationAccumulator()
     for r, p in zip(resp, pred):
         acc.add(skip_frames(r, skip), skip_frames(p, skip))
-    if acc.n == 0:
+    if acc.n_frames == 0:
         raise ValueError(f"no frames left after skipping the first {skip} of each trial")
-    return _mean(acc.result(), per_neuron)
+    values = acc.result().numpy()
+    if not np.all(np.isfinite(values)):  # NaN in the inputs: as the published code, count as 0
+        warnings.warn("NaN correlations (NaN inputs) set to 0", RuntimeWarning, stacklevel=2)
+        values = np.where(np.isfinite(values), values, 0.0)
+    return _mean(values, per_neuron)
 
 
 def correlation_to_average(
     responses: Trials,
     predictions: Trials,
     groups: Sequence[Sequence[int]],
-    skip: int = SKIP_FRAMES,
+    skip: int | None = None,
     per_neuron: bool = False,
 ) -> Any:
     """Correlation of repeat-averaged predictions with repeat-averaged responses.
@@ -278,9 +348,7 @@ def correlation_to_average(
     `groups` lists, per clip, the positions of its repeats in `responses` (see `group_repeats`);
     clips with fewer than 2 repeats are left out. Returns None when no clip has 2 repeats.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, skip)
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)
@@ -289,11 +357,11 @@ def correlation_to_average(
 
 
 def explainable_variance(
-    responses: Trials, groups: Sequence[Sequence[int]], skip: int = SKIP_FRAMES
+    responses: Trials, groups: Sequence[Sequence[int]], skip: int | None = None
 ) -> np.ndarray | None:
     """Fraction of explainable variance (FEV) per neuron, (total - noise) / total (0 if no variance)."""
     resp = _as_trials(responses, "responses")
-    blocks = _repeat_blocks(resp, resp, groups, skip)
+    blocks = _repeat_blocks(resp, resp, groups, _skip(skip, resp))
     if not blocks:
         return None
     total, noise, _ = _variances(blocks)
@@ -322,7 +390,7 @@ def feve(
     responses: Trials,
     predictions: Trials,
     groups: Sequence[Sequence[int]],
-    skip: int = SKIP_FRAMES,
+    skip: int | None = None,
     fev_threshold: float = FEV_THRESHOLD,
     per_neuron: bool = False,
 ) -> Any:
@@ -332,9 +400,7 @@ def feve(
     variance are zero) — the threshold is then up to the caller (see `explainable_variance`). Returns None
     when no clip has 2 repeats, NaN when no neuron passes the threshold.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, skip)
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     total, noise, mse = _variances(blocks)
@@ -353,16 +419,14 @@ def normalized_correlation(
     responses: Trials,
     predictions: Trials,
     groups: Sequence[Sequence[int]],
-    skip: int = SKIP_FRAMES,
+    skip: int | None = None,
     per_neuron: bool = False,
 ) -> Any:
     """CC_norm = CC_abs / CC_max (Schoppe et al. 2016); mean over neurons with signal power > 0.
 
     Returns None when no clip has 2 repeats, NaN when no neuron has signal power.
     """
-    resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")
-    _check_pair(resp, pred)
-    blocks = _repeat_blocks(resp, pred, groups, skip)
+    blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
     mean_r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)  # (N, stimuli)
@@ -386,7 +450,7 @@ def compute_metrics(
     responses: Trials,
     predictions: Trials,
     groups: Sequence[Sequence[int]] | None = None,
-    skip: int = SKIP_FRAMES,
+    skip: int | None = None,
 ) -> dict[str, float | None]:
     """All metrics as one dict (repeat-based ones None when there are no repeats)."""
     resp, pred = _as_trials(responses, "responses"), _as_trials(predictions, "predictions")

@@ -20,32 +20,40 @@ Tiers whose responses are hidden get predictions and null metrics. Definitions: 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
 import os
 import re
-import shutil
-import uuid
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from neurotwin import metrics as M
-from neurotwin.config import Config, load_yaml
-from neurotwin.data import layout
+from neurotwin.config import Config
+from neurotwin.data import loaders, native
+from neurotwin.data.dataset import SessionDataset
 from neurotwin.errors import CheckpointError, ConfigError, DataFormatError
+from neurotwin.files import staged_folder
+from neurotwin.models.model import build_model
+from neurotwin.run import (
+    RunFolder,
+    autocast,
+    autocast_enabled,
+    device_available,
+    pick_device,
+)
+from neurotwin.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_DIR = "predictions"
 METRIC_KEYS = (
     "single_trial_correlation",
     "correlation_to_average",
@@ -63,26 +71,11 @@ SKIP_TIERS = ("none",)  # tiers never predicted by default (trials in no split)
 # ------------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint_path(run_dir: Path, checkpoint: str | os.PathLike) -> Path:
-    """`best` / `last` -> run_dir/checkpoints/{name}.pt; anything else is a path."""
-    name = str(checkpoint)
-    path = run_dir / "checkpoints" / f"{name}.pt" if name in ("best", "last") else Path(name)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    return path
-
-
 def load_run(run_dir: Path, checkpoint: str | os.PathLike) -> tuple[Config, dict[str, Any], Path]:
     """The run's resolved config and its checkpoint (weights only)."""
-    config_path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run folder not found")
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: config file not found (is {run_dir} a run folder?)")
-    config = load_yaml(config_path)
-    path = resolve_checkpoint_path(run_dir, checkpoint)
-    from neurotwin.training.checkpoint import load_checkpoint
-
+    run = RunFolder(run_dir)
+    config = run.load_config()
+    path = run.checkpoint(checkpoint)
     state = load_checkpoint(path)
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: 'model' is not a state dict")
@@ -127,47 +120,13 @@ def _plain_key(key: str) -> str:
     return key.replace("_orig_mod.", "")
 
 
-def pick_device(device: str | None, fallback: str | None = None) -> torch.device:
-    """`device` (an error if this machine lacks it), else the run's `fallback` device where this
-    machine has it, else the best available."""
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise ConfigError(f"--device: {device!r} is not a device ({e})") from None
-        if not _available(dev):
-            raise ConfigError(f"--device: {device!r} is not available on this machine")
-        return dev
-    if fallback:
-        try:
-            dev = torch.device(fallback)
-        except RuntimeError:
-            dev = None
-        if dev is not None and _available(dev):
-            return dev
-        log.warning("the run's device %r is not available here; choosing another", fallback)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _available(dev: torch.device) -> bool:
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
-    if dev.type == "mps":
-        return (
-            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-        )
-    return dev.type == "cpu"
-
-
-def use_autocast(config: Config, device: torch.device) -> bool:
-    """bf16 autocast on CUDA when the run trained with it (`auto` = where bf16 is supported)."""
-    if device.type != "cuda" or config.train.autocast == "disable":
-        return False
-    return config.train.autocast == "enable" or torch.cuda.is_bf16_supported()
+def choose_device(device: str | None, run_device: str) -> torch.device:
+    """`device` (an error if this machine lacks it), else the run's device where this machine
+    has it, else the best available."""
+    if not device and run_device and not device_available(run_device):
+        log.warning("the run's device %r is not available here; choosing another", run_device)
+        run_device = ""
+    return pick_device(device or run_device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,29 +289,6 @@ def _short(name: str, width: int = 32) -> str:
     return m.group(1) if m else name[: width - 3] + "..."
 
 
-@contextlib.contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final`, renamed onto it when the block succeeds, else removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not mkdtemp, which makes it private) so the folder gets the usual permissions
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 # Prediction
 # ------------------------------------------------------------------------------------------------
@@ -374,8 +310,8 @@ def predict_run(
     if data_dir is not None:
         config.data.data_dir = str(data_dir)
     config.data.generate_synthetic = False  # prediction never writes data
-    dev = pick_device(device, config.run.device or None)
-    autocast = use_autocast(config, dev)
+    dev = choose_device(device, config.run.device)
+    use_autocast = autocast_enabled(config.train.autocast, dev)
     log.info("checkpoint %s (epoch %s) on %s", ckpt_path, state.get("epoch"), dev)
 
     trained = _trained_sessions(config, state)
@@ -391,7 +327,7 @@ def predict_run(
             raise ConfigError(
                 f"--tiers: {absent} not in any session; tiers present: {sorted(present)}"
             )
-    final = run_dir / PREDICTIONS_DIR
+    final = RunFolder(run_dir).predictions
     per_session: dict[str, dict[str, Any]] = {}
     done: list[TierResult] = []
     with staged_folder(final) as tmp:
@@ -399,11 +335,13 @@ def predict_run(
             per_session[name] = {}
             (tmp / name).mkdir()
             for tier in _tiers_of(session, tiers):
-                r = predict_tier(config, model, session, tier, dev, autocast, batch, tmp, verbose)
+                r = predict_tier(
+                    config, model, session, tier, dev, use_autocast, batch, tmp, verbose
+                )
                 per_session[name][tier] = r.metrics
                 done.append(r)
         for tier in dict.fromkeys(r.tier for r in done):
-            if tier in layout.TEST_TIERS:
+            if tier in native.TEST_TIERS:
                 write_submission(
                     tmp / f"submission_{tier}.csv", [r for r in done if r.tier == tier]
                 )
@@ -428,8 +366,8 @@ def _trained_sessions(config: Config, state: dict[str, Any]) -> list[str]:
 def _tiers_of(session: Any, tiers: Sequence[str] | None) -> list[str]:
     present = list(dict.fromkeys(str(t) for t in np.asarray(session.tiers).tolist()))
     if tiers is None:
-        order = [t for t in layout.TIERS if t in present] + [
-            t for t in present if t not in layout.TIERS
+        order = [t for t in native.TIERS if t in present] + [
+            t for t in present if t not in native.TIERS
         ]
         return [t for t in order if t not in SKIP_TIERS]
     return [t for t in tiers if t in present]
@@ -438,10 +376,8 @@ def _tiers_of(session: Any, tiers: Sequence[str] | None) -> list[str]:
 def open_sessions(config: Config, trained: Sequence[str], state: dict[str, Any]) -> dict[str, Any]:
     """The trained sessions, opened from the data folder; DataFormatError if any is missing or
     its neurons differ from the ones the model was trained on."""
-    from neurotwin.data.sensorium import SensoriumSession, find_sessions
-
     data_dir = Path(config.data.data_dir)
-    found = {p.name: p for p in find_sessions(data_dir)}
+    found = {p.name: p for p in native.find_sessions(data_dir)}
     missing = [s for s in trained if s not in found]
     if missing:
         raise DataFormatError(
@@ -454,13 +390,13 @@ def open_sessions(config: Config, trained: Sequence[str], state: dict[str, Any])
     saved = state.get("sessions") or {}
     sessions = {}
     for name in trained:
-        session = SensoriumSession(found[name], limit_neurons=config.data.limit_neurons)
+        session = native.NativeSession(found[name], limit_neurons=config.data.limit_neurons)
         want = saved.get(name, {}).get("unit_ids") if isinstance(saved.get(name), dict) else None
         if want is not None:
             want = np.asarray(want.tolist() if isinstance(want, torch.Tensor) else want)
             if want.shape != session.unit_ids.shape or not np.array_equal(want, session.unit_ids):
                 raise DataFormatError(
-                    session.path / layout.UNIT_IDS_FILE,
+                    session.path / native.UNIT_IDS_FILE,
                     f"the session's neurons ({session.n_neurons}) are not the "
                     f"{len(want)} the model was trained on",
                     "unit_ids",
@@ -471,9 +407,6 @@ def open_sessions(config: Config, trained: Sequence[str], state: dict[str, Any])
 
 def build(config: Config, state: dict[str, Any], sessions: dict[str, Any], path: Path):
     """The model of config.yaml for `sessions`, with the checkpoint's weights."""
-    from neurotwin.data import loaders
-    from neurotwin.models.model import build_model
-
     specs = loaders.session_specs(config.data)
     frame_shape = next(iter(sessions.values())).frame_shape
     model = build_model(config.model, specs, in_channels=1, frame_shape=frame_shape)
@@ -495,23 +428,19 @@ def predict_tier(
     session: Any,
     tier: str,
     device: torch.device,
-    autocast: bool,
+    use_autocast: bool,
     batch_size: int,
     folder: Path,
     verbose: int = 1,
-    skip: int = M.SKIP_FRAMES,
 ) -> TierResult:
     """Predict every trial of one session and tier (trials of equal length batched together),
     write `folder/{session}/{tier}.npz`, and score the predictions.
 
     Memory stays bounded: predictions go to a memory-mapped file, single-trial correlations are
     accumulated trial by trial, and only trials that repeat a clip are read again for the
-    repeat-based metrics.
+    repeat-based metrics. The first frames of each trial are left out of the metrics by
+    `metrics.frames_to_skip` (the rule validation uses too).
     """
-    from tqdm.auto import tqdm
-
-    from neurotwin.data.dataset import SessionDataset
-
     ds = SessionDataset(
         session,
         tier,
@@ -524,6 +453,7 @@ def predict_tier(
     hidden = session.responses_hidden(tier)
     noiseless = session.has_noiseless and not hidden
     n, lengths = session.n_neurons, ds.lengths
+    skip = M.frames_to_skip(lengths)
     npy = folder / session.name / f".{tier}.predictions.npy"
     shape = (len(ds), n, int(lengths.max()))
     predictions = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=shape)
@@ -548,12 +478,7 @@ def predict_tier(
             video = torch.stack([it["video"] for it in items]).to(device)
             behavior = torch.stack([it["behavior"] for it in items]).to(device)
             pupil = torch.stack([it["pupil_center"] for it in items]).to(device)
-            ctx = (
-                torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if autocast
-                else contextlib.nullcontext()
-            )
-            with ctx:
+            with autocast(device, use_autocast):
                 rates = model(video, session.name, behavior, pupil)
             rates = ds.output_transform.inverse(rates.float()).cpu().numpy()
             t = video.shape[2]
@@ -567,10 +492,10 @@ def predict_tier(
                 first[i] = t - rates.shape[-1]  # the model's frames are the last T' frames
                 predictions[i, :, first[i] : t] = rates[j]
                 raw = session.load_trial(trial, frames=slice(0, t))
-                clip_keys[i] = M.video_hash(raw[layout.VIDEOS], t)
+                clip_keys[i] = M.video_hash(raw[native.VIDEOS], t)
                 if not hidden:
                     start = max(int(first[i]), skip)
-                    response = raw[layout.RESPONSES][:, start:t]
+                    response = raw[native.RESPONSES][:, start:t]
                     model_acc.add(
                         response, rates[j][:, start - t :] if start < t else rates[j][:, :0]
                     )
@@ -593,7 +518,7 @@ def predict_tier(
     )
     result.metrics.update(n_trials=len(ds), n_neurons=n)
     if not hidden:
-        if model_acc.n == 0:
+        if model_acc.n_frames == 0:
             log.warning(
                 "%s %s: no trial is longer than %d frames; no metrics", session.name, tier, skip
             )
@@ -626,7 +551,7 @@ def _repeat_metrics(
             t = int(result.frame_counts[i])
             start = min(max(int(result.first_frames[i]), skip), t)
             trial = int(result.trial_ids[i])
-            resp.append(session.load_trial(trial, frames=slice(start, t))[layout.RESPONSES])
+            resp.append(session.load_trial(trial, frames=slice(start, t))[native.RESPONSES])
             pred.append(np.asarray(predictions[i, :, start:t]))
             ids.append(len(resp) - 1)
         positions.append(ids)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from collections.abc import Sequence
 
+from neurotwin.cli import data_allen, data_synthetic
 from neurotwin.errors import NeurotwinError
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
-SUBCOMMAND_MODULES = ("neurotwin.cli.data_synthetic", "neurotwin.cli.data_allen")
+SUBCOMMANDS = (data_synthetic, data_allen)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neurotwin-data", description="write datasets in the native session layout"
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
+    for module in SUBCOMMANDS:
         module.register(subparsers)
     return parser
 

@@ -31,25 +31,16 @@ def register(subparsers) -> None:
         description="dF/F (or events) per cell during natural_movie_one/two/three, one trial per "
         "clip of each movie repeat.",
     )
-    src = o.add_mutually_exclusive_group(required=True)
-    src.add_argument("--nwb", type=Path, help="ophys experiment NWB file (BrainObservatoryCache)")
-    src.add_argument(
-        "--experiment-id",
-        "--experiment_id",
-        dest="experiment_id",
-        type=int,
-        help="ophys experiment id: fetch with allensdk's BrainObservatoryCache",
-    )
+    _source(o, "ophys experiment NWB file", "experiment_id", "BrainObservatoryCache")
     o.add_argument(
         "--response",
         choices=("dff", "events"),
         default="dff",
         help="dF/F traces or allensdk's extracted events (default dff)",
     )
-    o.add_argument(
-        "--dff-offset",
-        "--dff_offset",
-        dest="dff_offset",
+    _flag(
+        o,
+        "dff_offset",
         choices=("shift", "clip", "none"),
         default="shift",
         help="make dF/F >= 0 for the Poisson loss: shift by each cell's negative minimum "
@@ -69,15 +60,7 @@ def register(subparsers) -> None:
         help="Allen Visual Coding Neuropixels session NWB -> native session",
         description="spike counts per unit in each displayed frame of natural_movie_one/three.",
     )
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--nwb", type=Path, help="session NWB file (EcephysProjectCache)")
-    src.add_argument(
-        "--session-id",
-        "--session_id",
-        dest="session_id",
-        type=int,
-        help="ecephys session id: fetch with allensdk's EcephysProjectCache",
-    )
+    _source(e, "session NWB file", "session_id", "EcephysProjectCache")
     e.add_argument(
         "--templates",
         nargs="+",
@@ -93,33 +76,30 @@ def register(subparsers) -> None:
         default=None,
         help="keep units whose peak channel is in these structures (VISp VISl LGd ...)",
     )
-    e.add_argument(
-        "--amplitude-cutoff-maximum",
-        "--amplitude_cutoff_maximum",
+    _flag(
+        e,
+        "amplitude_cutoff_maximum",
         type=float,
         default=0.1,
-        dest="amplitude_cutoff_maximum",
         help="allensdk default 0.1",
     )
-    e.add_argument(
-        "--presence-ratio-minimum",
-        "--presence_ratio_minimum",
+    _flag(
+        e,
+        "presence_ratio_minimum",
         type=float,
         default=0.95,
-        dest="presence_ratio_minimum",
         help="allensdk default 0.95",
     )
-    e.add_argument(
-        "--isi-violations-maximum",
-        "--isi_violations_maximum",
+    _flag(
+        e,
+        "isi_violations_maximum",
         type=float,
         default=0.5,
-        dest="isi_violations_maximum",
         help="allensdk default 0.5",
     )
-    e.add_argument(
-        "--no-validity-filter",
-        "--no_validity_filter",
+    _flag(
+        e,
+        "no_validity_filter",
         action="store_true",
         help="also keep units not 'good', on invalid channels, or outside the brain",
     )
@@ -127,13 +107,25 @@ def register(subparsers) -> None:
     e.set_defaults(func=run_ecephys)
 
 
+def _flag(p: argparse._ActionsContainer, name: str, **kwargs) -> None:
+    """A flag spelled both --with-dashes and --with_underscores, stored as `name`."""
+    p.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kwargs)
+
+
+def _source(p: argparse.ArgumentParser, what: str, id_name: str, cache: str) -> None:
+    """--nwb FILE or --<id> ID (downloaded with allensdk's `cache`): one of them."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--nwb", type=Path, help=f"{what} ({cache})")
+    kind = id_name.replace("_", " ")
+    _flag(src, id_name, type=int, help=f"{kind}: fetch with allensdk's {cache}")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to write the session into")
     p.add_argument("--name", default=None, help="session folder name (default allen-<kind>-<id>)")
-    p.add_argument(
-        "--cache-dir",
-        "--cache_dir",
-        dest="cache_dir",
+    _flag(
+        p,
+        "cache_dir",
         type=Path,
         default=Path("data/allen_cache"),
         help="allensdk cache (with an id)",
@@ -145,45 +137,40 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=trials.MOVIES,
         help="movies to use (default: every natural movie in the file)",
     )
-    p.add_argument(
-        "--frame-size",
-        "--frame_size",
-        dest="frame_size",
+    _flag(
+        p,
+        "frame_size",
         nargs=2,
         type=int,
         default=(36, 64),
         metavar=("H", "W"),
         help="video size (default 36 64)",
     )
-    p.add_argument(
-        "--clip-length",
-        "--clip_length",
-        dest="clip_length",
+    _flag(
+        p,
+        "clip_length",
         type=int,
         default=300,
         help="frames per trial (each movie repeat is cut into clips; default 300)",
     )
-    p.add_argument(
-        "--heldout-clips",
-        "--heldout_clips",
-        dest="heldout_clips",
+    _flag(
+        p,
+        "heldout_clips",
         nargs="*",
         default=list(trials.DEFAULT_HELDOUT),
         metavar="MOVIE:CLIP",
         help="clips whose repeats form the oracle and test tiers (default natural_movie_one:0)",
     )
-    p.add_argument(
-        "--test-fraction",
-        "--test_fraction",
-        dest="test_fraction",
+    _flag(
+        p,
+        "test_fraction",
         type=float,
         default=0.5,
         help="share of a held-out clip's (last) repeats in the test tier",
     )
-    p.add_argument(
-        "--test-tier",
-        "--test_tier",
-        dest="test_tier",
+    _flag(
+        p,
+        "test_tier",
         default="final_test_main",
         help="tier name for the held-out test repeats",
     )

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.errors import NeurotwinError
 
 
@@ -35,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiers",
         nargs="+",
         default=None,
-        choices=[t for t in layout.TIERS],
+        choices=[t for t in native.TIERS],
         metavar="TIER",
         help=f"tiers to predict (default: every tier the sessions have except 'none'); "
-        f"choices: {' '.join(layout.TIERS)}",
+        f"choices: {' '.join(native.TIERS)}",
     )
     parser.add_argument(
         "--data_dir", default=None, help="data folder (default: the data_dir in config.yaml)"
@@ -67,15 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neurotwin.predict import predict_run
 
     try:
-        predict_run(
-            args.output_dir,
-            checkpoint=args.checkpoint,
-            tiers=args.tiers,
-            data_dir=args.data_dir,
-            device=args.device,
-            batch_size=args.batch_size,
-            verbose=args.verbose,
-        )
+        predict_run(**vars(args))  # the flags are predict_run's arguments
     except NeurotwinError as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"predict.py: error: {message}", file=sys.stderr)

@@ -14,38 +14,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from neurotwin import config as cfg
 from neurotwin.errors import NeurotwinError
+from neurotwin.run import RunFolder, find_checkpoint
+from neurotwin.training.checkpoint import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train a neurotwin model. Every option is a flag named after its leaf in the "
-        "config; flags override the --config YAML, which overrides the defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a neurotwin model. Every option is a flag named after its field in the "
+        "config (a part's options in the group of the parts that own them); flags override the "
+        "--config YAML, which overrides the defaults.",
     )
     cfg.add_config_flags(parser)
     return parser
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _run_dir(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint file (run/checkpoints/last.pt -> run)."""
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def resolve_config(args: argparse.Namespace) -> cfg.Config:
@@ -53,28 +38,18 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
     config = cfg.resolve(args)
     if not config.run.restore:
         return config
-    from neurotwin.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from neurotwin.training.trainer import CONFIG_FILE
-
-    checkpoint = resolve_checkpoint(config.run.restore, "last")
-    run_dir = _run_dir(checkpoint)
-    saved_file = run_dir / CONFIG_FILE
+    checkpoint = find_checkpoint(config.run.restore, "last")
+    run = RunFolder.of_checkpoint(checkpoint)
+    saved_file = run.config_file
     if saved_file.is_file():
-        saved = cfg.to_dict(cfg.load_yaml(saved_file))
-        source = str(saved_file)
+        saved, source = cfg.read_yaml(saved_file), str(saved_file)
     else:
-        saved = load_checkpoint(checkpoint)["config"]
-        source = f"{checkpoint} [config]"
-    yaml_values = cfg.read_yaml(args.config) if getattr(args, "config", None) else {}
-    merged = cfg.from_dict(_deep_merge(saved, yaml_values), source)
-    flags = {k: v for k, v in vars(args).items() if k in cfg.LEAF_BY_FLAG}
-    for flag, value in flags.items():
-        leaf = cfg.LEAF_BY_FLAG[flag]
-        cfg.set_value(merged, leaf, cfg.convert(value, leaf.type, f"--{flag}"))
+        saved, source = load_checkpoint(checkpoint)["config"], f"{checkpoint} [config]"
+    merged = cfg.resolve(args, base=[(source, saved)])
     merged.run.restore = str(config.run.restore)
-    output_given = "output_dir" in flags or "output_dir" in yaml_values.get("run", {})
-    if not output_given:
-        merged.run.output_dir = str(run_dir)
+    yaml_run = cfg.read_yaml(args.config).get("run", {}) if getattr(args, "config", None) else {}
+    if "output_dir" not in vars(args) and "output_dir" not in (yaml_run or {}):
+        merged.run.output_dir = str(run.path)
     merged.run.clear_output_dir = False  # never delete the run being resumed
     return merged
 
@@ -84,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     try:
         config = resolve_config(args)
-        from neurotwin.training.trainer import train
+        from neurotwin.training.video import train  # here: --help needs no data stack
 
         return train(config)
     except NeurotwinError as e:

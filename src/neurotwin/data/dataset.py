@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from neurotwin.data import layout
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data import native
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ class InputTransform:
         self.shift: dict[str, torch.Tensor] = {}
         self.scale: dict[str, torch.Tensor] = {}
         for name, channels in (
-            (layout.VIDEOS, None),
-            (layout.BEHAVIOR, 2),
-            (layout.PUPIL_CENTER, 2),
+            (native.VIDEOS, None),
+            (native.BEHAVIOR, 2),
+            (native.PUPIL_CENTER, 2),
         ):
             if mode == 0:
                 shift, scale = np.zeros(1), np.ones(1)
@@ -103,12 +103,12 @@ class InputTransform:
                     for k, v in statistics[name].items()
                 }
                 if mode == 1:
-                    shift = np.zeros_like(s["std"]) if name == layout.BEHAVIOR else s["mean"]
+                    shift = np.zeros_like(s["std"]) if name == native.BEHAVIOR else s["mean"]
                     scale = _safe(s["std"])
                 else:
                     shift, scale = s["min"], _safe(s["max"] - s["min"])
             # videos are (C=1, T, H, W): a scalar; behaviour/pupil (2, T): one value per row
-            shape = (1, 1, 1, 1) if name == layout.VIDEOS else (-1, 1)
+            shape = (1, 1, 1, 1) if name == native.VIDEOS else (-1, 1)
             self.shift[name] = torch.as_tensor(shift, dtype=torch.float32).reshape(shape)
             self.scale[name] = torch.as_tensor(scale, dtype=torch.float32).reshape(shape)
         self._np = {k: (v.numpy(), (1 / self.scale[k]).numpy()) for k, v in self.shift.items()}
@@ -153,9 +153,9 @@ class OutputTransform:
         if mode == 0:
             shift, scale = np.zeros(1), np.ones(1)
         else:
-            stats = statistics[layout.RESPONSES]
+            stats = statistics[native.RESPONSES]
             n = n_neurons if n_neurons is not None else np.asarray(stats["std"]).shape[0]
-            s = {k: _channel_stat(k, v, n, source, layout.RESPONSES) for k, v in stats.items()}
+            s = {k: _channel_stat(k, v, n, source, native.RESPONSES) for k, v in stats.items()}
             if mode == 1:
                 std = s["std"]
                 threshold = 0.01 * np.nanmean(std)
@@ -207,7 +207,7 @@ class SessionDataset(Dataset):
 
     def __init__(
         self,
-        session: SensoriumSession,
+        session: NativeSession,
         tier: str,
         crop_frame: int = -1,
         transform_input: int = 0,
@@ -229,7 +229,7 @@ class SessionDataset(Dataset):
             statistics, transform_output, session.n_neurons, session.path
         )
         if random_crop is None:
-            random_crop = tier == layout.TRAIN_TIER and crop_frame > 0
+            random_crop = tier == native.TRAIN_TIER and crop_frame > 0
         self.random_crop = bool(random_crop)
         self.crop_frame = int(crop_frame)
         if self.random_crop:
@@ -282,15 +282,15 @@ class SessionDataset(Dataset):
         workers that outlive an epoch: they never see a stale `set_epoch`)."""
         trial = int(self.trial_ids[index])
         data = self.session.load_trial(trial, frames=self.frames(index, epoch))
-        video = np.moveaxis(data[layout.VIDEOS], -1, 0)[None]  # (H, W, T) -> (1, T, H, W)
+        video = np.moveaxis(data[native.VIDEOS], -1, 0)[None]  # (H, W, T) -> (1, T, H, W)
         it = self.input_transform
         # the arrays load_trial returns are private copies: transform them in place
         return {
-            "video": _tensor(it.apply_(layout.VIDEOS, _float32(video))),
-            "response": _tensor(self.output_transform.apply_(_float32(data[layout.RESPONSES]))),
-            "behavior": _tensor(it.apply_(layout.BEHAVIOR, _float32(data[layout.BEHAVIOR]))),
+            "video": _tensor(it.apply_(native.VIDEOS, _float32(video))),
+            "response": _tensor(self.output_transform.apply_(_float32(data[native.RESPONSES]))),
+            "behavior": _tensor(it.apply_(native.BEHAVIOR, _float32(data[native.BEHAVIOR]))),
             "pupil_center": _tensor(
-                it.apply_(layout.PUPIL_CENTER, _float32(data[layout.PUPIL_CENTER]))
+                it.apply_(native.PUPIL_CENTER, _float32(data[native.PUPIL_CENTER]))
             ),
             "trial_id": trial,
             "session": self.session.name,

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurotwin.config import DataConfig
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.dataset import OutputTransform, SessionDataset
-from neurotwin.data.sensorium import SensoriumSession, find_sessions
+from neurotwin.data.native import NativeSession, find_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,15 @@ class TrialSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
-def open_sessions(data_config: DataConfig) -> list[SensoriumSession]:
+def open_sessions(data_config: DataConfig) -> list[NativeSession]:
     """The sessions a DataConfig selects (data_dir, mouse_ids, limit_neurons)."""
     return [
-        SensoriumSession(path, limit_neurons=data_config.limit_neurons)
+        NativeSession(path, limit_neurons=data_config.limit_neurons)
         for path in find_sessions(data_config.data_dir, data_config.mouse_ids)
     ]
 
 
-def _statistics(session: SensoriumSession, data_config: DataConfig):
+def _statistics(session: NativeSession, data_config: DataConfig):
     return session.statistics(shipped=data_config.shipped_statistics, tier=data_config.train_tier)
 
 
@@ -298,7 +298,7 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
         transform = OutputTransform(stats, data_config.transform_output, session.n_neurons)
-        mean = np.asarray(stats[layout.RESPONSES]["mean"], dtype=np.float32)
+        mean = np.asarray(stats[native.RESPONSES]["mean"], dtype=np.float32)
         if mean.ndim > 1:  # shipped statistics with a frame axis
             mean = np.nanmean(mean.reshape(mean.shape[0], -1), axis=1)
         specs[session.name] = {

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurotwin.models.registry import ACTIVATIONS
+from neurotwin.registry import ACTIVATIONS
 
 _EPS = 1e-4
 RATE_FLOOR = 1e-8  # added to the positive activations: rates stay > 0 where float32 underflows
@@ -87,5 +87,6 @@ class Sigmoid(nn.Module):
 
 
 def build_activation(name: str) -> nn.Module:
-    """An output activation by name (`none`, `elu1`, `exp`, `softplus`, `sigmoid`)."""
+    """An output activation by name (`none`, `elu1`, `exp`, `softplus`, `sigmoid`); these parts
+    have no options."""
     return ACTIVATIONS.get(name)()

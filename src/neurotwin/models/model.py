@@ -9,12 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-import neurotwin.models.cores  # noqa: F401  (registers the cores)
-import neurotwin.models.readouts  # noqa: F401  (registers the readouts)
+from neurotwin.config import ModelConfig
 from neurotwin.errors import ConfigError
 from neurotwin.models.activations import build_activation
-from neurotwin.models.registry import CORES, READOUTS
-from neurotwin.models.shifter import MLPShifter
+from neurotwin.registry import CORES, READOUTS, SHIFTERS
 
 
 class NeuralPredictor(nn.Module):
@@ -93,49 +91,44 @@ class NeuralPredictor(nn.Module):
             core.set_grad_checkpointing(enabled)
 
 
-def _readout_config_check(model_config: Any) -> None:
-    if model_config.core.name not in CORES:
-        CORES.get(model_config.core.name)  # raises ConfigError listing the known cores
-    if model_config.readout.name not in READOUTS:
-        READOUTS.get(model_config.readout.name)
-
-
 def build_model(
-    model_config: Any,
+    model_config: ModelConfig,
     sessions: Mapping[str, Mapping[str, Any]],
     in_channels: int = 1,
     frame_shape: tuple[int, int] = (36, 64),
 ) -> NeuralPredictor:
-    """Build the model of `model_config` (config.ModelConfig) for the sessions given as
-    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), ...}}."""
-    _readout_config_check(model_config)
+    """Build the model of `model_config` for the sessions given as
+    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), ...}}: each part is
+    the registered class of the name its slot's options carry, made with those options."""
+    core_cls = CORES.get(model_config.core.name)
+    readout_cls = READOUTS.get(model_config.readout.name)
     if not sessions:
         raise ConfigError("build_model: no sessions given")
     frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
-    core = CORES.get(model_config.core.name).from_config(
-        model_config.core, in_channels, frame_shape
-    )
+    core = core_cls(in_channels, frame_shape, model_config.core)
     in_shape = (core.out_channels, *core.out_shape(frame_shape))
 
+    shifter = model_config.shifter
     readouts, shifters, activations = {}, {}, {}
-    readout_cls = READOUTS.get(model_config.readout.name)
     for name, spec in sessions.items():
         if "n_neurons" not in spec:
             raise ConfigError(f"session {name}: spec lacks n_neurons")
-        act = build_activation(model_config.output_activation)
+        act = build_activation(model_config.output_activation.name)
         mean = spec.get("mean_response")
         bias_init = None
         if mean is not None:
             mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
             bias_init = act.inverse(mean_t).detach()
-        readouts[name] = readout_cls.from_config(model_config.readout, in_shape, spec, bias_init)
+        readouts[name] = readout_cls(
+            in_shape,
+            spec["n_neurons"],
+            model_config.readout,
+            coordinates=spec.get("coordinates"),
+            bias_init=bias_init,
+        )
         activations[name] = act
-        if model_config.shifter.shifter_mode:
-            shifters[name] = MLPShifter(
-                model_config.shifter.shifter_mode,
-                model_config.shifter.shifter_size,
-                model_config.shifter.shifter_layers,
-            )
+        if shifter.shifter_mode:
+            shifters[name] = SHIFTERS.get(shifter.name)(shifter)
     return NeuralPredictor(
         core,
         nn.ModuleDict(readouts),

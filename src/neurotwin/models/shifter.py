@@ -1,31 +1,48 @@
 """Shifter: a per-session MLP from gaze (and behaviour) to a shift of all readout positions.
 
-shifter_mode 1: input pupil centre (x, y); mode 2: behaviour (dilation, speed) + pupil centre.
-Layers: (shifter_layers - 1) x [Linear(., shifter_size), tanh], then Linear(., 2), tanh, so the
-shift is in (-1, 1)^2 in grid_sample coordinates, one per frame. Weights: Xavier normal.
+shifter_mode 1: input pupil centre (x, y); mode 2: behaviour (dilation, speed) + pupil centre;
+mode 0: no shifter. Layers: (shifter_layers - 1) x [Linear(., shifter_size), tanh], then
+Linear(., 2), tanh, so the shift is in (-1, 1)^2 in grid_sample coordinates, one per frame.
+Weights: Xavier normal.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from neurotwin.errors import ConfigError
+from neurotwin.config import option, require
+from neurotwin.registry import SHIFTERS, PartOptions
 
 
+@dataclass
+class ShifterOptions(PartOptions):
+    shifter_mode: Literal[0, 1, 2] = option(
+        1, "0: no shifter, 1: shift from pupil centre, 2: from pupil centre and behaviour"
+    )
+    shifter_layers: int = option(3, "MLP layers")
+    shifter_size: int = option(5, "hidden units")
+
+    def check(self) -> None:
+        require(self.shifter_layers >= 1, "shifter_layers", f"must be >= 1, got {self.shifter_layers}")  # fmt: skip
+        require(self.shifter_size >= 1, "shifter_size", f"must be >= 1, got {self.shifter_size}")
+
+
+@SHIFTERS.register("mlp", options=ShifterOptions)
 class MLPShifter(nn.Module):
-    def __init__(self, mode: int = 1, hidden: int = 5, layers: int = 3) -> None:
+    def __init__(self, options: ShifterOptions | None = None) -> None:
         super().__init__()
-        if mode not in (1, 2):
-            raise ConfigError(f"shifter_mode: expected 1 or 2 for a shifter, got {mode!r}")
-        if layers < 1:
-            raise ConfigError(f"shifter_layers must be >= 1, got {layers}")
-        self.mode = mode
-        d = 2 if mode == 1 else 4
+        o = options or ShifterOptions()
+        require(o.shifter_mode in (1, 2), "shifter_mode", f"a shifter needs mode 1 or 2, got {o.shifter_mode!r}")  # fmt: skip
+        self.mode = o.shifter_mode
+        d = 2 if self.mode == 1 else 4
         mods: list[nn.Module] = []
-        for _ in range(layers - 1):
-            mods += [nn.Linear(d, hidden), nn.Tanh()]
-            d = hidden
+        for _ in range(o.shifter_layers - 1):
+            mods += [nn.Linear(d, o.shifter_size), nn.Tanh()]
+            d = o.shifter_size
         mods += [nn.Linear(d, 2), nn.Tanh()]
         self.mlp = nn.Sequential(*mods)
         for m in self.mlp:

@@ -2,14 +2,13 @@
 
 A checkpoint is a dict of tensors, dicts, lists, tuples, str, int, float, bool and None only (no
 numpy objects), with the keys `model`, `optimizer`, `scheduler`, `epoch`, `rng`, `config`,
-`sessions`, `best_value` and `version` (see CONTRACT.md). It is written to a temporary file in the
-same folder, flushed to disk, then renamed over the old one: a write that is interrupted midway
-leaves the previous checkpoint intact.
+`sessions` (the video model's), `best_value` and `version`. It is written to a temporary file in
+the same folder, synced to disk, then renamed over the old one (`neurotwin.files`): a write that
+is interrupted midway leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,21 @@ import numpy as np
 import torch
 
 from neurotwin.errors import CheckpointError
+from neurotwin.files import atomic_file, remove_stale_temporaries
+from neurotwin.run import find_checkpoint as resolve_checkpoint
+
+__all__ = [
+    "VERSION",
+    "get_rng_state",
+    "load_checkpoint",
+    "plain",
+    "remove_stale_temporaries",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 VERSION = 1
-TMP_PREFIX = "."
-TMP_SUFFIX = ".tmp"
 
 
 def plain(obj: Any) -> Any:
@@ -41,41 +51,11 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}{TMP_SUFFIX}")
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write `state` to `path` atomically (temporary file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(plain(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
-        pass
-    return path
-
-
-def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete temporary files left by a process killed while writing a checkpoint."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
-            p.unlink(missing_ok=True)
+    with atomic_file(path, "wb", fsync=True) as f:
+        torch.save(plain(state), f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -95,19 +75,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if missing:
         raise CheckpointError(f"{path}: not a neurotwin checkpoint (missing keys {missing})")
     return state
-
-
-def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
-    """A run folder (-> checkpoints/{which}.pt), a checkpoints folder, or a file."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / "checkpoints" / f"{which}.pt", path / f"{which}.pt"):
-        if candidate.is_file():
-            return candidate
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run folder or checkpoint")
-    raise CheckpointError(f"{path}: no checkpoints/{which}.pt in this folder")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from neurotwin.errors import ConfigError
+from neurotwin.run import pick_device
 
 
 @dataclass
@@ -33,34 +33,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`name` ("" = best available: CUDA, then MPS, then CPU); under torchrun cuda -> cuda:LOCAL_RANK."""
-    name = (name or "").strip().lower()
-    if not name:
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"run.device: unknown device {name!r} (cpu | cuda | cuda:K | mps)"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("run.device: cuda was asked for but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError("run.device: mps was asked for but is not available")
-    return device
 
 
 def setup(device_name: str = "") -> DistInfo:
@@ -100,15 +72,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
-    """Rank `src`'s `obj` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:

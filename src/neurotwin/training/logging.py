@@ -11,11 +11,15 @@ import io
 import math
 import os
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from neurotwin.errors import ConfigError
+from neurotwin.files import write_text
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
@@ -71,8 +75,6 @@ class RunLogger:
         """A tqdm progress bar (stderr, when it is a terminal) if enabled and verbose."""
         if not self.enabled or self.verbose < 1:
             return iter(iterable)
-        from tqdm.auto import tqdm
-
         return iter(
             tqdm(
                 iterable,
@@ -105,14 +107,11 @@ class RunLogger:
         self._write_rows(header, keep)
 
     def _write_rows(self, header: list[str], rows: list[list[str]]) -> None:
-        path = self.output_dir / METRICS_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(header)
         writer.writerows(rows)
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(self.output_dir / METRICS_FILE, buf.getvalue())
 
     def log_metrics(self, row: dict[str, Any], step: int | None = None) -> None:
         """Append one row to metrics.csv (new columns rewrite the header) and log to wandb."""
@@ -170,8 +169,6 @@ def _wandb_id(output_dir: Path) -> str:
     path = output_dir / ".wandb_id"
     if path.is_file():
         return path.read_text().strip()
-    import uuid
-
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id)
     return run_id

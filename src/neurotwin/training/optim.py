@@ -18,33 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import schedulefree
 import torch
 from torch import nn
 
 from neurotwin.config import TrainConfig
 from neurotwin.errors import ConfigError
-
-
-def _check(config: TrainConfig) -> None:
-    if config.lr <= 0:
-        raise ConfigError(f"train.lr: must be > 0, got {config.lr}")
-    if config.core_lr is not None and config.core_lr <= 0:
-        raise ConfigError(f"train.core_lr: must be > 0, got {config.core_lr}")
-    if not 0 < config.lr_factor < 1:
-        raise ConfigError(f"train.lr_factor: must be in (0, 1), got {config.lr_factor}")
-    if config.lr_patience < 1:
-        raise ConfigError(f"train.lr_patience: must be >= 1, got {config.lr_patience}")
-    if config.max_reduce < 0:
-        raise ConfigError(f"train.max_reduce: must be >= 0, got {config.max_reduce}")
-    if config.grad_norm is not None and config.grad_norm <= 0:
-        raise ConfigError(f"train.grad_norm: must be > 0 or none, got {config.grad_norm}")
-    p = config.autoclip_percentile
-    if p is not None and not 0 < p <= 100:
-        raise ConfigError(f"train.autoclip_percentile: must be in (0, 100], got {p}")
-    for name in ("adam_beta1", "adam_beta2"):
-        value = getattr(config, name)
-        if not 0 <= value < 1:
-            raise ConfigError(f"train.{name}: must be in [0, 1), got {value}")
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -84,13 +63,11 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or schedule-free AdamW over `parameter_groups(model)`."""
-    _check(config)
+    """AdamW or schedule-free AdamW over `parameter_groups(model)` (the values are checked by
+    TrainConfig.check)."""
     groups = parameter_groups(model, config)
     betas = (config.adam_beta1, config.adam_beta2)
     if config.schedule_free:
-        import schedulefree
-
         optimizer = schedulefree.AdamWScheduleFree(
             groups, lr=config.lr, betas=betas, eps=config.adam_eps, warmup_steps=config.warmup_steps
         )

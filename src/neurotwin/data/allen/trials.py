@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from neurotwin.data import layout
 from neurotwin.errors import DataFormatError
+from neurotwin.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +243,9 @@ def split_meta(
 def write(folder: Path, session: layout.SessionArrays, meta: dict, overwrite: bool) -> Path:
     """Write the session folder, then meta/neurotwin.json (temp name, then rename)."""
     folder = layout.write_session(folder, session, overwrite=overwrite)
-    target = folder / layout.SESSION_META_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    write_text(
+        folder / layout.SESSION_META_FILE, json.dumps(_jsonable(meta), indent=2, sort_keys=True)
+    )
     return folder
 
 

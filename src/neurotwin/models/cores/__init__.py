@@ -1,6 +1,9 @@
-"""Cores (shared by all sessions). Importing this package registers every core."""
+"""Cores (shared by all sessions): one module per core. Importing this package imports every
+module in it, and so registers every core: a new core is one new file here."""
 
-from neurotwin.models.cores import conv2d, conv3d, pretrained, vivit  # noqa: F401  (registration)
-from neurotwin.models.cores.base import Core
+from neurotwin.models.cores.base import Core, CoreOptions
+from neurotwin.registry import import_submodules
 
-__all__ = ["Core"]
+import_submodules(__name__, __path__)
+
+__all__ = ["Core", "CoreOptions"]

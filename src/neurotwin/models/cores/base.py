@@ -1,18 +1,23 @@
 """What every core is: video (+ behaviour, pupil) -> features (B, C', T', h, w).
 
-A core's output frames align with the LAST T' input frames (T' <= T). `out_channels` and
-`out_shape(frame_shape)` let the readouts be built without running the core.
+A core is built as `cls(in_channels, frame_shape, options)` with the options dataclass it was
+registered with (`CoreOptions` or a subclass). Its output frames align with the LAST T' input
+frames (T' <= T). `out_channels` and `out_shape(frame_shape)` let the readouts be built without
+running the core.
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from neurotwin.config import option
 from neurotwin.errors import ConfigError
+from neurotwin.registry import PartOptions
 
 BEHAVIOR_CHANNELS = {0: 0, 1: 2, 2: 4}
 
@@ -44,21 +49,28 @@ def concat_behavior(
     return torch.cat((video, extra), dim=1)
 
 
+@dataclass
+class CoreOptions(PartOptions):
+    """What every core takes: how behaviour enters it (ViV1T's core_behavior_mode)."""
+
+    core_behavior_mode: Literal[0, 1, 2] = option(
+        2,
+        "0: no behaviour in the core, 1: behaviour (dilation, speed) as extra input channels, "
+        "2: behaviour and pupil centre as extra input channels (ViV1T's core_behavior_mode)",
+    )
+
+
 class Core(nn.Module, metaclass=ABCMeta):
-    """Base class: subclasses set `out_channels` and implement `from_config`, `out_shape` and
-    `forward` (abstract: a core lacking one cannot be instantiated)."""
+    """Base class: subclasses take `(in_channels, frame_shape, options)`, set `out_channels`,
+    and implement `out_shape` and `forward` (abstract: a core lacking one cannot be made)."""
 
     out_channels: int
     registered_name: str
 
-    def __init__(self) -> None:
+    def __init__(self, options: CoreOptions) -> None:
         super().__init__()
+        self.options = options
         self.grad_checkpointing = False
-
-    @classmethod
-    @abstractmethod
-    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> Core:
-        """The core with its options from `config` (config.CoreConfig)."""
 
     @abstractmethod
     def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:

@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
-from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
-from neurotwin.models.registry import CORES
+from neurotwin.config import option, require
+from neurotwin.models.cores.base import Core, CoreOptions, behavior_channels, concat_behavior
+from neurotwin.models.frames import fold_time, unfold_time
+from neurotwin.registry import CORES
+
+
+@dataclass
+class ConvStackOptions(CoreOptions):
+    """The layers of a convolution stack (ViV1T's factorized 3D CNN baseline names)."""
+
+    core_num_layers: int = option(4, "number of layers")
+    core_hidden_dim: int = option(16, "channels of each layer")
+    core_spatial_input_kernel: int = option(11, "spatial kernel of the first layer")
+    core_spatial_hidden_kernel: int = option(5, "spatial kernel of later layers")
+
+    def check(self) -> None:
+        for name in ("core_num_layers", "core_hidden_dim", "core_spatial_input_kernel",
+                     "core_spatial_hidden_kernel"):  # fmt: skip
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Conv2dOptions(ConvStackOptions):
+    """conv2d: the stack's layers and the dropout after each."""
+
+    core_dropout: float = option(0.0, "dropout after each layer")
+
+
+def conv_stack(
+    options: ConvStackOptions, in_channels: int, layer: Callable[[int, int, bool], nn.Module]
+) -> nn.Sequential:
+    """`core_num_layers` layers of `core_hidden_dim` channels: `layer(c_in, c_out, first)`."""
+    layers, c = [], in_channels
+    for i in range(options.core_num_layers):
+        layers.append(layer(c, options.core_hidden_dim, i == 0))
+        c = options.core_hidden_dim
+    return nn.Sequential(*layers)
 
 
 def conv_block(c_in: int, c_out: int, kernel: int, dropout: float) -> nn.Sequential:
@@ -21,53 +57,31 @@ def conv_block(c_in: int, c_out: int, kernel: int, dropout: float) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-@CORES.register("conv2d")
+@CORES.register("conv2d", options=Conv2dOptions)
 class Conv2dCore(Core):
-    """Per-frame 2D CNN: layer 1 uses `input_kernel`, later layers `hidden_kernel` ('same'
+    """Per-frame 2D CNN: layer 1 uses the input kernel, later layers the hidden kernel ('same'
     padding, so the feature maps keep the frame size). Time is folded into the batch; T' = T."""
 
     def __init__(
         self,
         in_channels: int,
-        hidden_dim: int = 16,
-        num_layers: int = 4,
-        input_kernel: int = 11,
-        hidden_kernel: int = 5,
-        dropout: float = 0.0,
-        behavior_mode: int = 0,
+        frame_shape: tuple[int, int] | None = None,
+        options: Conv2dOptions | None = None,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError("core_num_layers must be >= 1")
-        self.behavior_mode = behavior_mode
-        c = in_channels + behavior_channels(behavior_mode)
-        layers = []
-        for i in range(num_layers):
-            layers.append(
-                conv_block(c, hidden_dim, input_kernel if i == 0 else hidden_kernel, dropout)
-            )
-            c = hidden_dim
-        self.layers = nn.Sequential(*layers)
-        self.out_channels = hidden_dim
+        o = options or Conv2dOptions()
+        super().__init__(o)
+        c = in_channels + behavior_channels(o.core_behavior_mode)
 
-    @classmethod
-    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> Conv2dCore:
-        return cls(
-            in_channels,
-            hidden_dim=config.core_hidden_dim,
-            num_layers=config.core_num_layers,
-            input_kernel=config.core_spatial_input_kernel,
-            hidden_kernel=config.core_spatial_hidden_kernel,
-            dropout=config.core_dropout,
-            behavior_mode=config.core_behavior_mode,
-        )
+        def layer(c_in: int, c_out: int, first: bool) -> nn.Module:
+            kernel = o.core_spatial_input_kernel if first else o.core_spatial_hidden_kernel
+            return conv_block(c_in, c_out, kernel, o.core_dropout)
+
+        self.layers = conv_stack(o, c, layer)
+        self.out_channels = o.core_hidden_dim
 
     def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
         return tuple(frame_shape)  # type: ignore[return-value]
 
     def forward(self, video, behavior=None, pupil_center=None):
-        x = concat_behavior(video, behavior, pupil_center, self.behavior_mode)
-        b, c, t, h, w = x.shape
-        x = x.transpose(1, 2).reshape(b * t, c, h, w)
-        x = self.layers(x)
-        return x.view(b, t, -1, h, w).transpose(1, 2)
+        x = concat_behavior(video, behavior, pupil_center, self.options.core_behavior_mode)
+        return unfold_time(self.layers(fold_time(x)), x.shape[0])

@@ -8,13 +8,28 @@ over the clip (as in any batch-norm network).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import nn
 
+from neurotwin.config import option, require
 from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
-from neurotwin.models.registry import CORES
+from neurotwin.models.cores.conv2d import Conv2dOptions, conv_stack
+from neurotwin.registry import CORES
+
+
+@dataclass
+class Conv3dOptions(Conv2dOptions):
+    """conv3d: conv2d's options and the causal temporal kernels."""
+
+    core_temporal_input_kernel: int = option(11, "temporal kernel of the first layer")
+    core_temporal_hidden_kernel: int = option(5, "temporal kernel of later layers")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("core_temporal_input_kernel", "core_temporal_hidden_kernel"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 
 class CausalFactorizedConv3d(nn.Module):
@@ -36,60 +51,30 @@ class CausalFactorizedConv3d(nn.Module):
         return self.dropout(self.act(self.norm(x)))
 
 
-@CORES.register("conv3d")
+@CORES.register("conv3d", options=Conv3dOptions)
 class Conv3dCore(Core):
     """Stack of causal factorized 3D convolutions (ViV1T's / Sensorium's fCNN layout)."""
 
     def __init__(
         self,
         in_channels: int,
-        hidden_dim: int = 16,
-        num_layers: int = 4,
-        spatial_input_kernel: int = 11,
-        temporal_input_kernel: int = 11,
-        spatial_hidden_kernel: int = 5,
-        temporal_hidden_kernel: int = 5,
-        dropout: float = 0.0,
-        behavior_mode: int = 0,
+        frame_shape: tuple[int, int] | None = None,
+        options: Conv3dOptions | None = None,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError("core_num_layers must be >= 1")
-        self.behavior_mode = behavior_mode
-        c = in_channels + behavior_channels(behavior_mode)
-        layers = []
-        for i in range(num_layers):
-            first = i == 0
-            layers.append(
-                CausalFactorizedConv3d(
-                    c,
-                    hidden_dim,
-                    spatial_input_kernel if first else spatial_hidden_kernel,
-                    temporal_input_kernel if first else temporal_hidden_kernel,
-                    dropout,
-                )
-            )
-            c = hidden_dim
-        self.layers = nn.Sequential(*layers)
-        self.out_channels = hidden_dim
+        o = options or Conv3dOptions()
+        super().__init__(o)
 
-    @classmethod
-    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> Conv3dCore:
-        return cls(
-            in_channels,
-            hidden_dim=config.core_hidden_dim,
-            num_layers=config.core_num_layers,
-            spatial_input_kernel=config.core_spatial_input_kernel,
-            temporal_input_kernel=config.core_temporal_input_kernel,
-            spatial_hidden_kernel=config.core_spatial_hidden_kernel,
-            temporal_hidden_kernel=config.core_temporal_hidden_kernel,
-            dropout=config.core_dropout,
-            behavior_mode=config.core_behavior_mode,
-        )
+        def layer(c_in: int, c_out: int, first: bool) -> nn.Module:
+            spatial = o.core_spatial_input_kernel if first else o.core_spatial_hidden_kernel
+            temporal = o.core_temporal_input_kernel if first else o.core_temporal_hidden_kernel
+            return CausalFactorizedConv3d(c_in, c_out, spatial, temporal, o.core_dropout)
+
+        self.layers = conv_stack(o, in_channels + behavior_channels(o.core_behavior_mode), layer)
+        self.out_channels = o.core_hidden_dim
 
     def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
         return tuple(frame_shape)  # type: ignore[return-value]
 
     def forward(self, video, behavior=None, pupil_center=None):
-        x = concat_behavior(video, behavior, pupil_center, self.behavior_mode)
+        x = concat_behavior(video, behavior, pupil_center, self.options.core_behavior_mode)
         return self.layers(x)

@@ -13,15 +13,30 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from neurotwin.config import option
 from neurotwin.errors import ConfigError
 from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
-from neurotwin.models.registry import CORES
+from neurotwin.models.cores.conv2d import ConvStackOptions
+from neurotwin.models.frames import fold_time, unfold_time
+from neurotwin.registry import CORES
+
+
+@dataclass
+class PretrainedOptions(ConvStackOptions):
+    """pretrained: the frozen network's file (or, without one, the random stack's layers) and
+    the adapter's channels (core_hidden_dim)."""
+
+    core_pretrained_weights: str | None = option(
+        None,
+        "local .pt state dict of the frozen per-frame conv stack (its layers are read from the "
+        "file; none: a random frozen stack of core_num_layers x core_hidden_dim)",
+    )
 
 
 class FrozenConvStack(nn.Module):
@@ -85,16 +100,19 @@ def load_stack(path: str | Path) -> FrozenConvStack:
     return FrozenConvStack.from_state_dict(state, str(path))
 
 
-@CORES.register("pretrained")
+@CORES.register("pretrained", options=PretrainedOptions)
 class PretrainedCore(Core):
     def __init__(
         self,
         in_channels: int,
-        backbone: FrozenConvStack,
-        hidden_dim: int = 16,
-        behavior_mode: int = 0,
+        frame_shape: tuple[int, int] | None = None,
+        options: PretrainedOptions | None = None,
+        backbone: FrozenConvStack | None = None,
     ) -> None:
-        super().__init__()
+        o = options or PretrainedOptions()
+        super().__init__(o)
+        if backbone is None:
+            backbone = self._backbone(o, in_channels)
         if backbone.in_channels != in_channels and {backbone.in_channels, in_channels} != {1, 3}:
             raise ConfigError(
                 f"pretrained network takes {backbone.in_channels} channels, the video has {in_channels}"
@@ -104,30 +122,25 @@ class PretrainedCore(Core):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.backbone.eval()
-        self.behavior_mode = behavior_mode
-        c = backbone.out_channels + behavior_channels(behavior_mode)
+        hidden = o.core_hidden_dim
+        c = backbone.out_channels + behavior_channels(o.core_behavior_mode)
         self.adapter = nn.Sequential(
-            nn.Conv2d(c, hidden_dim, 1, bias=False), nn.BatchNorm2d(hidden_dim), nn.ELU()
+            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ELU()
         )
-        self.out_channels = hidden_dim
+        self.out_channels = hidden
 
-    @classmethod
-    def from_config(
-        cls, config: Any, in_channels: int, frame_shape: tuple[int, int]
-    ) -> PretrainedCore:
-        if config.core_pretrained_weights:
-            backbone = load_stack(config.core_pretrained_weights)
-        else:
-            warnings.warn(
-                "core 'pretrained' without core_pretrained_weights: using a random frozen conv stack",
-                stacklevel=2,
-            )
-            n = config.core_num_layers
-            kernels = [config.core_spatial_input_kernel] + [config.core_spatial_hidden_kernel] * (
-                n - 1
-            )
-            backbone = FrozenConvStack(in_channels, [config.core_hidden_dim] * n, kernels)
-        return cls(in_channels, backbone, config.core_hidden_dim, config.core_behavior_mode)
+    @staticmethod
+    def _backbone(o: PretrainedOptions, in_channels: int) -> FrozenConvStack:
+        """The stack of `core_pretrained_weights`, else a random one (with a warning)."""
+        if o.core_pretrained_weights:
+            return load_stack(o.core_pretrained_weights)
+        warnings.warn(
+            "core 'pretrained' without core_pretrained_weights: using a random frozen conv stack",
+            stacklevel=3,
+        )
+        n = o.core_num_layers
+        kernels = [o.core_spatial_input_kernel] + [o.core_spatial_hidden_kernel] * (n - 1)
+        return FrozenConvStack(in_channels, [o.core_hidden_dim] * n, kernels)
 
     def train(self, mode: bool = True) -> PretrainedCore:
         super().train(mode)
@@ -138,13 +151,10 @@ class PretrainedCore(Core):
         return tuple(frame_shape)  # type: ignore[return-value]
 
     def forward(self, video, behavior=None, pupil_center=None):
-        b, c, t, h, w = video.shape
-        x = video.transpose(1, 2).reshape(b * t, c, h, w)
+        b, c = video.shape[:2]
+        x = fold_time(video)
         if self.backbone.in_channels != c:  # grey video into an RGB network, or the reverse
             x = x.expand(-1, 3, -1, -1) if c == 1 else x.mean(1, keepdim=True)
-        f = self.backbone(x)  # frozen parameters; gradients still reach the video (MEIs)
-        f = f.view(b, t, -1, h, w).transpose(1, 2)
-        f = concat_behavior(f, behavior, pupil_center, self.behavior_mode)
-        bb, cc = f.shape[:2]
-        f = self.adapter(f.transpose(1, 2).reshape(bb * t, cc, h, w))
-        return f.view(b, t, -1, h, w).transpose(1, 2)
+        f = unfold_time(self.backbone(x), b)  # frozen; gradients still reach the video (MEIs)
+        f = concat_behavior(f, behavior, pupil_center, self.options.core_behavior_mode)
+        return unfold_time(self.adapter(fold_time(f)), b)

@@ -32,18 +32,73 @@ Implementation notes (GPU efficiency):
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from neurotwin.config import option, require
 from neurotwin.errors import ConfigError
-from neurotwin.models.cores.base import Core, behavior_channels, concat_behavior
-from neurotwin.models.registry import CORES
+from neurotwin.models.cores.base import Core, CoreOptions, behavior_channels, concat_behavior
+from neurotwin.registry import CORES
 
 FF_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+@dataclass
+class ViViTOptions(CoreOptions):
+    """vivit; the defaults are ViV1T's published core (bryanlimy/ViV1T-closed-loop, train.py and
+    the README's training command: causal temporal attention, parallel attention+MLP blocks)."""
+
+    core_behavior_tokens: bool = option(
+        False, "add one token per frame made from behaviour and pupil centre"
+    )
+    core_spatial_patch_size: int = option(7, "spatial patch size of the tube embedding")
+    core_spatial_patch_stride: int = option(2, "spatial patch stride")
+    core_temporal_patch_size: int = option(13, "temporal patch size (frames per tube)")
+    core_temporal_patch_stride: int = option(1, "temporal patch stride")
+    core_pad_frame: bool = option(
+        True,
+        "zero-pad frames so patches cover the whole frame, and pad the past so that there is "
+        "one output frame per input frame",
+    )
+    core_emb_dim: int = option(112, "token embedding size")
+    core_spatial_depth: int = option(14, "spatial transformer blocks")
+    core_temporal_depth: int = option(14, "temporal transformer blocks")
+    core_num_heads: int = option(2, "attention heads")
+    core_head_dim: int = option(80, "size of each attention head")
+    core_ff_dim: int = option(224, "hidden size of the feed-forward (MLP) blocks")
+    core_ff_activation: Literal["relu", "gelu", "silu", "elu", "tanh"] = option(
+        "relu", "feed-forward activation"
+    )
+    core_p_dropout: float = option(0.17, "patch dropout (whole tokens) after embedding")
+    core_mha_dropout: float = option(0.04, "dropout on the attention output")
+    core_ff_dropout: float = option(0.21, "dropout in the feed-forward blocks")
+    core_drop_path: float = option(0.43, "stochastic depth rate of every block")
+    core_use_causal_attention: bool = option(
+        True, "causal temporal attention (no output depends on later frames)"
+    )
+    core_parallel_attention: bool = option(
+        True, "attention and MLP in parallel in each block (else one after the other)"
+    )
+    core_norm_qk: bool = option(False, "layer-normalise queries and keys (per head)")
+    core_pos_encoding: Literal["rope", "learned", "none"] = option(
+        "rope",
+        "rope (rotary: 2D over patches, 1D over frames) or learned (added spatial and temporal "
+        "embeddings)",
+    )
+    core_reg_tokens: int = option(24, "learned register tokens per transformer")
+    core_max_frame: int = option(300, "most frames a clip may have (learned positions)")
+
+    def check(self) -> None:
+        require(
+            self.core_pos_encoding != "rope" or self.core_head_dim % 4 == 0,
+            "core_head_dim",
+            f"must be a multiple of 4 for 2D RoPE, got {self.core_head_dim}",
+        )
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -241,61 +296,28 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-@CORES.register("vivit")
+@CORES.register("vivit", options=ViViTOptions)
 class ViViTCore(Core):
     """Factorized spatiotemporal transformer; see the module docstring."""
 
     def __init__(
-        self,
-        in_channels: int,
-        frame_shape: tuple[int, int],
-        behavior_mode: int = 2,
-        behavior_tokens: bool = False,
-        spatial_patch_size: int = 7,
-        spatial_patch_stride: int = 2,
-        temporal_patch_size: int = 13,
-        temporal_patch_stride: int = 1,
-        pad_frame: bool = True,
-        emb_dim: int = 112,
-        spatial_depth: int = 14,
-        temporal_depth: int = 14,
-        num_heads: int = 2,
-        head_dim: int = 80,
-        ff_dim: int = 224,
-        ff_activation: str = "relu",
-        p_dropout: float = 0.17,
-        mha_dropout: float = 0.04,
-        ff_dropout: float = 0.21,
-        drop_path: float = 0.43,
-        causal: bool = True,
-        parallel_attention: bool = True,
-        norm_qk: bool = False,
-        pos_encoding: str = "rope",
-        reg_tokens: int = 24,
-        max_frame: int = 300,
+        self, in_channels: int, frame_shape: tuple[int, int], options: ViViTOptions | None = None
     ) -> None:
-        super().__init__()
-        if ff_activation not in FF_ACTIVATIONS:
-            raise ConfigError(
-                f"core_ff_activation: {ff_activation!r} not in {list(FF_ACTIVATIONS)}"
-            )
-        if pos_encoding not in ("rope", "learned", "none"):
-            raise ConfigError(f"core_pos_encoding: {pos_encoding!r} not in rope | learned | none")
-        if pos_encoding == "rope" and head_dim % 4:
-            raise ConfigError(f"core_head_dim must be a multiple of 4 for 2D RoPE, got {head_dim}")
-        self.behavior_mode = behavior_mode
-        self.pt, self.st = temporal_patch_size, temporal_patch_stride
-        self.ps, self.ss = spatial_patch_size, spatial_patch_stride
-        self.pad_frame = pad_frame
-        self.emb_dim, self.head_dim = emb_dim, head_dim
-        self.pos_encoding = pos_encoding
-        self.reg_tokens = reg_tokens
-        self.max_frame = max_frame
-        self.p_dropout = p_dropout
-        c = in_channels + behavior_channels(behavior_mode)
+        o = options or ViViTOptions()
+        super().__init__(o)
+        self.behavior_mode = o.core_behavior_mode
+        self.pt, self.st = o.core_temporal_patch_size, o.core_temporal_patch_stride
+        self.ps, self.ss = o.core_spatial_patch_size, o.core_spatial_patch_stride
+        self.pad_frame = o.core_pad_frame
+        emb_dim, head_dim, reg_tokens = o.core_emb_dim, o.core_head_dim, o.core_reg_tokens
+        self.emb_dim, self.head_dim, self.reg_tokens = emb_dim, head_dim, reg_tokens
+        self.pos_encoding = o.core_pos_encoding
+        self.max_frame = o.core_max_frame
+        self.p_dropout = o.core_p_dropout
+        c = in_channels + behavior_channels(o.core_behavior_mode)
 
         h, w = frame_shape
-        if pad_frame:
+        if self.pad_frame:
             ph, pw = self._pad(h, self.ps, self.ss), self._pad(w, self.ps, self.ss)
             self.spatial_padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
             h, w = h + ph, w + pw
@@ -313,20 +335,23 @@ class ViViTCore(Core):
         )
         self.embed_norm = nn.LayerNorm(emb_dim)
         n_patches = self.grid[0] * self.grid[1]
-        if pos_encoding == "learned":
+        if self.pos_encoding == "learned":
             self.spatial_pos = nn.Parameter(torch.randn(1, 1, n_patches, emb_dim))
-            self.temporal_pos = nn.Parameter(torch.randn(1, max_frame, 1, emb_dim))
+            self.temporal_pos = nn.Parameter(torch.randn(1, self.max_frame, 1, emb_dim))
         self.spatial_reg = nn.Parameter(torch.randn(reg_tokens, emb_dim)) if reg_tokens else None
         self.temporal_reg = nn.Parameter(torch.randn(reg_tokens, emb_dim)) if reg_tokens else None
-        self.behavior_token = nn.Linear(4, emb_dim) if behavior_tokens else None
+        self.behavior_token = nn.Linear(4, emb_dim) if o.core_behavior_tokens else None
 
         kw = dict(
-            emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim, ff_dim=ff_dim,
-            ff_activation=ff_activation, mha_dropout=mha_dropout, ff_dropout=ff_dropout,
-            drop_path=drop_path, norm_qk=norm_qk,
+            emb_dim=emb_dim, num_heads=o.core_num_heads, head_dim=head_dim, ff_dim=o.core_ff_dim,
+            ff_activation=o.core_ff_activation, mha_dropout=o.core_mha_dropout,
+            ff_dropout=o.core_ff_dropout, drop_path=o.core_drop_path, norm_qk=o.core_norm_qk,
         )  # fmt: skip
-        self.spatial = Transformer(spatial_depth, parallel_attention, causal=False, **kw)
-        self.temporal = Transformer(temporal_depth, parallel_attention, causal=causal, **kw)
+        parallel = o.core_parallel_attention
+        self.spatial = Transformer(o.core_spatial_depth, parallel, causal=False, **kw)
+        self.temporal = Transformer(
+            o.core_temporal_depth, parallel, causal=o.core_use_causal_attention, **kw
+        )
         self.spatial.apply(_init_weights)
         self.temporal.apply(_init_weights)
         self.out_channels = emb_dim
@@ -335,37 +360,6 @@ class ViViTCore(Core):
     def _pad(dim: int, patch: int, stride: int) -> int:
         """Zero padding so that patches of `patch` with `stride` cover all of `dim`."""
         return max((math.ceil(dim / stride) - 1) * stride + patch - dim, 0)
-
-    @classmethod
-    def from_config(cls, config: Any, in_channels: int, frame_shape: tuple[int, int]) -> ViViTCore:
-        return cls(
-            in_channels,
-            frame_shape,
-            behavior_mode=config.core_behavior_mode,
-            behavior_tokens=config.core_behavior_tokens,
-            spatial_patch_size=config.core_spatial_patch_size,
-            spatial_patch_stride=config.core_spatial_patch_stride,
-            temporal_patch_size=config.core_temporal_patch_size,
-            temporal_patch_stride=config.core_temporal_patch_stride,
-            pad_frame=config.core_pad_frame,
-            emb_dim=config.core_emb_dim,
-            spatial_depth=config.core_spatial_depth,
-            temporal_depth=config.core_temporal_depth,
-            num_heads=config.core_num_heads,
-            head_dim=config.core_head_dim,
-            ff_dim=config.core_ff_dim,
-            ff_activation=config.core_ff_activation,
-            p_dropout=config.core_p_dropout,
-            mha_dropout=config.core_mha_dropout,
-            ff_dropout=config.core_ff_dropout,
-            drop_path=config.core_drop_path,
-            causal=config.core_use_causal_attention,
-            parallel_attention=config.core_parallel_attention,
-            norm_qk=config.core_norm_qk,
-            pos_encoding=config.core_pos_encoding,
-            reg_tokens=config.core_reg_tokens,
-            max_frame=config.core_max_frame,
-        )
 
     def out_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
         if tuple(frame_shape) != self.frame_shape:

@@ -4,39 +4,52 @@ Readouts are applied to every time step (time is folded into the batch). Positio
 coordinates of `torch.nn.functional.grid_sample` with align_corners=True: (-1, -1) is the centre
 of the top-left feature-map pixel, (1, 1) the centre of the bottom-right one; x indexes width,
 y height. A shift (B, T, 2) from a shifter is added to every neuron's position.
+
+A readout is built as `cls(in_shape, n_neurons, options, coordinates=..., bias_init=...)` with
+the options dataclass it was registered with (`ReadoutOptions` or a subclass).
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from neurotwin.config import option
+from neurotwin.registry import PartOptions
+
+
+@dataclass
+class ReadoutOptions(PartOptions):
+    """What every readout takes (defaults: ViV1T's)."""
+
+    readout_bias_mode: Literal[0, 1, 2] = option(
+        2, "0: no bias, 1: bias initialised to zero, 2: bias initialised to the mean response"
+    )
+    readout_reg_weight: float = option(
+        0.0, "L1 penalty on the readout weights (ViV1T: 0; Sensorium baselines: 0.0076)"
+    )
+
 
 class Readout(nn.Module, metaclass=ABCMeta):
-    """Base class: subclasses implement `from_config`, `regularizer` and `forward`."""
+    """Base class: subclasses implement `regularizer` and `forward`. `coordinates` (N, 3) are
+    the neurons' cortical positions, `bias_init` (N,) the initial bias (the mean response
+    through the inverse output activation); either may be None."""
 
     registered_name: str
 
-    def __init__(self, in_shape: tuple[int, int, int], n_neurons: int, reg_weight: float = 0.0):
+    def __init__(
+        self, in_shape: tuple[int, int, int], n_neurons: int, options: ReadoutOptions
+    ) -> None:
         super().__init__()
+        self.options = options
         self.in_shape = tuple(in_shape)
         self.n_neurons = int(n_neurons)
-        self.reg_weight = float(reg_weight)
-
-    @classmethod
-    @abstractmethod
-    def from_config(
-        cls,
-        config: Any,
-        in_shape: tuple[int, int, int],
-        spec: dict[str, Any],
-        bias_init: torch.Tensor | None,
-    ) -> Readout:
-        """The readout of one session (`spec` as session_specs gives) from config.ReadoutConfig."""
+        self.reg_weight = float(options.readout_reg_weight)
 
     @abstractmethod
     def regularizer(self) -> torch.Tensor:
@@ -59,9 +72,3 @@ def make_bias(n: int, mode: int, bias_init: torch.Tensor | None) -> nn.Parameter
             raise ValueError(f"mean_response has {bias_init.numel()} values, expected {n}")
         bias = torch.nan_to_num(bias_init.clone(), nan=0.0, posinf=0.0, neginf=0.0)
     return nn.Parameter(bias)
-
-
-def fold_time(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, h, w) -> (B*T, C, h, w)."""
-    b, c, t, h, w = features.shape
-    return features.transpose(1, 2).reshape(b * t, c, h, w)

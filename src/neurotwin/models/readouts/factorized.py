@@ -8,45 +8,44 @@ positions + shift). Regulariser: reg_weight * sum_n |mask_n|_1 |features_n|_1.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurotwin.models.readouts.base import Readout, fold_time, make_bias
-from neurotwin.models.registry import READOUTS
+from neurotwin.config import option
+from neurotwin.models.frames import fold_time, unfold_neurons
+from neurotwin.models.readouts.base import Readout, ReadoutOptions, make_bias
+from neurotwin.registry import READOUTS
+
+INIT_NOISE = 1e-3  # scale of the random initial masks and feature weights
 
 
-@READOUTS.register("factorized")
+@dataclass
+class FactorizedOptions(ReadoutOptions):
+    readout_dropout: float = option(0.0, "dropout on the core features")
+
+
+@READOUTS.register("factorized", options=FactorizedOptions)
 class FactorizedReadout(Readout):
     def __init__(
         self,
         in_shape: tuple[int, int, int],
         n_neurons: int,
+        options: FactorizedOptions | None = None,
+        coordinates: np.ndarray | None = None,
         bias_init: torch.Tensor | None = None,
-        bias_mode: int = 2,
-        dropout: float = 0.0,
-        reg_weight: float = 0.0,
-        init_noise: float = 1e-3,
     ) -> None:
-        super().__init__(in_shape, n_neurons, reg_weight)
+        o = options or FactorizedOptions()
+        super().__init__(in_shape, n_neurons, o)
         c, h, w = in_shape
-        self.spatial = nn.Parameter(torch.randn(n_neurons, h, w) * init_noise)
-        self.features = nn.Parameter(torch.randn(n_neurons, c) * init_noise)
-        self.bias = make_bias(n_neurons, bias_mode, bias_init)
+        self.spatial = nn.Parameter(torch.randn(n_neurons, h, w) * INIT_NOISE)
+        self.features = nn.Parameter(torch.randn(n_neurons, c) * INIT_NOISE)
+        self.bias = make_bias(n_neurons, o.readout_bias_mode, bias_init)
+        dropout = o.readout_dropout
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    @classmethod
-    def from_config(cls, config: Any, in_shape, spec, bias_init) -> FactorizedReadout:
-        return cls(
-            in_shape,
-            spec["n_neurons"],
-            bias_init=bias_init,
-            bias_mode=config.readout_bias_mode,
-            dropout=config.readout_dropout,
-            reg_weight=config.readout_reg_weight,
-        )
 
     @property
     def mask(self) -> torch.Tensor:
@@ -70,7 +69,6 @@ class FactorizedReadout(Readout):
         return F.grid_sample(x, grid, align_corners=True)
 
     def forward(self, features, shift=None, sample: bool | None = None):
-        b, c, t, h, w = features.shape
         x = self.dropout(fold_time(features))
         if shift is not None:
             x = self.shift_features(x, shift)
@@ -78,4 +76,4 @@ class FactorizedReadout(Readout):
         y = (pooled * self.features.to(x.dtype)).sum(-1)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(b, t, self.n_neurons).transpose(1, 2)
+        return unfold_neurons(y, features.shape[0])

@@ -18,15 +18,43 @@ Regulariser: reg_weight * sum |feature weights| (L1).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
-from neurotwin.models.readouts.base import Readout, make_bias
+from neurotwin.config import option, require
+from neurotwin.models.frames import unfold_neurons
+from neurotwin.models.readouts.base import Readout, ReadoutOptions, make_bias
 from neurotwin.models.readouts.point_sampling import point_readout
-from neurotwin.models.registry import READOUTS
+from neurotwin.registry import READOUTS
+
+
+@dataclass
+class GaussianOptions(ReadoutOptions):
+    """gaussian (defaults: ViV1T's Gaussian readout)."""
+
+    readout_grid_mode: Literal[0, 1, 2, 3] = option(
+        1,
+        "positions: 0 free (uniform init), 1 predicted from the (x, y) cortical coordinates by "
+        "a small MLP, 2 predicted from (x, y, z), 3 free, initialised from the (x, y) "
+        "coordinates scaled to [-1, 1]",
+    )
+    readout_gauss_type: Literal["full", "uncorrelated", "isotropic"] = option(
+        "full", "covariance of each neuron's position"
+    )
+    readout_init_mu_range: float = option(0.2, "free positions start uniform in [-range, range]")
+    readout_init_sigma: float = option(
+        1.0, "initial spread (full: matrix entries uniform in [-s, s]; else all equal s)"
+    )
+
+    def check(self) -> None:
+        r, s = self.readout_init_mu_range, self.readout_init_sigma
+        require(0 < r <= 1, "readout_init_mu_range", f"must be in (0, 1], got {r}")
+        require(s > 0, "readout_init_sigma", f"must be > 0, got {s}")
 
 
 def normalise_coordinates(coords: np.ndarray, dims: int, mode: str) -> np.ndarray | None:
@@ -49,24 +77,20 @@ def normalise_coordinates(coords: np.ndarray, dims: int, mode: str) -> np.ndarra
     return None if m <= 0 else (c / m).astype(np.float32)
 
 
-@READOUTS.register("gaussian")
+@READOUTS.register("gaussian", options=GaussianOptions)
 class GaussianReadout(Readout):
     def __init__(
         self,
         in_shape: tuple[int, int, int],
         n_neurons: int,
+        options: GaussianOptions | None = None,
         coordinates: np.ndarray | None = None,
         bias_init: torch.Tensor | None = None,
-        bias_mode: int = 2,
-        grid_mode: int = 1,
-        gauss_type: str = "full",
-        init_mu_range: float = 0.2,
-        init_sigma: float = 1.0,
-        reg_weight: float = 0.0,
     ) -> None:
-        super().__init__(in_shape, n_neurons, reg_weight)
-        if not 0 < init_mu_range <= 1 or init_sigma <= 0:
-            raise ValueError("readout_init_mu_range must be in (0, 1] and readout_init_sigma > 0")
+        o = options or GaussianOptions()
+        super().__init__(in_shape, n_neurons, o)
+        grid_mode, gauss_type = o.readout_grid_mode, o.readout_gauss_type
+        init_mu_range, init_sigma = o.readout_init_mu_range, o.readout_init_sigma
         c = in_shape[0]
         n = self.n_neurons
         self.gauss_type = gauss_type
@@ -98,29 +122,10 @@ class GaussianReadout(Readout):
             self.sigma = nn.Parameter(torch.empty(n, 2, 2).uniform_(-init_sigma, init_sigma))
         elif gauss_type == "uncorrelated":
             self.sigma = nn.Parameter(torch.full((n, 2), float(init_sigma)))
-        elif gauss_type == "isotropic":
+        else:  # isotropic
             self.sigma = nn.Parameter(torch.full((n, 1), float(init_sigma)))
-        else:
-            raise ValueError(
-                f"readout_gauss_type {gauss_type!r} not in full | uncorrelated | isotropic"
-            )
         self.features = nn.Parameter(torch.full((c, n), 1.0 / c))
-        self.bias = make_bias(n, bias_mode, bias_init)
-
-    @classmethod
-    def from_config(cls, config: Any, in_shape, spec, bias_init) -> GaussianReadout:
-        return cls(
-            in_shape,
-            spec["n_neurons"],
-            coordinates=spec.get("coordinates"),
-            bias_init=bias_init,
-            bias_mode=config.readout_bias_mode,
-            grid_mode=config.readout_grid_mode,
-            gauss_type=config.readout_gauss_type,
-            init_mu_range=config.readout_init_mu_range,
-            init_sigma=config.readout_init_sigma,
-            reg_weight=config.readout_reg_weight,
-        )
+        self.bias = make_bias(n, o.readout_bias_mode, bias_init)
 
     @property
     def mu(self) -> torch.Tensor:
@@ -150,11 +155,11 @@ class GaussianReadout(Readout):
 
     def forward(self, features, shift=None, sample: bool | None = None):
         b, c, t, h, w = features.shape
-        x = features.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B*T, h*w, C)
+        x = rearrange(features, "b c t h w -> (b t) (h w) c")  # channels last
         grid = self.sample_grid(b * t, sample)  # (B*T, N, 2)
         if shift is not None:
             grid = grid + shift.reshape(b * t, 1, 2).to(grid.dtype)
         y = point_readout(x, grid, self.features, h, w).to(features.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(b, t, self.n_neurons).transpose(1, 2)
+        return unfold_neurons(y, b)

@@ -10,7 +10,7 @@ features (frames x channels x neurons: 1 GiB in float32 for one 300-frame Sensor
 - Backward, without atomics: the bilinear weights times the incoming gradient form a sparse
   (pixels x neurons) matrix A per frame; d_features[f] = A[f] @ weights^T and
   d_weights^T = sum_f A[f]^T @ features[f]. The position gradient comes from D.
-- On CUDA with Triton, three kernels (point_sampling_kernels.py) do this and never build A in
+- On CUDA with Triton, three kernels (_point_sampling_kernels.py) do this and never build A in
   memory; elsewhere (CPU) plain PyTorch gathers a few frames at a time and builds A densely
   in blocks of frames.
 """
@@ -75,10 +75,10 @@ def _accumulation_dtype(features: torch.Tensor) -> torch.dtype:
 def _kernels():
     """The Triton kernels, or None where Triton is not installed."""
     try:
-        from neurotwin.models.readouts import point_sampling_kernels
+        from neurotwin.models.readouts import _point_sampling_kernels
     except ImportError:
         return None
-    return point_sampling_kernels
+    return _point_sampling_kernels
 
 
 def _use_kernels(features: torch.Tensor) -> bool:

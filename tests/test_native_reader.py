@@ -1,4 +1,4 @@
-"""The Sensorium 2023 reader on small folders written in the native layout."""
+"""The native layout's reader on small folders written in that layout (Sensorium 2023)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from native_fixture import published_name, write_native_dataset, write_native_session
-from neurotwin.data import layout, sensorium
-from neurotwin.data.sensorium import SensoriumSession, find_sessions, session_alias
+from neurotwin.data import native
+from neurotwin.data.native import NativeSession, find_sessions, reader, session_alias, statistics
 from neurotwin.errors import DataFormatError
 
 # ---------------------------------------------------------------------------------------------
@@ -29,14 +29,14 @@ def test_find_sessions_all_sorted_and_by_alias(native_dataset):
 
 
 def test_find_sessions_viv1t_letter_and_plain_names(tmp_path):
-    write_native_session(tmp_path / sensorium.SENSORIUM_2023_MICE["A"], n_neurons=3)
+    write_native_session(tmp_path / native.SENSORIUM_2023_MICE["A"], n_neurons=3)
     write_native_session(tmp_path / "mouse_x", n_neurons=3, meta={"alias": "mx"})
     write_native_session(tmp_path / "plain", n_neurons=3)
     (tmp_path / "not_a_session").mkdir()
     (tmp_path / ".hidden_tmp").mkdir()
-    assert [p.name for p in find_sessions(tmp_path, ["A"])] == [sensorium.SENSORIUM_2023_MICE["A"]]
+    assert [p.name for p in find_sessions(tmp_path, ["A"])] == [native.SENSORIUM_2023_MICE["A"]]
     assert [p.name for p in find_sessions(tmp_path, ["29156-11-10"])] == [
-        sensorium.SENSORIUM_2023_MICE["A"]
+        native.SENSORIUM_2023_MICE["A"]
     ]
     assert [p.name for p in find_sessions(tmp_path, ["mx", "plain"])] == ["mouse_x", "plain"]
     assert len(find_sessions(tmp_path)) == 3
@@ -72,7 +72,7 @@ def test_arrays_read_back_identical(tmp_path):
         return_arrays=True,
         dtype=np.float64,
     )
-    s = SensoriumSession(path)
+    s = NativeSession(path)
     assert s.name == "s" and s.path == path
     np.testing.assert_array_equal(s.tiers, written.tiers)
     assert s.tiers.dtype.kind == "U"
@@ -83,20 +83,20 @@ def test_arrays_read_back_identical(tmp_path):
     assert s.has_noiseless
     for trial, arrays in written.trials.items():
         got = s.load_trial(trial)
-        assert set(got) == set(layout.TRIAL_ARRAYS)
-        for name in layout.TRIAL_ARRAYS:
+        assert set(got) == set(native.TRIAL_ARRAYS)
+        for name in native.TRIAL_ARRAYS:
             assert got[name].dtype == arrays[name].dtype
             np.testing.assert_array_equal(got[name], arrays[name])  # NaN == NaN here
         assert s.trial_length(trial) == lengths[trial]
         np.testing.assert_array_equal(
-            s.load_noiseless(trial), written.extra_data[layout.NOISELESS][trial]
+            s.load_noiseless(trial), written.extra_data[native.NOISELESS][trial]
         )
         part = s.load_trial(trial, frames=slice(2, 9))
-        np.testing.assert_array_equal(part[layout.VIDEOS], arrays[layout.VIDEOS][..., 2:9])
+        np.testing.assert_array_equal(part[native.VIDEOS], arrays[native.VIDEOS][..., 2:9])
 
 
 def test_tiers_and_trial_ids(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     assert s.tier_counts == {"train": 6, "oracle": 2, "live_test_main": 1, "final_test_main": 1}
     train = s.trial_ids("train")
     assert train.dtype == np.int64 and np.all(np.diff(train) > 0)
@@ -108,7 +108,7 @@ def test_tiers_and_trial_ids(native_session):
 
 def test_hidden_responses_detected(tmp_path):
     for hidden in ("zeros", "nan"):
-        s = SensoriumSession(write_native_session(tmp_path / hidden, hidden=hidden))
+        s = NativeSession(write_native_session(tmp_path / hidden, hidden=hidden))
         assert s.responses_hidden("live_test_main") and s.responses_hidden("final_test_main")
         assert not s.responses_hidden("train") and not s.responses_hidden("oracle")
         # hidden NaN responses of a test trial are not an error
@@ -116,8 +116,8 @@ def test_hidden_responses_detected(tmp_path):
 
 
 def test_limit_neurons(native_session):
-    full = SensoriumSession(native_session)
-    s = SensoriumSession(native_session, limit_neurons=4)
+    full = NativeSession(native_session)
+    s = NativeSession(native_session, limit_neurons=4)
     assert s.n_neurons == 4 and len(s.unit_ids) == 4 and s.coordinates.shape == (4, 3)
     index = s.neuron_index
     assert np.all(np.diff(index) > 0)
@@ -131,7 +131,7 @@ def test_limit_neurons(native_session):
             s.statistics(shipped)["responses"]["std"],
             full.statistics(shipped)["responses"]["std"][index],
         )
-    assert SensoriumSession(native_session, limit_neurons=50).n_neurons == 7
+    assert NativeSession(native_session, limit_neurons=50).n_neurons == 7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,10 +154,10 @@ def _valid_frames(written, name):
 
 def test_statistics_match_the_data(tmp_path):
     path, written = write_native_session(tmp_path / "s", seed=5, return_arrays=True)
-    s = SensoriumSession(path)
+    s = NativeSession(path)
     stats = s.statistics()
-    assert set(stats) == set(layout.TRIAL_ARRAYS)
-    for name in layout.TRIAL_ARRAYS:
+    assert set(stats) == set(native.TRIAL_ARRAYS)
+    for name in native.TRIAL_ARRAYS:
         x = _valid_frames(written, name)
         assert not np.isnan(x).any()
         expected = {
@@ -173,7 +173,7 @@ def test_statistics_match_the_data(tmp_path):
             assert got.shape == (() if name == "videos" else (x.shape[0],)), (name, stat)
             np.testing.assert_allclose(got, value[0] if name == "videos" else value, rtol=1e-5)
     # cached beside the data, with the key that produced it
-    cache = path / sensorium.COMPUTED_STATISTICS_DIR / "train"
+    cache = path / native.COMPUTED_STATISTICS_DIR / "train"
     info = json.loads((cache / "info.json").read_text())
     assert info["n_trials"] == 6 and info["tier"] == "train"
     np.testing.assert_array_equal(
@@ -183,25 +183,25 @@ def test_statistics_match_the_data(tmp_path):
 
 
 def test_statistics_cache_is_used_and_invalidated(native_session, monkeypatch):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     first = s.statistics()
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(sensorium, "compute_statistics", boom)
-    again = SensoriumSession(native_session).statistics()
+    monkeypatch.setattr(reader, "compute_statistics", boom)
+    again = NativeSession(native_session).statistics()
     np.testing.assert_array_equal(again["videos"]["mean"], first["videos"]["mean"])
     # a different training tier invalidates the cache
-    tiers = np.load(native_session / layout.TIERS_FILE)
+    tiers = np.load(native_session / native.TIERS_FILE)
     tiers[int(np.flatnonzero(tiers == "train")[0])] = "none"
-    np.save(native_session / layout.TIERS_FILE, tiers)
+    np.save(native_session / native.TIERS_FILE, tiers)
     with pytest.raises(AssertionError, match="recomputed"):
-        SensoriumSession(native_session).statistics()
+        NativeSession(native_session).statistics()
 
 
 def test_shipped_statistics_only_when_asked(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     shipped = s.statistics(shipped=True)
     stored = np.load(native_session / "meta/statistics/responses/all/mean.npy")
     np.testing.assert_array_equal(shipped["responses"]["mean"], stored)
@@ -212,9 +212,9 @@ def test_shipped_statistics_only_when_asked(native_session):
 
 
 def test_median_from_subsample_when_large(native_session, monkeypatch):
-    exact = SensoriumSession(native_session).statistics()["responses"]["median"]
-    monkeypatch.setattr(sensorium, "MEDIAN_BUDGET", 60)
-    approx = SensoriumSession(native_session).statistics(recompute=True)["responses"]["median"]
+    exact = NativeSession(native_session).statistics()["responses"]["median"]
+    monkeypatch.setattr(statistics, "MEDIAN_BUDGET", 60)
+    approx = NativeSession(native_session).statistics(recompute=True)["responses"]["median"]
     assert approx.shape == exact.shape
     np.testing.assert_allclose(approx, exact, atol=1.5)
 
@@ -226,20 +226,20 @@ def test_median_from_subsample_when_large(native_session, monkeypatch):
 
 def test_error_missing_session_folder(tmp_path):
     with pytest.raises(DataFormatError, match="session folder not found") as e:
-        SensoriumSession(tmp_path / "missing")
+        NativeSession(tmp_path / "missing")
     assert e.value.path == tmp_path / "missing"
 
 
 def test_error_missing_file(native_session):
-    os.remove(native_session / layout.UNIT_IDS_FILE)
+    os.remove(native_session / native.UNIT_IDS_FILE)
     with pytest.raises(DataFormatError, match="file not found") as e:
-        SensoriumSession(native_session)
+        NativeSession(native_session)
     assert e.value.path.name == "unit_ids.npy" and e.value.field == "unit_ids"
 
 
 def test_error_missing_trial_file(native_session):
     os.remove(native_session / "data/behavior/3.npy")
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     with pytest.raises(DataFormatError, match="file not found") as e:
         s.load_trial(3)
     assert e.value.path == native_session / "data/behavior/3.npy"
@@ -248,14 +248,14 @@ def test_error_missing_trial_file(native_session):
 def test_error_missing_statistics_file(native_session):
     os.remove(native_session / "meta/statistics/videos/all/std.npy")
     with pytest.raises(DataFormatError, match="file not found") as e:
-        SensoriumSession(native_session).statistics(shipped=True)
+        NativeSession(native_session).statistics(shipped=True)
     assert e.value.path.name == "std.npy" and "videos" in str(e.value.path)
 
 
 def test_error_wrong_shape(native_session):
     path = native_session / "data/responses/2.npy"
     np.save(path, np.zeros((3, 24), np.float32))  # 3 neurons instead of 7
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     with pytest.raises(DataFormatError, match=r"expected shape \(7, 24\), got \(3, 24\)") as e:
         s.load_trial(2)
     assert e.value.path == path and e.value.field == "responses"
@@ -265,7 +265,7 @@ def test_error_wrong_frame_count(native_session):
     path = native_session / "data/pupil_center/4.npy"
     np.save(path, np.zeros((2, 20), np.float32))
     with pytest.raises(DataFormatError, match="20 frames") as e:
-        SensoriumSession(native_session).load_trial(4)
+        NativeSession(native_session).load_trial(4)
     assert e.value.path == path
 
 
@@ -273,45 +273,45 @@ def test_error_wrong_dtype(native_session):
     path = native_session / "data/videos/1.npy"
     np.save(path, np.zeros((6, 8, 24), np.int16))
     with pytest.raises(DataFormatError, match="float") as e:
-        SensoriumSession(native_session).load_trial(1)
+        NativeSession(native_session).load_trial(1)
     assert e.value.path == path and e.value.field == "videos"
 
 
 def test_error_wrong_meta_dtype_and_shape(native_session):
-    np.save(native_session / layout.UNIT_IDS_FILE, np.arange(7.0))
+    np.save(native_session / native.UNIT_IDS_FILE, np.arange(7.0))
     with pytest.raises(DataFormatError, match="integer") as e:
-        SensoriumSession(native_session)
+        NativeSession(native_session)
     assert e.value.field == "unit_ids"
-    np.save(native_session / layout.UNIT_IDS_FILE, np.arange(7))
-    np.save(native_session / layout.COORDINATES_FILE, np.zeros((6, 3)))
+    np.save(native_session / native.UNIT_IDS_FILE, np.arange(7))
+    np.save(native_session / native.COORDINATES_FILE, np.zeros((6, 3)))
     with pytest.raises(DataFormatError, match=r"\(7, 3\)") as e:
-        SensoriumSession(native_session)
+        NativeSession(native_session)
     assert e.value.field == "cell_motor_coordinates"
-    np.save(native_session / layout.COORDINATES_FILE, np.zeros((7, 3)))
-    np.save(native_session / layout.TIERS_FILE, np.zeros(10, np.int64))
+    np.save(native_session / native.COORDINATES_FILE, np.zeros((7, 3)))
+    np.save(native_session / native.TIERS_FILE, np.zeros(10, np.int64))
     with pytest.raises(DataFormatError, match="string array") as e:
-        SensoriumSession(native_session)
+        NativeSession(native_session)
     assert e.value.path.name == "tiers.npy"
 
 
 def test_error_tiers_length_mismatch(native_session):
-    tiers = np.load(native_session / layout.TIERS_FILE)
-    np.save(native_session / layout.TIERS_FILE, tiers[:-1])
+    tiers = np.load(native_session / native.TIERS_FILE)
+    np.save(native_session / native.TIERS_FILE, tiers[:-1])
     with pytest.raises(DataFormatError, match="9 entries, but .* holds 10 trial files") as e:
-        SensoriumSession(native_session)
-    assert e.value.path == native_session / layout.TIERS_FILE and e.value.field == "tiers"
+        NativeSession(native_session)
+    assert e.value.path == native_session / native.TIERS_FILE and e.value.field == "tiers"
 
 
 def test_error_unknown_tier_name(native_session):
-    tiers = np.load(native_session / layout.TIERS_FILE)
+    tiers = np.load(native_session / native.TIERS_FILE)
     tiers[0] = "validation"
-    np.save(native_session / layout.TIERS_FILE, tiers)
+    np.save(native_session / native.TIERS_FILE, tiers)
     with pytest.raises(DataFormatError, match="unknown tier names \\['validation'\\]"):
-        SensoriumSession(native_session)
+        NativeSession(native_session)
 
 
 def test_error_nan_in_training_responses(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     trial = int(s.trial_ids("train")[0])
     path = native_session / f"data/responses/{trial}.npy"
     r = np.load(path)
@@ -321,15 +321,15 @@ def test_error_nan_in_training_responses(native_session):
         s.load_trial(trial)
     assert e.value.path == path and e.value.field == "responses"
     with pytest.raises(DataFormatError, match="NaN") as e:
-        SensoriumSession(native_session).statistics()
+        NativeSession(native_session).statistics()
     assert e.value.path == path
 
 
 def test_error_empty_tier(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     with pytest.raises(DataFormatError, match="tier 'live_test_bonus' has no trials") as e:
         s.trial_ids("live_test_bonus")
-    assert e.value.path == native_session / layout.TIERS_FILE
+    assert e.value.path == native_session / native.TIERS_FILE
     with pytest.raises(DataFormatError, match="unknown tier"):
         s.trial_ids("validation")
 
@@ -338,18 +338,18 @@ def test_error_video_without_frames(native_session):
     path = native_session / "data/videos/0.npy"
     np.save(path, np.full((6, 8, 24), np.nan, np.float32))
     with pytest.raises(DataFormatError, match="no frames") as e:
-        SensoriumSession(native_session).trial_length(0)
+        NativeSession(native_session).trial_length(0)
     assert e.value.path == path
 
 
 def test_dataset_of_three_sessions_reads(tmp_path):
     paths = write_native_dataset(tmp_path, 3)
-    sizes = [SensoriumSession(p).n_neurons for p in paths]
+    sizes = [NativeSession(p).n_neurons for p in paths]
     assert sizes == [5, 7, 9]
 
 
 def test_error_nan_in_training_behavior(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     trial = int(s.trial_ids("train")[1])
     path = native_session / f"data/behavior/{trial}.npy"
     b = np.load(path)
@@ -366,7 +366,7 @@ def test_error_data_dir_is_a_session(native_session):
 
 
 def test_limit_data(native_session):
-    s = SensoriumSession(native_session)
+    s = NativeSession(native_session)
     train = s.trial_ids("train")
     some = s.trial_ids("train", limit=4, seed=2)
     assert len(some) == 4 and set(some) <= set(train) and np.all(np.diff(some) > 0)
