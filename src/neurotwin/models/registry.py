@@ -58,3 +58,4 @@ class Registry:
 CORES = Registry("core")
 READOUTS = Registry("readout")
 ACTIVATIONS = Registry("output activation")
+BACKBONES = Registry("backbone source")
