@@ -89,19 +89,14 @@ def convert_ecephys(
     with nwb.open_nwb(nwb_path) as f:
         session_id = nwb.read_str(f, "identifier")
         session_type = nwb.read_str(f, "general/stimulus")  # nwbfile.stimulus_notes
-        units = _units(f)
-        channels = _channels(f)
-        keep, unit_area, unit_channel = _select_units(
+        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
             f,
-            units,
-            channels,
             areas,
             amplitude_cutoff_maximum,
             presence_ratio_minimum,
             isi_violations_maximum,
             filter_by_validity,
         )
-        spikes = [np.sort(units["spike_times"][i]) for i in keep]
         unit_ids = units["id"][keep].astype(np.int64)
         coords, coord_kind = _coordinates(channels, unit_channel)
         running_t, running = _running(f)
@@ -438,6 +433,17 @@ def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
     return trials.movie_recording(movie, frames, frame, counts, pupil, run, center, start)
 
 
+def _kept_units(f: h5py.File, areas, amp_max, pr_min, isi_max, by_validity):
+    """The units and channels tables, the units kept by the quality filters, their area and
+    peak channel, and their sorted spike times."""
+    units, channels = _units(f), _channels(f)
+    keep, unit_area, unit_channel = _select_units(
+        f, units, channels, areas, amp_max, pr_min, isi_max, by_validity
+    )
+    spikes = [np.sort(units["spike_times"][i]) for i in keep]
+    return units, channels, keep, unit_area, unit_channel, spikes
+
+
 def _unit_meta(units: dict, channels: dict, keep, unit_area, unit_channel) -> dict:
     """meta/neurons/* arrays of the kept units: area, peak channel, probe, depth, quality."""
     extra = {
@@ -491,32 +497,21 @@ def convert_ecephys_presentations(
     window = tuple(window) if window is not None else presentations.DEFAULT_WINDOW[stimulus]
     with nwb.open_nwb(nwb_path) as f:
         session_id = nwb.read_str(f, "identifier")
-        units, channels = _units(f), _channels(f)
-        keep, unit_area, unit_channel = _select_units(
+        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
             f,
-            units,
-            channels,
             areas,
             amplitude_cutoff_maximum,
             presence_ratio_minimum,
             isi_violations_maximum,
             filter_by_validity,
         )
-        spikes = [np.sort(units["spike_times"][i]) for i in keep]
         coords, coord_kind = _coordinates(channels, unit_channel)
         running_t, running = _running(f)
         eye = _gaze(f)
         pres = _presentations(f, stimulus, templates, frame_size)
         unit_ids = units["id"][keep].astype(np.int64)
 
-    def behavior(a, b):
-        pupil = interval_mean(eye[0], eye[1], a, b) if eye is not None else np.zeros(a.size)
-        run = interval_mean(running_t, running, a, b) if running is not None else np.zeros(a.size)
-        return np.stack([pupil, run])
-
-    def center(a, b):
-        return interval_mean(eye[2], eye[3], a, b) if eye is not None else np.zeros((2, a.size))
-
+    behavior, center = presentations.behavior_samplers(running_t, running, eye)
     session = presentations.build_session(
         pres,
         lambda a, b: np.stack([count_in_intervals(s, a, b) for s in spikes]),

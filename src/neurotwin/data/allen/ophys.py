@@ -99,13 +99,7 @@ def convert_ophys(
     if response == "dff" and dff_offset != "none":
         offset = _nonnegative(recordings, dff_offset)
     area = meta.get("targeted_structure") or ""
-    extra = {
-        "neurons/area.npy": np.asarray([area] * n_cells, dtype=str),
-        "neurons/depth.npy": np.full(n_cells, np.nan if depth is None else depth, np.float32),
-        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n_cells, dtype=str),
-        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
-        "neurons/response_offset.npy": offset.astype(np.float32),
-    }
+    extra = _cell_meta(meta, area, depth, centroids, offset)
     session = trials.build_session(
         recordings,
         cell_ids.astype(np.int64),
@@ -195,23 +189,9 @@ def convert_ophys_presentations(
     elif response == "dff" and dff_offset == "clip":
         traces = np.maximum(traces, 0.0)
 
-    def behavior(a, b):
-        pupil = interval_mean(eye[0], eye[1], a, b) if eye is not None else np.zeros(a.size)
-        run = interval_mean(running_t, running, a, b) if running is not None else np.zeros(a.size)
-        return np.stack([pupil, run])
-
-    def center(a, b):
-        return interval_mean(eye[2], eye[3], a, b) if eye is not None else np.zeros((2, a.size))
-
+    behavior, center = presentations.behavior_samplers(running_t, running, eye)
     area = meta.get("targeted_structure") or ""
-    n = cell_ids.size
-    extra = {
-        "neurons/area.npy": np.asarray([area] * n, dtype=str),
-        "neurons/depth.npy": np.full(n, np.nan if depth is None else depth, np.float32),
-        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n, dtype=str),
-        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
-        "neurons/response_offset.npy": offset.astype(np.float32),
-    }
+    extra = _cell_meta(meta, area, depth, centroids, offset)
     session = presentations.build_session(
         pres,
         lambda a, b: interval_mean(timestamps, traces, a, b),
@@ -306,6 +286,18 @@ def _presentations(f: h5py.File, stimulus: str, timestamps: np.ndarray, frame_si
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def _cell_meta(meta: dict, area: str, depth, centroids: np.ndarray, offset: np.ndarray) -> dict:
+    """meta/neurons/* arrays: area, depth, Cre line, ROI centroid, the dF/F offset removed."""
+    n = len(centroids)
+    return {
+        "neurons/area.npy": np.asarray([area] * n, dtype=str),
+        "neurons/depth.npy": np.full(n, np.nan if depth is None else depth, np.float32),
+        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n, dtype=str),
+        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
+        "neurons/response_offset.npy": np.asarray(offset, np.float32),
+    }
 
 
 def _cells(f: h5py.File, nwb_path: Path, response: str, events_path):

@@ -300,12 +300,9 @@ def build_session(
         for i in range(n)
     }
     train = [trials[i] for i in range(n) if tiers[i] == layout.TRAIN_TIER] or list(trials.values())
-    statistics = {
-        layout.VIDEOS: layout.trial_statistics((t[layout.VIDEOS] for t in train), None),
-        layout.RESPONSES: layout.trial_statistics((t[layout.RESPONSES] for t in train), 0),
-        layout.BEHAVIOR: layout.trial_statistics((t[layout.BEHAVIOR] for t in train), 0),
-        layout.PUPIL_CENTER: layout.trial_statistics((t[layout.PUPIL_CENTER] for t in train), 0),
-    }
+    from neurotwin.data.allen.trials import training_statistics
+
+    statistics = training_statistics(train)
     meta = {
         "trials/stimulus.npy": np.asarray([pres.name] * n, dtype=str),
         "trials/condition.npy": cond.astype(np.int64),
@@ -346,5 +343,17 @@ def split_meta(
     }
 
 
-def zeros_sampler(channels: int) -> Sampler:
-    return lambda starts, ends: np.zeros((channels, len(starts)))
+def behavior_samplers(running_t, running, eye) -> tuple[Sampler, Sampler]:
+    """(behaviour, pupil centre) samplers: mean pupil size and running speed, and mean gaze, in
+    each interval (zeros where the recording has none). `eye`: (size_t, size, gaze_t, gaze)."""
+    from neurotwin.data.allen.resample import interval_mean
+
+    def behavior(a, b):
+        pupil = interval_mean(eye[0], eye[1], a, b) if eye is not None else np.zeros(a.size)
+        run = interval_mean(running_t, running, a, b) if running is not None else np.zeros(a.size)
+        return np.stack([pupil, run])
+
+    def center(a, b):
+        return interval_mean(eye[2], eye[3], a, b) if eye is not None else np.zeros((2, a.size))
+
+    return behavior, center

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,11 +38,6 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME = re.compile(r"^(last_hidden_state|hidden_states\.\d+)$")
 # transformers' PILImageResampling: 2 bilinear, 3 bicubic
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
-
-
-@dataclass
-class HFOptions(BackboneOptions):
-    """transformers vision models: the common backbone options."""
 
 
 def processor_spec(processor) -> InputSpec:
@@ -102,7 +96,7 @@ def _pooler(net, x):
     return out.flatten(1)
 
 
-def _load(transformers, name: str, options: HFOptions):
+def _load(transformers, name: str, options: BackboneOptions):
     kwargs = {"local_files_only": True}
     try:
         config = transformers.AutoConfig.from_pretrained(name, **kwargs)
@@ -126,10 +120,10 @@ def _load(transformers, name: str, options: HFOptions):
 
 @BACKBONES.register("hf")
 class HFSource:
-    options = HFOptions
+    options = BackboneOptions  # no options of its own
 
     @staticmethod
-    def build(name: str, options: HFOptions) -> Backbone:
+    def build(name: str, options: BackboneOptions) -> Backbone:
         transformers = import_extra("transformers", "hf")
         if not name:
             raise ConfigError("hf needs a model: hf:NAME_OR_LOCAL_DIR")

@@ -11,8 +11,6 @@ ones its paper reads (mouse_vision/models/model_layers.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from neurotwin.errors import ConfigError
@@ -29,17 +27,12 @@ from neurotwin.models.registry import BACKBONES
 EVAL_64 = InputSpec(resize_short=256, crop=(224, 224), size=(64, 64), interpolation="bilinear")
 
 
-@dataclass
-class MouseVisionOptions(BackboneOptions):
-    """mouse-vision networks: the common backbone options."""
-
-
 @BACKBONES.register("mouse-vision")
 class MouseVisionSource:
-    options = MouseVisionOptions
+    options = BackboneOptions  # no options of its own
 
     @staticmethod
-    def build(name: str, options: MouseVisionOptions) -> Backbone:
+    def build(name: str, options: BackboneOptions) -> Backbone:
         key = ALIASES.get(name, name)
         if key not in ARCHITECTURES:
             raise ConfigError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 
@@ -26,11 +25,6 @@ from neurotwin.models.backbones.base import (
     load_weights,
 )
 from neurotwin.models.registry import BACKBONES
-
-
-@dataclass
-class TimmOptions(BackboneOptions):
-    """timm networks: the common backbone options."""
 
 
 def _spec(timm, net) -> InputSpec:
@@ -48,10 +42,10 @@ def _pre_logits(net, x):
 
 @BACKBONES.register("timm")
 class TimmSource:
-    options = TimmOptions
+    options = BackboneOptions  # no options of its own
 
     @staticmethod
-    def build(name: str, options: TimmOptions) -> Backbone:
+    def build(name: str, options: BackboneOptions) -> Backbone:
         timm = import_extra("timm", "timm")
         if not timm.is_model(name):
             raise ConfigError(f"timm has no model {name!r} (see timm.list_models())")

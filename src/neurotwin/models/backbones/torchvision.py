@@ -9,7 +9,6 @@ ImageNet mean/std). Vision transformers' token outputs become patch grids.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,11 +25,6 @@ from neurotwin.models.backbones.base import (
     load_weights,
 )
 from neurotwin.models.registry import BACKBONES
-
-
-@dataclass
-class TorchvisionOptions(BackboneOptions):
-    """torchvision networks: the common backbone options."""
 
 
 def _spec(weights_enum) -> InputSpec:
@@ -76,10 +70,10 @@ def default_layers(net: nn.Module) -> list[str]:
 
 @BACKBONES.register("torchvision")
 class TorchvisionSource:
-    options = TorchvisionOptions
+    options = BackboneOptions  # no options of its own
 
     @staticmethod
-    def build(name: str, options: TorchvisionOptions) -> Backbone:
+    def build(name: str, options: BackboneOptions) -> Backbone:
         tv = import_extra("torchvision", "torchvision")
         try:
             builder = tv.models.get_model_builder(name)
