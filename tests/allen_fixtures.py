@@ -561,3 +561,182 @@ def write_template_npy(path: str | Path, frames: np.ndarray) -> Path:
     with open(path, "wb") as fh:
         np.save(fh, frames)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Natural scenes and gratings (one trial per presentation)
+# ------------------------------------------------------------------------------------------------
+
+# Per stimulus: (conditions, repeats, blanks, 2-photon frames per presentation, gap after each)
+OPHYS_PRESENTATIONS = {
+    "natural_scenes": (8, 3, 2, 8, 0),
+    "static_gratings": (4, 3, 2, 8, 0),
+    "drifting_gratings": (2, 2, 1, 60, 30),
+}
+STATIC_GRATINGS = [(0.0, 0.02, 0.0), (30.0, 0.08, 0.25), (90.0, 0.02, 0.5), (150.0, 0.32, 0.75)]
+DRIFTING_GRATINGS = [(0.0, 2.0), (135.0, 8.0)]  # orientation (deg), temporal frequency (Hz)
+
+
+def _presentation_order(n_cond: int, repeats: int, blanks: int, rng) -> np.ndarray:
+    """Condition per presentation (-1: blank) in a shuffled order, as the sessions interleave."""
+    order = np.concatenate([np.repeat(np.arange(n_cond), repeats), -np.ones(blanks, np.int64)])
+    return order[rng.permutation(order.size)]
+
+
+def add_ophys_presentations(path: str | Path, truth: dict, seed: int = 1) -> dict:
+    """Append natural scenes, static and drifting gratings to a file of `write_ophys_nwb`.
+
+    The recording is extended past its movies (dF/F, fluorescence, running and eye tracking keep
+    their known functions of time) and each stimulus gets its presentation group as
+    BrainObservatoryNwbDataSet reads it: natural_scenes_stimulus (IndexSeries: data = image
+    index, -1 blank), static/drifting_gratings_stimulus (AbstractFeatureSeries: data columns
+    named by `features`; drifting: temporal_frequency, orientation, blank_sweep), frame_duration
+    [start, end) in 2-photon frames, and stimulus/templates/natural_scenes_image_stack.
+    Returns `truth` with "presentations": {stimulus: {"condition", "start", "end"}}.
+    """
+    rng = np.random.default_rng(seed)
+    n_cells = truth["dff"].shape[0]
+    k = truth["n_t"]
+    rows = {}
+    for stim, (n_cond, reps, blanks, length, gap) in OPHYS_PRESENTATIONS.items():
+        cond = _presentation_order(n_cond, reps, blanks, rng)
+        start = k + (length + gap) * np.arange(cond.size)
+        rows[stim] = {"condition": cond, "start": start, "end": start + length}
+        k = int(start[-1] + length + gap + 5)
+    n_t = k + 10
+    t0 = truth["timestamps"][0]
+    timestamps = t0 + np.arange(n_t) / FRAME_RATE
+    dff = dff_value(np.arange(n_cells)[:, None], np.arange(n_t)[None, :]).astype(np.float32)
+    scenes = rng.integers(
+        0, 256, size=(OPHYS_PRESENTATIONS["natural_scenes"][0], 12, 16), dtype=np.uint8
+    )
+    with h5py.File(path, "a") as f:
+        pipe = f["processing/brain_observatory_pipeline"]
+        for name in ("DfOverF", "Fluorescence"):
+            g = pipe[f"{name}/imaging_plane_1"]
+            for key, value in (("data", dff), ("timestamps", timestamps), ("num_samples", n_t)):
+                del g[key]
+                g.create_dataset(key, data=value)
+        run = pipe["BehavioralTimeSeries/running_speed"]
+        for key, value in (("data", running_value(timestamps - t0)), ("timestamps", timestamps)):
+            del run[key]
+            run.create_dataset(key, data=value)
+        if "eye" in truth:
+            et_t = t0 + np.arange(0, n_t * 2) / (2 * FRAME_RATE)
+            size = 100.0 + np.arange(et_t.size, dtype=np.float64)
+            loc = np.stack([np.sin(et_t), np.cos(et_t)], axis=1)
+            for name, data in (
+                ("PupilTracking/pupil_size", size),
+                ("EyeTracking/pupil_location_spherical", loc),
+                ("EyeTracking/pupil_location", loc * 0.1),
+            ):
+                for key, value in (("data", data), ("timestamps", et_t)):
+                    del pipe[name][key]
+                    pipe[name].create_dataset(key, data=value)
+            truth["eye"] = {"t": et_t, "size": size, "loc": loc}
+        for stim, r in rows.items():
+            g = f.create_group(f"stimulus/presentation/{stim}_stimulus")
+            cond = r["condition"]
+            if stim == "natural_scenes":
+                _ts_attrs(g, "IndexSeries")
+                g.create_dataset("data", data=cond.astype(np.float32))
+                tg = f.create_group("stimulus/templates/natural_scenes_image_stack")
+                _ts_attrs(tg, "ImageSeries")
+                tg.create_dataset("data", data=scenes)
+            else:
+                _ts_attrs(g, "AbstractFeatureSeries")
+                if stim == "static_gratings":
+                    table = np.asarray(
+                        [STATIC_GRATINGS[c] if c >= 0 else (np.nan,) * 3 for c in cond]
+                    )
+                    features = ["orientation", "spatial_frequency", "phase"]
+                else:
+                    table = np.asarray(
+                        [
+                            (DRIFTING_GRATINGS[c][1], DRIFTING_GRATINGS[c][0], 0.0)
+                            if c >= 0
+                            else (0.0, 0.0, 1.0)
+                            for c in cond
+                        ]
+                    )
+                    features = ["temporal_frequency", "orientation", "blank_sweep"]
+                g.create_dataset("data", data=table.astype(np.float64))
+                _s(g, "features", features)
+                _s(g, "feature_units", ["degrees", "cycles/degree", "unitless"])
+            g.create_dataset(
+                "frame_duration", data=np.stack([r["start"], r["end"]], 1).astype(np.float64)
+            )
+            g.create_dataset("timestamps", data=timestamps[r["start"]])
+            g.create_dataset("num_samples", data=cond.size)
+    truth.update(n_t=n_t, timestamps=timestamps, dff=dff, running_t=timestamps, presentations=rows)
+    truth["templates"]["natural_scenes"] = scenes
+    return truth
+
+
+def add_ecephys_presentations(path: str | Path, truth: dict, seed: int = 1) -> dict:
+    """Append natural scenes, static and drifting gratings presentation tables to a file of
+    `write_ecephys_nwb`, before its movies (t < 30 s, inside the spike trains).
+
+    intervals/<stimulus>_presentations TimeIntervals with start_time, stop_time, stimulus_name
+    and the parameter columns of allensdk's tables: natural_scenes `frame` (float, -1 blank);
+    static_gratings `orientation` (float, NaN blank), `spatial_frequency` and `phase` as strings
+    ("null" for blanks, lists such as "[0.25, 0.25]"); drifting_gratings `orientation`,
+    `temporal_frequency` (float), `spatial_frequency` (string). Scene images go into
+    stimulus/templates/natural_scenes_image_stack. Returns `truth` with "presentations".
+    """
+    rng = np.random.default_rng(seed)
+    durations = {
+        "natural_scenes": (0.25, 0.0),
+        "static_gratings": (0.25, 0.0),
+        "drifting_gratings": (2.0, 1.0),
+    }
+    t = 2.0
+    rows = {}
+    scenes = rng.integers(
+        0, 256, size=(OPHYS_PRESENTATIONS["natural_scenes"][0], 12, 16), dtype=np.uint8
+    )
+    with h5py.File(path, "a") as f:
+        for stim, (n_cond, reps, blanks, _, _) in OPHYS_PRESENTATIONS.items():
+            cond = _presentation_order(n_cond, reps, blanks, rng)
+            dur, gap = durations[stim]
+            start = t + (dur + gap) * np.arange(cond.size)
+            rows[stim] = {"condition": cond, "start": start, "end": start + dur}
+            t = float(start[-1] + dur + gap + 0.5)
+            g = f.create_group(f"intervals/{stim}_presentations")
+            cols = ["start_time", "stop_time", "stimulus_name"]
+            n = cond.size
+            _ids(g, n)
+            _col(g, "start_time", start, dtype=np.float64)
+            _col(g, "stop_time", start + dur, dtype=np.float64)
+            _col(g, "stimulus_name", [stim] * n, dtype=STR)
+            if stim == "natural_scenes":
+                _col(g, "frame", cond.astype(np.float64), dtype=np.float64)
+                cols.append("frame")
+                tg = f.create_group("stimulus/templates/natural_scenes_image_stack")
+                _ts_attrs(tg, "ImageSeries", nwb2=True)
+                _ts_data(tg, scenes, np.arange(len(scenes), dtype=np.float64), "NA")
+            elif stim == "static_gratings":
+                ori = [STATIC_GRATINGS[c][0] if c >= 0 else np.nan for c in cond]
+                sf = [str(STATIC_GRATINGS[c][1]) if c >= 0 else "null" for c in cond]
+                ph = [
+                    f"[{STATIC_GRATINGS[c][2]}, {STATIC_GRATINGS[c][2]}]" if c >= 0 else "null"
+                    for c in cond
+                ]
+                _col(g, "orientation", ori, dtype=np.float64)
+                _col(g, "spatial_frequency", sf, dtype=STR)
+                _col(g, "phase", ph, dtype=STR)
+                cols += ["orientation", "spatial_frequency", "phase"]
+            else:
+                ori = [DRIFTING_GRATINGS[c][0] if c >= 0 else np.nan for c in cond]
+                tf = [DRIFTING_GRATINGS[c][1] if c >= 0 else np.nan for c in cond]
+                sf = ["0.04" if c >= 0 else "null" for c in cond]
+                _col(g, "orientation", ori, dtype=np.float64)
+                _col(g, "temporal_frequency", tf, dtype=np.float64)
+                _col(g, "spatial_frequency", sf, dtype=STR)
+                cols += ["orientation", "temporal_frequency", "spatial_frequency"]
+            _table(g, cols, f"Presentation times and stimuli details for '{stim}' stimuli")
+            g.attrs["namespace"] = "core"
+            g.attrs["neurodata_type"] = "TimeIntervals"
+    truth["presentations"] = rows
+    truth["templates"]["natural_scenes"] = scenes
+    return truth

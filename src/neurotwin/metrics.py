@@ -461,3 +461,97 @@ def compute_metrics(
         "feve": feve(resp, pred, groups, skip),
         "normalized_correlation": normalized_correlation(resp, pred, groups, skip),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding-model scores: per column (neuron) of (samples, neurons) arrays, and noise ceilings from
+# repeats (R, stimuli, neurons). Conventions of brainscore-vision (InternalConsistency: split the
+# repeats in halves, correlate the half means per neuron, Spearman-Brown with n = 2) and
+# mouse-vision (mean over random split-halves; noise-corrected r = r / sqrt(reliability)).
+# ------------------------------------------------------------------------------------------------
+
+
+def r2_per_column(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column, as sklearn's r2_score(multioutput='raw_values')
+    (a column without variance scores 1 when predicted exactly, else 0)."""
+    y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    ss_res = ((y - pred) ** 2).sum(axis=0)
+    ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    flat = ss_tot <= _REL_VAR_EPS * (y**2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 1.0 - ss_res / np.where(flat, 1.0, ss_tot)
+    return np.where(flat, np.where(ss_res == 0, 1.0, 0.0), out)
+
+
+def spearman_brown(r: ArrayLike, factor: float = 2.0) -> np.ndarray:
+    """Reliability of `factor` times as many repeats, from the reliability `r`:
+    factor * r / (1 + (factor - 1) * r)."""
+    r = _to_numpy(r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return factor * r / (1.0 + (factor - 1.0) * r)
+
+
+def random_halves(
+    n_repeats: int, n_splits: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n_splits` random splits of repeat indices into halves (the first n // 2 of a permutation,
+    and the rest), drawn with `seed`; the same halves for every stimulus (mouse-vision's 'sync')."""
+    if n_repeats < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_splits):
+        perm = rng.permutation(n_repeats)
+        out.append((np.sort(perm[: n_repeats // 2]), np.sort(perm[n_repeats // 2 :])))
+    return out
+
+
+def split_half_reliability(
+    responses: np.ndarray, halves: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Spearman-Brown corrected split-half reliability per neuron, mean over `halves`.
+
+    `responses` (R, S, N): repeats x stimuli x neurons, NaN where a stimulus lacks a repeat. For
+    each split, the responses of each half are averaged over its repeats (stimuli missing from a
+    half are left out of that split), correlated with the other half over stimuli per neuron,
+    and corrected to the full number of repeats with Spearman-Brown (factor 2). NaN when there
+    are no halves.
+    """
+    y = np.asarray(responses, dtype=np.float64)
+    if y.ndim != 3:
+        raise ValueError(f"expected (repeats, stimuli, neurons), got shape {y.shape}")
+    values = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty halves: NaN, dropped below
+        for a, b in halves:
+            ma, mb = np.nanmean(y[a], axis=0), np.nanmean(y[b], axis=0)
+            ok = np.all(np.isfinite(ma) & np.isfinite(mb), axis=1)
+            if ok.sum() < 3:
+                continue
+            values.append(spearman_brown(correlation(ma[ok], mb[ok], axis=0)))
+    if not values:
+        return np.full(y.shape[2], np.nan)
+    return np.mean(values, axis=0)
+
+
+def mean_pairwise_correlation(responses: np.ndarray) -> np.ndarray:
+    """Single-trial reliability per neuron: the mean over pairs of repeats of their correlation
+    over stimuli. `responses` (R, S, N) with every repeat present (no NaN); NaN when R < 2."""
+    y = np.asarray(responses, dtype=np.float64)
+    n_rep = y.shape[0]
+    if n_rep < 2 or y.shape[1] < 3:
+        return np.full(y.shape[2], np.nan)
+    z = y - y.mean(axis=1, keepdims=True)
+    sd = np.sqrt((z**2).mean(axis=1, keepdims=True))
+    z = np.where(sd > 0, z / np.where(sd > 0, sd, 1.0), 0.0)
+    total = (z.sum(axis=0) ** 2).sum(axis=0)  # sum over stimuli of (sum over repeats)^2
+    own = (z**2).sum(axis=(0, 1))
+    return (total - own) / (n_rep * (n_rep - 1) * y.shape[1])
+
+
+def noise_corrected_correlation(r: ArrayLike, reliability: ArrayLike) -> np.ndarray:
+    """r / sqrt(reliability): the correlation as a fraction of the highest one the noise allows
+    (NaN where the reliability is not positive)."""
+    r, rel = _to_numpy(r), _to_numpy(reliability)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rel > 0, r / np.sqrt(np.where(rel > 0, rel, 1.0)), np.nan)

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from neurotwin.data.allen import trials
+from neurotwin.data.allen import presentations, trials
 from neurotwin.errors import DataFormatError, NeurotwinError
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,10 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         metavar="[MOVIE=]PATH",
-        help="movie frames when the session file has none: MOVIE=PATH pairs (npy "
+        help="stimulus frames when the session file has none: NAME=PATH pairs (npy "
         "natural_movie_<n>.h5 from EcephysProjectCache, or NWB/HDF5 with "
-        "stimulus/templates) or one PATH holding every movie",
+        "stimulus/templates; natural_scenes=PATH: EcephysProjectCache's natural_scene_templates "
+        "folder of .tiff, an .npy (118, h, w) or an NWB file) or one PATH holding every movie",
     )
     e.add_argument(
         "--areas",
@@ -174,6 +175,33 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="final_test_main",
         help="tier name for the held-out test repeats",
     )
+    p.add_argument(
+        "--stimuli",
+        nargs="+",
+        default=["natural_movies"],
+        choices=("natural_movies", *presentations.STIMULI),
+        help="what to convert: natural_movies (one trial per clip of each repeat; default) and/or "
+        "natural_scenes, static_gratings, drifting_gratings (one trial per presentation, each "
+        "stimulus its own session folder <name>-<stimulus>; the conditions named in "
+        "--heldout-clips, e.g. natural_scenes:0-29, form the oracle/test tiers, all of them "
+        "when none is named)",
+    )
+    p.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("START", "STOP"),
+        help="presentations: seconds after onset whose responses are read (default: the "
+        "presentation, 0 0.25 for scenes and static gratings, 0 2 for drifting gratings)",
+    )
+    p.add_argument(
+        "--bin",
+        type=float,
+        default=None,
+        help="presentations: response bin in seconds (default 1/30 for 2-photon; 0.01 for "
+        "Neuropixels, mouse-vision's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing session folder")
 
 
@@ -230,8 +258,29 @@ def fetch_ecephys(session_id: int, cache_dir: Path, movies) -> tuple[Path, dict]
     return path, templates
 
 
+def _presentation_kwargs(args, default_bin: float) -> dict:
+    name = args.name
+    return dict(
+        frame_size=tuple(args.frame_size),
+        window=args.window,
+        bin_s=args.bin if args.bin is not None else default_bin,
+        heldout_clips=args.heldout_clips,
+        test_fraction=args.test_fraction,
+        test_tier=args.test_tier,
+        overwrite=args.overwrite,
+        name=name,
+    )
+
+
+def _named(kwargs: dict, stimulus: str) -> dict:
+    """One folder per stimulus: --name NAME becomes NAME-<stimulus>."""
+    if kwargs.get("name"):
+        kwargs = {**kwargs, "name": f"{kwargs['name']}-{stimulus}"}
+    return kwargs
+
+
 def run_ophys(args) -> int:
-    from neurotwin.data.allen.ophys import convert_ophys
+    from neurotwin.data.allen.ophys import convert_ophys, convert_ophys_presentations
 
     nwb_path, events = args.nwb, args.events
     if args.experiment_id is not None:
@@ -239,15 +288,14 @@ def run_ophys(args) -> int:
             args.experiment_id, args.cache_dir, args.response == "events"
         )
         events = events or fetched
-    folder = convert_ophys(
-        nwb_path,
-        args.out,
-        response=args.response,
-        dff_offset=args.dff_offset,
-        events_path=events,
-        **_common_kwargs(args),
-    )
-    log.info("wrote %s", folder)
+    common = dict(response=args.response, dff_offset=args.dff_offset, events_path=events)
+    for stimulus in args.stimuli:
+        if stimulus == "natural_movies":
+            folder = convert_ophys(nwb_path, args.out, **common, **_common_kwargs(args))
+        else:
+            kwargs = _named(_presentation_kwargs(args, 1.0 / 30.0), stimulus)
+            folder = convert_ophys_presentations(nwb_path, args.out, stimulus, **common, **kwargs)
+        log.info("wrote %s", folder)
     return 0
 
 
@@ -259,31 +307,39 @@ def _parse_templates(values) -> dict | Path | None:
     out = {}
     for v in values:
         movie, sep, path = v.partition("=")
-        if not sep or movie not in trials.MOVIES:
+        if not sep or movie not in (*trials.MOVIES, "natural_scenes"):
             raise DataFormatError(
-                "--templates", f"expected MOVIE=PATH with MOVIE in {trials.MOVIES}, got {v!r}"
+                "--templates",
+                f"expected NAME=PATH with NAME in {(*trials.MOVIES, 'natural_scenes')}, got {v!r}",
             )
         out[movie] = Path(path)
     return out
 
 
 def run_ecephys(args) -> int:
-    from neurotwin.data.allen.ecephys import convert_ecephys
+    from neurotwin.data.allen.ecephys import convert_ecephys, convert_ecephys_presentations
 
     nwb_path, templates = args.nwb, _parse_templates(args.templates)
     if args.session_id is not None:
         nwb_path, fetched = fetch_ecephys(args.session_id, args.cache_dir, args.movies)
         templates = templates or fetched
-    folder = convert_ecephys(
-        nwb_path,
-        args.out,
-        templates=templates,
+    common = dict(
         areas=args.areas,
         amplitude_cutoff_maximum=args.amplitude_cutoff_maximum,
         presence_ratio_minimum=args.presence_ratio_minimum,
         isi_violations_maximum=args.isi_violations_maximum,
         filter_by_validity=not args.no_validity_filter,
-        **_common_kwargs(args),
     )
-    log.info("wrote %s", folder)
+    for stimulus in args.stimuli:
+        if stimulus == "natural_movies":
+            folder = convert_ecephys(
+                nwb_path, args.out, templates=templates, **common, **_common_kwargs(args)
+            )
+        else:
+            scenes = templates.get("natural_scenes") if isinstance(templates, dict) else templates
+            kwargs = _named(_presentation_kwargs(args, 0.01), stimulus)
+            folder = convert_ecephys_presentations(
+                nwb_path, args.out, stimulus, templates=scenes, **common, **kwargs
+            )
+        log.info("wrote %s", folder)
     return 0

@@ -3,4 +3,6 @@ that the config can name them); `Registry(kind)` makes a registry for another ki
 
 from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, PartOptions, Registry
 
-__all__ = ["ACTIVATIONS", "CORES", "READOUTS", "SHIFTERS", "PartOptions", "Registry"]
+BACKBONES = Registry("backbone source")  # pretrained image networks, by source (models/backbones)
+
+__all__ = ["ACTIVATIONS", "BACKBONES", "CORES", "READOUTS", "SHIFTERS", "PartOptions", "Registry"]

@@ -17,6 +17,10 @@ through pynwb:
 - eye tracking (some sessions): /processing/filtered_gaze_mapping (else raw_gaze_mapping)
   /pupil_area/{data, timestamps} and /screen_coordinates_spherical/{data (n, 2): [:, 0] = y
   (altitude), [:, 1] = x (azimuth), degrees}
+- natural scenes and gratings (`convert_ecephys_presentations`, one trial per presentation):
+  /intervals/{natural_scenes,static_gratings,drifting_gratings}_presentations with start_time,
+  frame (scene image, -1 blank) or orientation, spatial_frequency, phase, temporal_frequency
+  (numbers, or strings: "null" for blank sweeps, "[0.04, 0.04]" lists as allensdk's tables)
 - movie frames are not in the session file: from stimulus/templates/<movie>_image_stack/data
   when present, else a templates file (`natural_movie_<n>.h5` from EcephysProjectCache, which is
   an .npy, or any NWB/HDF5 with stimulus/templates, e.g. an ophys experiment file).
@@ -37,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from neurotwin.data.allen import nwb, trials
+from neurotwin.data.allen import nwb, presentations, trials
 from neurotwin.data.allen.resample import area_resize, count_in_intervals, fill_nan, interval_mean
 from neurotwin.errors import DataFormatError
 
@@ -85,19 +89,14 @@ def convert_ecephys(
     with nwb.open_nwb(nwb_path) as f:
         session_id = nwb.read_str(f, "identifier")
         session_type = nwb.read_str(f, "general/stimulus")  # nwbfile.stimulus_notes
-        units = _units(f)
-        channels = _channels(f)
-        keep, unit_area, unit_channel = _select_units(
+        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
             f,
-            units,
-            channels,
             areas,
             amplitude_cutoff_maximum,
             presence_ratio_minimum,
             isi_violations_maximum,
             filter_by_validity,
         )
-        spikes = [np.sort(units["spike_times"][i]) for i in keep]
         unit_ids = units["id"][keep].astype(np.int64)
         coords, coord_kind = _coordinates(channels, unit_channel)
         running_t, running = _running(f)
@@ -106,22 +105,7 @@ def convert_ecephys(
         recordings = [
             _movie(f, m, spikes, running_t, running, eye, templates, frame_size) for m in names
         ]
-    extra = {
-        "neurons/area.npy": np.asarray(unit_area, dtype=str),
-        "neurons/peak_channel_id.npy": np.asarray(unit_channel, dtype=np.int64),
-        "neurons/probe_id.npy": np.asarray(
-            [channels["probe_id"][channels["row"][c]] for c in unit_channel], dtype=np.int64
-        )
-        if "probe_id" in channels
-        else np.zeros(len(keep), np.int64),
-        "neurons/depth.npy": np.asarray(
-            [channels["probe_vertical_position"][channels["row"][c]] for c in unit_channel],
-            dtype=np.float32,
-        ),
-    }
-    for col in ("isi_violations", "amplitude_cutoff", "presence_ratio", "firing_rate"):
-        if col in units:
-            extra[f"neurons/{col}.npy"] = np.asarray(units[col][keep], dtype=np.float32)
+    extra = _unit_meta(units, channels, keep, unit_area, unit_channel)
     session = trials.build_session(
         recordings,
         unit_ids,
@@ -447,3 +431,200 @@ def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
     else:
         pupil, center = np.zeros(start.size), np.zeros((2, start.size))
     return trials.movie_recording(movie, frames, frame, counts, pupil, run, center, start)
+
+
+def _kept_units(f: h5py.File, areas, amp_max, pr_min, isi_max, by_validity):
+    """The units and channels tables, the units kept by the quality filters, their area and
+    peak channel, and their sorted spike times."""
+    units, channels = _units(f), _channels(f)
+    keep, unit_area, unit_channel = _select_units(
+        f, units, channels, areas, amp_max, pr_min, isi_max, by_validity
+    )
+    spikes = [np.sort(units["spike_times"][i]) for i in keep]
+    return units, channels, keep, unit_area, unit_channel, spikes
+
+
+def _unit_meta(units: dict, channels: dict, keep, unit_area, unit_channel) -> dict:
+    """meta/neurons/* arrays of the kept units: area, peak channel, probe, depth, quality."""
+    extra = {
+        "neurons/area.npy": np.asarray(unit_area, dtype=str),
+        "neurons/peak_channel_id.npy": np.asarray(unit_channel, dtype=np.int64),
+        "neurons/probe_id.npy": np.asarray(
+            [channels["probe_id"][channels["row"][c]] for c in unit_channel], dtype=np.int64
+        )
+        if "probe_id" in channels
+        else np.zeros(len(keep), np.int64),
+        "neurons/depth.npy": np.asarray(
+            [channels["probe_vertical_position"][channels["row"][c]] for c in unit_channel],
+            dtype=np.float32,
+        ),
+    }
+    for col in ("isi_violations", "amplitude_cutoff", "presence_ratio", "firing_rate"):
+        if col in units:
+            extra[f"neurons/{col}.npy"] = np.asarray(units[col][keep], dtype=np.float32)
+    return extra
+
+
+def convert_ecephys_presentations(
+    nwb_path: str | Path,
+    out_dir: str | Path,
+    stimulus: str,
+    *,
+    templates: str | Path | None = None,
+    areas: Sequence[str] | None = None,
+    amplitude_cutoff_maximum: float = AMPLITUDE_CUTOFF_MAXIMUM,
+    presence_ratio_minimum: float = PRESENCE_RATIO_MINIMUM,
+    isi_violations_maximum: float = ISI_VIOLATIONS_MAXIMUM,
+    filter_by_validity: bool = True,
+    frame_size: tuple[int, int] = (36, 64),
+    window: Sequence[float] | None = None,
+    bin_s: float = 0.01,
+    heldout_clips: Sequence[str] = (),
+    test_fraction: float = 0.5,
+    test_tier: str = "final_test_main",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """One stimulus shown as presentations (natural_scenes, static_gratings, drifting_gratings)
+    -> a session folder with one trial per presentation: spike counts per unit in each `bin_s`
+    bin of `window` (s after onset; default the presentation's duration; mouse-vision: 10 ms
+    bins over 0-250 ms). `templates`: the scene images when the session file has none."""
+    nwb_path = Path(nwb_path)
+    if stimulus not in presentations.STIMULI:
+        raise DataFormatError(
+            nwb_path, f"stimulus must be one of {presentations.STIMULI}, got {stimulus!r}"
+        )
+    window = tuple(window) if window is not None else presentations.DEFAULT_WINDOW[stimulus]
+    with nwb.open_nwb(nwb_path) as f:
+        session_id = nwb.read_str(f, "identifier")
+        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
+            f,
+            areas,
+            amplitude_cutoff_maximum,
+            presence_ratio_minimum,
+            isi_violations_maximum,
+            filter_by_validity,
+        )
+        coords, coord_kind = _coordinates(channels, unit_channel)
+        running_t, running = _running(f)
+        eye = _gaze(f)
+        pres = _presentations(f, stimulus, templates, frame_size)
+        unit_ids = units["id"][keep].astype(np.int64)
+
+    behavior, center = presentations.behavior_samplers(running_t, running, eye)
+    session = presentations.build_session(
+        pres,
+        lambda a, b: np.stack([count_in_intervals(s, a, b) for s in spikes]),
+        behavior,
+        center,
+        unit_ids,
+        coords,
+        frame_size,
+        window,
+        bin_s,
+        heldout_clips,
+        test_fraction,
+        test_tier,
+        _unit_meta(units, channels, keep, unit_area, unit_channel),
+        nwb_path,
+    )
+    sid = int(session_id) if session_id and session_id.strip().isdigit() else session_id
+    folder = Path(out_dir) / (name or f"allen-ecephys-{sid if sid else nwb_path.stem}-{stimulus}")
+    json_meta = {
+        "source": "allen_visual_coding_neuropixels",
+        "modality": "Neuropixels extracellular electrophysiology",
+        "nwb_file": str(nwb_path.resolve()),
+        "ecephys_session_id": sid,
+        "areas": sorted(set(unit_area)),
+        "area_filter": list(areas) if areas else None,
+        "n_units_in_file": int(units["id"].size),
+        "n_units_kept": int(len(keep)),
+        "responses": "spike counts",
+        "response_units": f"spikes per {bin_s * 1000:g} ms bin",
+        "alignment": "spikes in each bin [onset + start, onset + start + bin) of the window",
+        "has_eye_tracking": eye is not None,
+        "has_running_speed": running is not None,
+        "coordinates": coord_kind,
+        **presentations.split_meta(
+            pres, frame_size, window, bin_s, heldout_clips, test_fraction, test_tier
+        ),
+    }
+    return trials.write(folder, session, json_meta, overwrite)
+
+
+def _presentations(f: h5py.File, stimulus: str, templates, frame_size):
+    """intervals/<stimulus>_presentations (start_time; frame or orientation, spatial_frequency,
+    phase, temporal_frequency) -> Presentations."""
+    table = f"{INTERVALS}/{stimulus}_presentations"
+    nwb.group(f, table, f"{stimulus} presentations")
+    start = nwb.read(f, f"{table}/start_time", ndim=1, what="presentation start (s)")
+    names = (
+        ["frame"] if stimulus == "natural_scenes" else ["orientation", "spatial_frequency", "phase"]
+    )
+    if stimulus == "drifting_gratings":
+        names = ["orientation", "temporal_frequency", "spatial_frequency"]
+    values = {}
+    for col in names:
+        path = f"{table}/{col}"
+        if not nwb.has(f, path):
+            if col == "spatial_frequency" and stimulus == "drifting_gratings":
+                continue
+            raise DataFormatError(nwb.file_path(f), f"missing column {col!r}", path)
+        values[col] = presentations.parameter_column(
+            nwb.dataset(f, path)[()], path, nwb.file_path(f)
+        )
+        if values[col].size != start.size:
+            raise DataFormatError(
+                nwb.file_path(f), f"{values[col].size} rows, {start.size} starts", path
+            )
+    images = _scene_templates(f, templates) if stimulus == "natural_scenes" else None
+    return presentations.from_parameters(
+        stimulus, start, values, frame_size, images, nwb.file_path(f)
+    )
+
+
+def _scene_templates(f: h5py.File, templates) -> np.ndarray:
+    """The 118 scene images: inside the file, else an .npy (K, h, w), an NWB/HDF5 file with
+    stimulus/templates/natural_scenes_image_stack, or EcephysProjectCache's folder of
+    natural_scene_<k>.tiff (read with Pillow)."""
+    inside = f"{TEMPLATES}/natural_scenes_image_stack/data"
+    if nwb.has(f, inside):
+        return nwb.read(f, inside, ndim=3, what="scene images (K, h, w)")
+    if isinstance(templates, Mapping):
+        templates = templates.get("natural_scenes")
+    if templates is None:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"no scene images: the session file has no {inside}; give --templates "
+            "natural_scenes=PATH (EcephysProjectCache's natural_scene_templates folder, an .npy "
+            "(118, h, w), or an NWB file with stimulus/templates)",
+            inside,
+        )
+    path = Path(templates)
+    if path.is_dir():
+        return _tiff_folder(path)
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 3:
+            raise DataFormatError(path, f"expected images (K, h, w), got shape {arr.shape}")
+        return arr
+    with nwb.open_nwb(path) as g:
+        return nwb.read(g, inside, ndim=3, what="scene images (K, h, w)")
+
+
+def _tiff_folder(folder: Path) -> np.ndarray:
+    files = sorted(folder.glob("natural_scene_*.tiff"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not files:
+        raise DataFormatError(folder, "no natural_scene_<k>.tiff files")
+    numbers = [int(p.stem.rsplit("_", 1)[1]) for p in files]
+    if numbers != list(range(len(files))):
+        raise DataFormatError(
+            folder, f"expected natural_scene_0..{len(files) - 1}.tiff, got {numbers[:5]}..."
+        )
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataFormatError(
+            folder, "reading .tiff images needs Pillow (pip install pillow)"
+        ) from None
+    return np.stack([np.asarray(Image.open(p).convert("L")) for p in files])

@@ -13,6 +13,13 @@ Reads, with h5py only, the paths allensdk's `BrainObservatoryNwbDataSet`
 - running speed: .../BehavioralTimeSeries/running_speed/{data, timestamps} (cm/s)
 - eye tracking (only some experiments): .../PupilTracking/pupil_size/{data, timestamps} and
   .../EyeTracking/pupil_location_spherical/{data (n, 2) degrees, timestamps}
+- natural scenes, static and drifting gratings (`convert_ophys_presentations`, one trial per
+  presentation): stimulus/presentation/{natural_scenes,static_gratings,drifting_gratings}_stimulus
+  with data (scenes: the image index, -1 the grey blank; gratings: one column per name in
+  `features`, e.g. orientation, spatial_frequency, phase / temporal_frequency, orientation,
+  blank_sweep) and frame_duration; images in stimulus/templates/natural_scenes_image_stack/data
+  (118, 918, 1174) uint8 (allensdk's get_abstract_feature_series_stimulus_table and
+  get_stimulus_template read the same paths)
 - metadata: general/session_id (ophys experiment id), general/experiment_container_id,
   general/session_type, general/subject/genotype (Cre line = first ';' part, as allensdk),
   general/optophysiology/imaging_plane_1/{location, "imaging depth", indicator}, general/fov.
@@ -34,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from neurotwin.data.allen import nwb, trials
+from neurotwin.data.allen import nwb, presentations, trials
 from neurotwin.data.allen.resample import area_resize, fill_nan, interval_mean
 from neurotwin.errors import DataFormatError
 
@@ -76,32 +83,9 @@ def convert_ophys(
             nwb_path, f"dff_offset must be 'shift', 'clip' or 'none', got {dff_offset!r}"
         )
     with nwb.open_nwb(nwb_path) as f:
-        timestamps = nwb.read(f, f"{DFF}/timestamps", ndim=1, what="2-photon frame times (s)")
-        dff = nwb.read(f, f"{DFF}/data", ndim=2, what="dF/F, (cells, frames)")
-        if dff.shape[1] != timestamps.size:
-            raise DataFormatError(
-                nwb_path,
-                f"dF/F must be (cells, frames) with frames = len(timestamps) = {timestamps.size}; "
-                f"got shape {dff.shape}",
-                f"{DFF}/data",
-            )
-        cell_ids = nwb.read(f, f"{SEGMENTATION}/cell_specimen_ids", ndim=1, what="cell ids")
-        if cell_ids.size != dff.shape[0]:
-            raise DataFormatError(
-                nwb_path,
-                f"{cell_ids.size} cell ids for {dff.shape[0]} dF/F traces",
-                f"{SEGMENTATION}/cell_specimen_ids",
-            )
-        traces = dff
-        if response == "events":
-            traces = _read_events(events_path, dff.shape, nwb_path)
-        meta = _metadata(f)
-        centroids, centroid_units = _roi_centroids(f, cell_ids.size, meta.get("fov"))
-        depth = meta.get("imaging_depth_um")
-        coordinates = np.column_stack(
-            [centroids, np.full(cell_ids.size, np.nan if depth is None else float(depth))]
+        timestamps, traces, cell_ids, meta, centroids, centroid_units, coordinates, depth = _cells(
+            f, nwb_path, response, events_path
         )
-        coordinates = np.nan_to_num(coordinates, nan=0.0)
         running_t, running = _series(f, RUNNING, timestamps, "running speed")
         eye = _eye_tracking(f)
         names = _movie_names(f, movies)
@@ -115,13 +99,7 @@ def convert_ophys(
     if response == "dff" and dff_offset != "none":
         offset = _nonnegative(recordings, dff_offset)
     area = meta.get("targeted_structure") or ""
-    extra = {
-        "neurons/area.npy": np.asarray([area] * n_cells, dtype=str),
-        "neurons/depth.npy": np.full(n_cells, np.nan if depth is None else depth, np.float32),
-        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n_cells, dtype=str),
-        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
-        "neurons/response_offset.npy": offset.astype(np.float32),
-    }
+    extra = _cell_meta(meta, area, depth, centroids, offset)
     session = trials.build_session(
         recordings,
         cell_ids.astype(np.int64),
@@ -168,7 +146,189 @@ def convert_ophys(
     return trials.write(folder, session, json_meta, overwrite)
 
 
+def convert_ophys_presentations(
+    nwb_path: str | Path,
+    out_dir: str | Path,
+    stimulus: str,
+    *,
+    response: str = "dff",
+    dff_offset: str = "shift",
+    events_path: str | Path | None = None,
+    frame_size: tuple[int, int] = (36, 64),
+    window: Sequence[float] | None = None,
+    bin_s: float = 1.0 / 30.0,
+    heldout_clips: Sequence[str] = (),
+    test_fraction: float = 0.5,
+    test_tier: str = "final_test_main",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """One stimulus shown as presentations (natural_scenes, static_gratings, drifting_gratings)
+    -> a session folder with one trial per presentation: mean dF/F (or events) in each
+    `bin_s` bin of `window` (s after onset; default: the presentation's duration)."""
+    nwb_path = Path(nwb_path)
+    if stimulus not in presentations.STIMULI:
+        raise DataFormatError(
+            nwb_path, f"stimulus must be one of {presentations.STIMULI}, got {stimulus!r}"
+        )
+    if response not in ("dff", "events") or dff_offset not in ("shift", "clip", "none"):
+        raise DataFormatError(nwb_path, f"bad response {response!r} or dff_offset {dff_offset!r}")
+    window = tuple(window) if window is not None else presentations.DEFAULT_WINDOW[stimulus]
+    with nwb.open_nwb(nwb_path) as f:
+        timestamps, traces, cell_ids, meta, centroids, _, coordinates, depth = _cells(
+            f, nwb_path, response, events_path
+        )
+        running_t, running = _series(f, RUNNING, timestamps, "running speed")
+        eye = _eye_tracking(f)
+        pres = _presentations(f, stimulus, timestamps, frame_size)
+    traces = np.asarray(traces, np.float64)
+    offset = np.zeros(cell_ids.size)
+    if response == "dff" and dff_offset == "shift":
+        offset = np.minimum(traces.min(axis=1), 0.0)
+        traces = traces - offset[:, None]
+    elif response == "dff" and dff_offset == "clip":
+        traces = np.maximum(traces, 0.0)
+
+    behavior, center = presentations.behavior_samplers(running_t, running, eye)
+    area = meta.get("targeted_structure") or ""
+    extra = _cell_meta(meta, area, depth, centroids, offset)
+    session = presentations.build_session(
+        pres,
+        lambda a, b: interval_mean(timestamps, traces, a, b),
+        behavior,
+        center,
+        cell_ids.astype(np.int64),
+        coordinates,
+        frame_size,
+        window,
+        bin_s,
+        heldout_clips,
+        test_fraction,
+        test_tier,
+        extra,
+        nwb_path,
+    )
+    exp_id = meta.get("ophys_experiment_id")
+    folder = Path(out_dir) / (
+        name or f"allen-ophys-{exp_id if exp_id else nwb_path.stem}-{stimulus}"
+    )
+    json_meta = {
+        "source": "allen_brain_observatory_ophys",
+        "modality": "2-photon calcium imaging",
+        "nwb_file": str(nwb_path.resolve()),
+        "ophys_experiment_id": exp_id,
+        "session_type": meta.get("session_type"),
+        "targeted_structure": area,
+        "imaging_depth_um": depth,
+        "cre_line": meta.get("cre_line"),
+        "responses": response,
+        "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
+        "dff_offset": dff_offset if response == "dff" else None,
+        "alignment": "mean of the 2-photon samples in each bin after the onset (half a 2-photon "
+        "frame before the frame the presentation starts in, so that 1/30 s bins hold one sample "
+        "each); nearest sample when a bin holds none",
+        "has_eye_tracking": eye is not None,
+        "has_running_speed": running is not None,
+        **presentations.split_meta(
+            pres, frame_size, window, bin_s, heldout_clips, test_fraction, test_tier
+        ),
+    }
+    return trials.write(folder, session, json_meta, overwrite)
+
+
+def _presentations(f: h5py.File, stimulus: str, timestamps: np.ndarray, frame_size):
+    """stimulus/presentation/<stimulus>_stimulus: data (frame index, or parameter columns
+    named by `features`), frame_duration [start, end) in 2-photon frames -> Presentations."""
+    path = f"{PRESENTATION}/{stimulus}_stimulus"
+    nwb.group(f, path, f"{stimulus} presentations")
+    data = nwb.read(f, f"{path}/data", ndim=(1, 2), what="per presentation values")
+    dur = nwb.read(f, f"{path}/frame_duration", ndim=2, what="[start, end) 2-photon frames")
+    data = data.reshape(data.shape[0], -1)
+    if dur.shape != (data.shape[0], 2):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"expected ({data.shape[0]}, 2), got {dur.shape}",
+            f"{path}/frame_duration",
+        )
+    start = dur[:, 0].astype(np.int64)
+    if start.size and (start.min() < 0 or start.max() >= timestamps.size):
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"start frames outside [0, {timestamps.size})",
+            f"{path}/frame_duration",
+        )
+    # a sample stands for [t - period / 2, t + period / 2): bins of one period then hold one each
+    period = float(np.median(np.diff(timestamps))) if timestamps.size > 1 else 1.0 / 30
+    onsets = timestamps[start] - period / 2
+    if stimulus == "natural_scenes":
+        template = nwb.read(
+            f, f"{TEMPLATES}/natural_scenes_image_stack/data", ndim=3, what="scene images (K, h, w)"
+        )
+        values = {"frame": data[:, 0]}
+        return presentations.from_parameters(
+            stimulus, onsets, values, frame_size, template, nwb.file_path(f)
+        )
+    names = [str(n) for n in nwb.read_strings(f, f"{path}/features")]
+    if len(names) != data.shape[1]:
+        raise DataFormatError(
+            nwb.file_path(f),
+            f"{len(names)} feature names for {data.shape[1]} columns",
+            f"{path}/features",
+        )
+    values = {n: data[:, i].astype(np.float64) for i, n in enumerate(names)}
+    if "blank_sweep" in values:  # drifting gratings: blank sweeps carry parameters too
+        blank = values.pop("blank_sweep") > 0
+        for v in values.values():
+            v[blank] = np.nan
+    return presentations.from_parameters(
+        stimulus, onsets, values, frame_size, None, nwb.file_path(f)
+    )
+
+
 # ------------------------------------------------------------------------------------------------
+
+
+def _cell_meta(meta: dict, area: str, depth, centroids: np.ndarray, offset: np.ndarray) -> dict:
+    """meta/neurons/* arrays: area, depth, Cre line, ROI centroid, the dF/F offset removed."""
+    n = len(centroids)
+    return {
+        "neurons/area.npy": np.asarray([area] * n, dtype=str),
+        "neurons/depth.npy": np.full(n, np.nan if depth is None else depth, np.float32),
+        "neurons/cre_line.npy": np.asarray([meta.get("cre_line") or ""] * n, dtype=str),
+        "neurons/roi_centroid_px.npy": centroids.astype(np.float32),
+        "neurons/response_offset.npy": np.asarray(offset, np.float32),
+    }
+
+
+def _cells(f: h5py.File, nwb_path: Path, response: str, events_path):
+    """Frame times, traces (dF/F or events, (N, T)), cell ids, metadata and coordinates."""
+    timestamps = nwb.read(f, f"{DFF}/timestamps", ndim=1, what="2-photon frame times (s)")
+    dff = nwb.read(f, f"{DFF}/data", ndim=2, what="dF/F, (cells, frames)")
+    if dff.shape[1] != timestamps.size:
+        raise DataFormatError(
+            nwb_path,
+            f"dF/F must be (cells, frames) with frames = len(timestamps) = {timestamps.size}; "
+            f"got shape {dff.shape}",
+            f"{DFF}/data",
+        )
+    cell_ids = nwb.read(f, f"{SEGMENTATION}/cell_specimen_ids", ndim=1, what="cell ids")
+    if cell_ids.size != dff.shape[0]:
+        raise DataFormatError(
+            nwb_path,
+            f"{cell_ids.size} cell ids for {dff.shape[0]} dF/F traces",
+            f"{SEGMENTATION}/cell_specimen_ids",
+        )
+    traces = dff
+    if response == "events":
+        traces = _read_events(events_path, dff.shape, nwb_path)
+    meta = _metadata(f)
+    centroids, centroid_units = _roi_centroids(f, cell_ids.size, meta.get("fov"))
+    depth = meta.get("imaging_depth_um")
+    coordinates = np.column_stack(
+        [centroids, np.full(cell_ids.size, np.nan if depth is None else float(depth))]
+    )
+    coordinates = np.nan_to_num(coordinates, nan=0.0)
+    return timestamps, traces, cell_ids, meta, centroids, centroid_units, coordinates, depth
 
 
 def _nonnegative(recordings, mode: str) -> np.ndarray:

@@ -176,12 +176,7 @@ def build_session(
             "%s: no training trial (every clip held out); statistics from all trials", source
         )
         train = list(trials.values())
-    statistics = {
-        layout.VIDEOS: layout.trial_statistics((t[layout.VIDEOS] for t in train), None),
-        layout.RESPONSES: layout.trial_statistics((t[layout.RESPONSES] for t in train), 0),
-        layout.BEHAVIOR: layout.trial_statistics((t[layout.BEHAVIOR] for t in train), 0),
-        layout.PUPIL_CENTER: layout.trial_statistics((t[layout.PUPIL_CENTER] for t in train), 0),
-    }
+    statistics = training_statistics(train)
     meta = {
         "trials/movie.npy": np.asarray(info["movie"], dtype=str),
         "trials/clip.npy": np.asarray(info["clip"], dtype=np.int64),
@@ -198,6 +193,16 @@ def build_session(
         statistics=statistics,
         extra_meta=meta,
     )
+
+
+def training_statistics(train: Sequence[Mapping[str, np.ndarray]]) -> dict:
+    """The shipped statistics of a converted session: over the training trials and frames."""
+    return {
+        layout.VIDEOS: layout.trial_statistics((t[layout.VIDEOS] for t in train), None),
+        layout.RESPONSES: layout.trial_statistics((t[layout.RESPONSES] for t in train), 0),
+        layout.BEHAVIOR: layout.trial_statistics((t[layout.BEHAVIOR] for t in train), 0),
+        layout.PUPIL_CENTER: layout.trial_statistics((t[layout.PUPIL_CENTER] for t in train), 0),
+    }
 
 
 def _trial_arrays(movie: MovieRecording, rep: int, a: int, b: int, length: int) -> dict:
