@@ -38,12 +38,14 @@ MAX_EMB_DIM = 256  # one token row of the residual stream is held in registers
 @dataclass
 class KernelConfig:
     """Tile sizes of the kernels: tokens per tile, columns per chunk of the q/k/v and inner
-    widths, of the FF width, warps per program, and programs per SM for the weight gradients."""
+    widths, of the FF width, warps per program (of the input-gradient kernels apart), and
+    programs per SM of the weight-gradient kernels."""
 
     block_m: int = 64
     block_c: int = 32
     block_f: int = 32
     num_warps: int = 4
+    num_warps_dx: int = 8  # the input-gradient kernels hold dx, x_hat and d_h of a tile
     programs_per_sm: int = 4
 
 
@@ -187,7 +189,8 @@ def _groups(n_tiles: int, n_chunks: int, device) -> tuple[int, int]:
     return -(-n_tiles // per_group), per_group
 
 
-def _partner_rows(heads: int, head_dim: int, groups: int, device) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def _partner_rows(heads: int, head_dim: int, groups: int, device: torch.device) -> Tensor:
     """Rows of the q and k weights holding each row's RoPE partner (apply_rope's flip)."""
     chunk = head_dim // (2 * groups)
     within = torch.arange(head_dim, device=device).view(groups, 2, chunk).flip(1).reshape(-1)
@@ -245,6 +248,8 @@ def _qkv_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """dx, d ln_w, d ln_b, dw of `_qkv`."""
     k_ = _kernels()
+    if not (dq.stride() == dk.stride() == dv.stride()):  # the dW kernel takes one stride set
+        dq, dk, dv = dq.contiguous(), dk.contiguous(), dv.contiguous()
     e = x.shape[-1]
     m, inner = x.numel() // e, heads * head_dim
     rows = _partner_rows(heads, head_dim, groups, x.device) if groups else None
@@ -259,20 +264,18 @@ def _qkv_backward(
         x, ln_w, ln_b, w, wp, cos, sin, dq, dk, dv, dx, dln, m, seq_len, e, inner, head_dim,
         *_strides(dq), *_strides(dk), *_strides(dv), eps, BLOCK_M=b["BLOCK_M"],
         BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], ROPE=rope, DOT_DTYPE=dot, PREC=prec,
-        num_warps=CONFIG.num_warps,
+        num_warps=CONFIG.num_warps_dx,
     )  # fmt: skip
     n_chunks = -(-inner // b["BLOCK_C"])
     n_groups, per_group = _groups(n_tiles, 3 * n_chunks, x.device)
     dw_parts = torch.empty(3, n_groups, inner, e, dtype=torch.float32, device=x.device)
     dwp_parts = torch.empty(2, n_groups, inner, e, dtype=torch.float32, device=x.device)
-    for j, g in enumerate((dq, dk, dv)):
-        with_rope = rope and j < 2
-        k_.qkv_bwd_dw[(n_chunks, n_groups)](
-            x, ln_w, ln_b, cos, sin, g, dw_parts[j], dwp_parts[min(j, 1)], m, seq_len, e, inner,
-            head_dim, *_strides(g), per_group, eps, BLOCK_M=b["BLOCK_M"], BLOCK_E=b["BLOCK_E"],
-            BLOCK_C=b["BLOCK_C"], ROPE=with_rope, DOT_DTYPE=dot, PREC=prec,
-            num_warps=CONFIG.num_warps,
-        )  # fmt: skip
+    k_.qkv_bwd_dw[(3 * n_chunks, n_groups)](
+        x, ln_w, ln_b, cos, sin, dq, dk, dv, dw_parts, dwp_parts, m, seq_len, e, inner,
+        head_dim, *_strides(dq), n_chunks, n_groups, per_group, eps, BLOCK_M=b["BLOCK_M"],
+        BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], ROPE=rope, DOT_DTYPE=dot, PREC=prec,
+        num_warps=CONFIG.num_warps,
+    )  # fmt: skip
     dw = dw_parts.sum(1).reshape(3 * inner, e)
     if rope:
         dw[: 2 * inner].index_add_(0, rows, dwp_parts.sum(1).reshape(2 * inner, e))
@@ -354,7 +357,7 @@ def _post_backward(
     k_.post_bwd_dx[(n_tiles,)](
         x, ln_w, ln_b, w_ff, w_out, w_o, dy, dpa, dpf, seeds, do, dx, dln, m, seq_len, e, ff,
         inner, head_dim, *_strides(o), p_ff, p_mha, eps, **b, ACT=activation, DROP_FF=p_ff > 0,
-        **flags,
+        **{**flags, "num_warps": CONFIG.num_warps_dx},
     )  # fmt: skip
     f_chunks = -(-ff // b["BLOCK_F"])
     n_groups, per_group = _groups(n_tiles, f_chunks, x.device)

@@ -227,13 +227,23 @@ def qkv_bwd_dx(X, LNW, LNB, W, WP, COS, SIN, DQ, DK, DV, DX, DLN, M, L, E, INNER
 
 
 @triton.jit
-def qkv_bwd_dw(X, LNW, LNB, COS, SIN, G, DW, DWP, M, L, E, INNER, D, g_n, g_h, g_l, g_d,
-               tiles_per_group, eps, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
-               BLOCK_C: tl.constexpr, ROPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
-               PREC: tl.constexpr):  # fmt: skip
-    """Partial dW (and dWp) of one of q, k, v: DW, DWP (groups, INNER, E) float32."""
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+def qkv_bwd_dw(X, LNW, LNB, COS, SIN, DQ, DK, DV, DW, DWP, M, L, E, INNER, D, g_n, g_h, g_l, g_d,
+               n_chunks, n_groups, tiles_per_group, eps, BLOCK_M: tl.constexpr,
+               BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, ROPE: tl.constexpr,
+               DOT_DTYPE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Partial dW (3, groups, INNER, E) and dWp (2, groups, INNER, E) float32 of q, k, v (which
+    share their strides): program (chunk of one tensor's columns, group of token tiles). The
+    programs of one group are neighbours in the grid, so x and the gradients come from L2."""
+    which = tl.program_id(0) // n_chunks
+    cols = (tl.program_id(0) % n_chunks) * BLOCK_C + tl.arange(0, BLOCK_C)
     group = tl.program_id(1)
+    if which == 0:
+        G = DQ
+    elif which == 1:
+        G = DK
+    else:
+        G = DV
+    rotate = which < 2
     acc = tl.zeros((BLOCK_C, BLOCK_E), dtype=tl.float32)
     accp = tl.zeros((BLOCK_C, BLOCK_E), dtype=tl.float32)
     t0 = group * tiles_per_group
@@ -242,17 +252,25 @@ def qkv_bwd_dw(X, LNW, LNB, COS, SIN, G, DW, DWP, M, L, E, INNER, D, g_n, g_h, g
         rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
         _, _, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
         h = h.to(DOT_DTYPE)
-        gc, gs = _unrotated_grad(G, COS, SIN, rows, cols, M, L, INNER, D, g_n, g_h, g_l, g_d,
-                                 ROPE, DOT_DTYPE)  # fmt: skip
-        acc += tl.dot(tl.trans(gc), h, input_precision=PREC)
+        mask = (rows < M)[:, None] & (cols < INNER)[None, :]
+        row_off, col_off = _head_offsets(rows, cols, L, D, g_n, g_h, g_l, g_d)
+        g = tl.load(G + row_off[:, None] + col_off[None, :], mask=mask, other=0.0)
+        g = g.to(tl.float32)
         if ROPE:
-            accp += tl.dot(tl.trans(gs), h, input_precision=PREC)
+            cs, sn = _rope_tables(COS, SIN, rows, cols, mask, L, D)
+            cs = tl.where(rotate, cs, 1.0)
+            sn = tl.where(rotate, sn, 0.0)
+            acc += tl.dot(tl.trans((g * cs).to(DOT_DTYPE)), h, input_precision=PREC)
+            accp += tl.dot(tl.trans((g * sn).to(DOT_DTYPE)), h, input_precision=PREC)
+        else:
+            acc += tl.dot(tl.trans(g.to(DOT_DTYPE)), h, input_precision=PREC)
     ecols = tl.arange(0, BLOCK_E)
     mask = (cols < INNER)[:, None] & (ecols < E)[None, :]
-    off = group.to(tl.int64) * INNER * E + cols[:, None] * E + ecols[None, :]
-    tl.store(DW + off, acc, mask=mask)
+    part = (which * n_groups + group).to(tl.int64) * INNER * E
+    off = cols[:, None] * E + ecols[None, :]
+    tl.store(DW + part + off, acc, mask=mask)
     if ROPE:
-        tl.store(DWP + off, accp, mask=mask)
+        tl.store(DWP + part + off, accp, mask=mask & rotate)
 
 
 @triton.jit
@@ -372,7 +390,7 @@ def post_bwd_dx(X, LNW, LNB, WFF, WOUT, WO, DY, DPA, DPF, SEEDS, DO, DX, DLN, M,
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     ecols = tl.arange(0, BLOCK_E)
-    dy, ga, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+    _, ga, _ = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
     for c0 in range(0, INNER, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < INNER
@@ -382,6 +400,8 @@ def post_bwd_dx(X, LNW, LNB, WFF, WOUT, WO, DY, DPA, DPF, SEEDS, DO, DX, DLN, M,
         row_off, col_off = _head_offsets(rows, cols, L, D, o_n, o_h, o_l, o_d)
         ptr = DO + row_off[:, None] + col_off[None, :]
         tl.store(ptr, d_o.to(DO.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+    # the branch gradients are read again (from L1/L2) where needed: fewer live registers
+    _, _, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
     xhat, rstd, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
     h = h.to(DOT_DTYPE)
     d_h = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
@@ -390,7 +410,9 @@ def post_bwd_dx(X, LNW, LNB, WFF, WOUT, WO, DY, DPA, DPF, SEEDS, DO, DX, DLN, M,
         _, d_pre, wff = _mlp_pre_grad(h, gf, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff,
                                       BLOCK_E, ACT, DROP_FF, DOT_DTYPE, PREC)  # fmt: skip
         d_h += tl.dot(d_pre.to(DOT_DTYPE), wff, input_precision=PREC)
-    dx = dy + _layer_norm_grad(d_h, xhat, rstd, LNW, E, BLOCK_E)
+    dx = _layer_norm_grad(d_h, xhat, rstd, LNW, E, BLOCK_E)
+    dy, _, _ = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+    dx += dy
     mask = rmask[:, None] & (ecols < E)[None, :]
     tl.store(DX + rows[:, None].to(tl.int64) * E + ecols[None, :], dx, mask=mask)
     _store_ln_partials(DLN, pid, d_h, xhat, E, BLOCK_E)
