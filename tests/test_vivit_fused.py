@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ needs_kernels = pytest.mark.skipif(
     reason="needs Triton (on CUDA, or its interpreter on the CPU)",
 )
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+ROOT = Path(__file__).resolve().parents[1]
 E, HEADS, HEAD_DIM, FF = 24, 2, 12, 40  # inner 24, FF 40: chunks of 16 with ragged last ones
 
 
@@ -278,3 +280,26 @@ def test_cuda_fused_block_compiles():
     x = torch.randn(16, length, E, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         torch.testing.assert_close(torch.compile(fused)(x, rope), fused(x, rope))
+
+
+@needs_kernels
+def test_fused_block_benchmark_runs(capsys):
+    """bench/fused_block.py end to end at smoke-test widths: all three parts print their rows,
+    the fused errors pass the benchmark's own check, and the model step has a fused row."""
+    spec = importlib.util.spec_from_file_location("fused_block", ROOT / "bench" / "fused_block.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = ("--core_emb_dim 16 --core_spatial_depth 1 --core_temporal_depth 1 --core_head_dim 8 "
+            "--core_ff_dim 16 --core_reg_tokens 2 --core_temporal_patch_size 3")  # fmt: skip
+    argv = ["--device", DEVICE, "--tiny", "--frames", "3", "--frame_shape", "9", "16",
+            "--steps", "1", "--compile", "0", "--blocks", "temporal", "--variants", "unfused",
+            "fused", "--model_frames", "6", "--model_steps", "1", "--model_warmup", "1",
+            "--sessions", "1", "--neurons", "10", "--model_override", tiny]  # fmt: skip
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "CHECK" not in out and "skipped" not in out
+    tables = out.split("\n## ")
+    assert len(tables) == 4
+    assert tables[1].count(" ok") == 7  # y, dx and the 5 parameters of a block
+    assert "temporal |     fused" in tables[2]
+    assert "    fused |     model" in tables[3]
