@@ -57,7 +57,8 @@ def make_blocks(causal=False, activation="relu", p_mha=0.0, p_ff=0.0, drop_path=
     fused = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
                                 False, causal)  # fmt: skip
     fused.load_state_dict(ref.state_dict())
-    assert vf.use_fused_blocks(fused) == 1
+    vf.use_fused_blocks(fused)
+    assert isinstance(fused, vf.FusedParallelBlock) == HAS_TRITON
     return ref.to(DEVICE), fused.to(DEVICE)
 
 
@@ -236,13 +237,28 @@ def test_whole_core_with_fused_blocks():
 
 
 def test_cpu_tensors_take_the_unfused_path(monkeypatch):
-    """Without the interpreter, CPU inputs run ParallelBlock's own forward (bit-identical)."""
+    """Without the interpreter, CPU inputs run ParallelBlock's own forward (bit-identical); a
+    FusedParallelBlock runs it too where Triton is missing."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     ref, fused = make_blocks(True)
     ref, fused = ref.cpu(), fused.cpu()
+    fused.__class__ = vf.FusedParallelBlock
     x = torch.randn(2, 5, E)
     assert vf.fused_block_reason(fused, x) is not None
     assert torch.equal(fused(x), ref(x))
+
+
+def test_only_fusable_blocks_are_switched(monkeypatch):
+    """use_fused_blocks leaves QK-norm blocks alone, and every block where Triton is missing."""
+    blocks = torch.nn.ModuleList([
+        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False),
+        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False),
+    ])  # fmt: skip
+    assert vf.use_fused_blocks(blocks) == int(HAS_TRITON)
+    assert type(blocks[1]) is vivit.ParallelBlock
+    monkeypatch.setattr(vf, "HAS_TRITON", False)
+    again = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
+    assert vf.use_fused_blocks(again) == 0 and "Triton" in vf.fused_block_reason(again)
 
 
 def test_unsupported_blocks_are_named():

@@ -13,8 +13,9 @@ token tiles. The attention itself stays PyTorch's SDPA (the fastest kernel at he
 bench/RESULTS.md), so its backward is the library's. Traffic counts: bench/fused_block.py.
 
 `FusedParallelBlock` has the parameters (and state dict) of `ParallelBlock` and the same math in
-training and eval mode; its forward takes the fused path where `fused_block_reason` finds none
-(CUDA tensors with Triton, or Triton's interpreter for tests) and the unfused one elsewhere.
+training and eval mode; `use_fused_blocks(core)` switches the blocks that `fused_block_reason`
+accepts (parallel, no QK-norm, Triton installed); their forward takes the fused path for CUDA
+tensors (or CPU tensors under Triton's interpreter, for tests) and the unfused one elsewhere.
 Dropout masks differ from PyTorch's (another generator), with the same distribution.
 """
 
@@ -57,9 +58,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.cache
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @functools.cache
@@ -69,8 +68,8 @@ def _kernels():
     return vivit_fused_kernels
 
 
-def fused_block_reason(block: nn.Module, x: Tensor) -> str | None:
-    """Why `block` cannot take the fused path for input x, or None if it can."""
+def fused_block_reason(block: nn.Module, x: Tensor | None = None) -> str | None:
+    """Why `block` cannot take the fused path (for input x, if given), or None if it can."""
     if not isinstance(block, ParallelBlock):
         return "only parallel attention + MLP blocks are fused"
     if block.attn.norm_q is not None:
@@ -82,30 +81,39 @@ def fused_block_reason(block: nn.Module, x: Tensor) -> str | None:
         return "only the exact GELU is fused"
     if isinstance(act, nn.ELU) and act.alpha != 1.0:
         return "only ELU with alpha 1 is fused"
-    if x.shape[-1] > MAX_EMB_DIM:
-        return f"emb_dim {x.shape[-1]} > {MAX_EMB_DIM}"
-    if not triton_available():
+    if block.attn.norm.normalized_shape[0] > MAX_EMB_DIM:
+        return f"emb_dim {block.attn.norm.normalized_shape[0]} > {MAX_EMB_DIM}"
+    if not HAS_TRITON:
         return "Triton is not installed"
-    if not (x.is_cuda or (interpreting() and x.device.type == "cpu")):
+    if x is not None and not _runs_fused(x):
         return "the fused kernels run on CUDA devices (or under TRITON_INTERPRET=1 on the CPU)"
     return None
 
 
+def _runs_fused(x: Tensor) -> bool:
+    """CUDA inputs, or CPU inputs under the interpreter. Cheap and free of os/importlib calls
+    on the CUDA path, so that torch.compile traces it without a graph break."""
+    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
 class FusedParallelBlock(ParallelBlock):
-    """`ParallelBlock` (same parameters and math) running the fused kernels where they apply."""
+    """`ParallelBlock` (same parameters and math) running the fused kernels on CUDA inputs and
+    its own unfused forward elsewhere. Make one with `use_fused_blocks`, which switches only
+    blocks that `fused_block_reason` accepts."""
 
     def forward(self, x: Tensor, rope=None) -> Tensor:
-        if fused_block_reason(self, x) is None:
+        if _runs_fused(x):
             return fused_parallel_block(self, x, rope)
         return super().forward(x, rope)
 
 
 def use_fused_blocks(module: nn.Module) -> int:
-    """Make every `ParallelBlock` inside `module` a `FusedParallelBlock` (in place; parameters
-    and state dict unchanged). Returns how many blocks were switched."""
+    """Make every fusable `ParallelBlock` inside `module` a `FusedParallelBlock` (in place;
+    parameters and state dict unchanged). Returns how many blocks were switched (0 without
+    Triton, so that an `auto` option leaves the model as it was)."""
     n = 0
     for m in module.modules():
-        if type(m) is ParallelBlock:
+        if type(m) is ParallelBlock and fused_block_reason(m) is None:
             m.__class__ = FusedParallelBlock
             n += 1
     return n
