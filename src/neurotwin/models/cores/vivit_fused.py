@@ -385,7 +385,8 @@ def _post_backward(
     )  # fmt: skip
     return (
         dx, do, *_ln_grads(dln, ln_w), dwff.sum(0).to(w_ff.dtype),
-        dwout.sum(0).t().to(w_out.dtype), dwo.sum(0).t().to(w_o.dtype),
+        # contiguous, as the fake implementation says (compiled graphs rely on its strides)
+        dwout.sum(0).t().contiguous().to(w_out.dtype), dwo.sum(0).t().contiguous().to(w_o.dtype),
     )  # fmt: skip
 
 
