@@ -270,7 +270,8 @@ def parse_args(argv=None):
     p.add_argument("--autocast", type=int, default=None, help="bf16 autocast (default: on CUDA)")
     p.add_argument("--compile", type=int, default=1, help="0: 'compiled' variants run eagerly")
     p.add_argument("--block_m", type=int, default=None, help="tokens per tile of the kernels")
-    p.add_argument("--num_warps", type=int, default=None, help="warps of the kernels")
+    p.add_argument("--num_warps", type=int, default=None, help="warps of all the kernels")
+    p.add_argument("--num_stages", type=int, default=None, help="pipeline stages of the kernels")
     p.add_argument("--skip_check", action="store_true")
     p.add_argument("--skip_timing", action="store_true")
     p.add_argument("--skip_model", action="store_true")
@@ -302,9 +303,11 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
     if args.block_m:
-        vf.CONFIG.block_m = args.block_m
+        vf.CONFIG.block_m = vf.CONFIG.block_m_dw = args.block_m
     if args.num_warps:
-        vf.CONFIG.num_warps = vf.CONFIG.num_warps_dx = args.num_warps
+        vf.CONFIG.num_warps = vf.CONFIG.num_warps_dx = vf.CONFIG.num_warps_dw = args.num_warps
+    if args.num_stages:
+        vf.CONFIG.num_stages = args.num_stages
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
     import importlib.metadata as md
 

@@ -38,15 +38,20 @@ MAX_EMB_DIM = 256  # one token row of the residual stream is held in registers
 
 @dataclass
 class KernelConfig:
-    """Tile sizes of the kernels: tokens per tile, columns per chunk of the q/k/v and inner
-    widths, of the FF width, warps per program (of the input-gradient kernels apart), and
-    programs per SM of the weight-gradient kernels."""
+    """Tile sizes of the kernels: tokens per tile (of the weight-gradient kernels apart),
+    columns per chunk of the q/k/v and inner widths and of the FF width, warps per program of
+    the forward, input-gradient and weight-gradient kernels, pipeline stages, and programs per
+    SM of the weight-gradient kernels. Defaults: the fewest register spills in ptxas's report
+    for sm_90 at the ViV1T widths (compiled without a GPU; not yet timed)."""
 
-    block_m: int = 64
+    block_m: int = 32
+    block_m_dw: int = 32
     block_c: int = 32
     block_f: int = 32
-    num_warps: int = 4
-    num_warps_dx: int = 8  # the input-gradient kernels hold dx, x_hat and d_h of a tile
+    num_warps: int = 8
+    num_warps_dx: int = 8
+    num_warps_dw: int = 8
+    num_stages: int = 1  # software pipelining buys little here and costs registers (spills)
     programs_per_sm: int = 4
 
 
@@ -171,6 +176,12 @@ def _dot_dtype(dtype: torch.dtype):
     return (tl.bfloat16 if dtype == torch.bfloat16 else tl.float16), "tf32"  # tf32: unused
 
 
+def _launch(role: str) -> dict:
+    """Warps and stages of a kernel of one role: fwd, dx (input gradients), dw (weights)."""
+    warps = {"fwd": CONFIG.num_warps, "dx": CONFIG.num_warps_dx, "dw": CONFIG.num_warps_dw}
+    return {"num_warps": warps[role], "num_stages": CONFIG.num_stages}
+
+
 def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
@@ -238,7 +249,7 @@ def _qkv(
     k_.qkv_fwd[(-(-m // b["BLOCK_M"]),)](
         x, ln_w, ln_b, w, wp, cos, sin, q, k, v, m, seq_len, e, inner, head_dim, *_strides(q),
         eps, BLOCK_M=b["BLOCK_M"], BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], ROPE=groups > 0,
-        DOT_DTYPE=dot, PREC=prec, num_warps=CONFIG.num_warps,
+        DOT_DTYPE=dot, PREC=prec, **_launch("fwd"),
     )  # fmt: skip
     return q, k, v
 
@@ -272,17 +283,17 @@ def _qkv_backward(
         x, ln_w, ln_b, w, wp, cos, sin, dq, dk, dv, dx, dln, m, seq_len, e, inner, head_dim,
         *_strides(dq), *_strides(dk), *_strides(dv), eps, BLOCK_M=b["BLOCK_M"],
         BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], ROPE=rope, DOT_DTYPE=dot, PREC=prec,
-        num_warps=CONFIG.num_warps_dx,
+        **_launch("dx"),
     )  # fmt: skip
     n_chunks = -(-inner // b["BLOCK_C"])
-    n_groups, per_group = _groups(n_tiles, 3 * n_chunks, x.device)
+    n_groups, per_group = _groups(-(-m // CONFIG.block_m_dw), 3 * n_chunks, x.device)
     dw_parts = torch.empty(3, n_groups, inner, e, dtype=torch.float32, device=x.device)
     dwp_parts = torch.empty(2, n_groups, inner, e, dtype=torch.float32, device=x.device)
     k_.qkv_bwd_dw[(3 * n_chunks, n_groups)](
         x, ln_w, ln_b, cos, sin, dq, dk, dv, dw_parts, dwp_parts, m, seq_len, e, inner,
-        head_dim, *_strides(dq), n_chunks, n_groups, per_group, eps, BLOCK_M=b["BLOCK_M"],
+        head_dim, *_strides(dq), n_chunks, n_groups, per_group, eps, BLOCK_M=CONFIG.block_m_dw,
         BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], ROPE=rope, DOT_DTYPE=dot, PREC=prec,
-        num_warps=CONFIG.num_warps,
+        **_launch("dw"),
     )  # fmt: skip
     dw = dw_parts.sum(1).reshape(3 * inner, e)
     if rope:
@@ -333,7 +344,7 @@ def _post(
     k_.post_fwd[(-(-m // b["BLOCK_M"]),)](
         x, ln_w, ln_b, w_ff, w_out, w_o, o, dpa, dpf, seeds, y, m, seq_len, e, ff, inner,
         head_dim, *_strides(o), p_ff, p_mha, eps, **b, ACT=activation, DROP_FF=p_ff > 0,
-        DROP_MHA=p_mha > 0, DOT_DTYPE=dot, PREC=prec, num_warps=CONFIG.num_warps,
+        DROP_MHA=p_mha > 0, DOT_DTYPE=dot, PREC=prec, **_launch("fwd"),
     )  # fmt: skip
     return y
 
@@ -358,30 +369,33 @@ def _post_backward(
     b = _blocks(e, inner, ff)
     dot, prec = _dot_dtype(w_ff.dtype)
     n_tiles = -(-m // b["BLOCK_M"])
-    flags = dict(DROP_MHA=p_mha > 0, DOT_DTYPE=dot, PREC=prec, num_warps=CONFIG.num_warps)
+    flags = dict(DROP_MHA=p_mha > 0, DOT_DTYPE=dot, PREC=prec)
     dx = torch.empty_like(x)
     do = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device=o.device)
     dln = torch.empty(n_tiles, 2, e, dtype=torch.float32, device=x.device)
     k_.post_bwd_dx[(n_tiles,)](
         x, ln_w, ln_b, w_ff, w_out, w_o, dy, dpa, dpf, seeds, do, dx, dln, m, seq_len, e, ff,
         inner, head_dim, *_strides(o), p_ff, p_mha, eps, **b, ACT=activation, DROP_FF=p_ff > 0,
-        **{**flags, "num_warps": CONFIG.num_warps_dx},
+        **flags, **_launch("dx"),
     )  # fmt: skip
     f_chunks = -(-ff // b["BLOCK_F"])
-    n_groups, per_group = _groups(n_tiles, f_chunks, x.device)
+    n_tiles_dw = -(-m // CONFIG.block_m_dw)
+    n_groups, per_group = _groups(n_tiles_dw, f_chunks, x.device)
     dwff = torch.empty(n_groups, ff, e, dtype=torch.float32, device=x.device)
     dwout = torch.empty(n_groups, ff, e, dtype=torch.float32, device=x.device)
     k_.mlp_bwd_dw[(f_chunks, n_groups)](
         x, ln_w, ln_b, w_ff, w_out, dy, dpa, dpf, seeds, dwff, dwout, m, seq_len, e, ff,
-        per_group, p_ff, eps, BLOCK_M=b["BLOCK_M"], BLOCK_E=b["BLOCK_E"], BLOCK_F=b["BLOCK_F"],
-        ACT=activation, DROP_FF=p_ff > 0, DOT_DTYPE=dot, PREC=prec, num_warps=CONFIG.num_warps,
+        per_group, p_ff, eps, BLOCK_M=CONFIG.block_m_dw, BLOCK_E=b["BLOCK_E"],
+        BLOCK_F=b["BLOCK_F"], ACT=activation, DROP_FF=p_ff > 0, DOT_DTYPE=dot, PREC=prec,
+        **_launch("dw"),
     )  # fmt: skip
     c_chunks = -(-inner // b["BLOCK_C"])
-    o_groups, o_per_group = _groups(n_tiles, c_chunks, x.device)
+    o_groups, o_per_group = _groups(n_tiles_dw, c_chunks, x.device)
     dwo = torch.empty(o_groups, inner, e, dtype=torch.float32, device=x.device)
     k_.attn_out_bwd_dw[(c_chunks, o_groups)](
         o, dy, dpa, dpf, seeds, dwo, m, seq_len, e, inner, head_dim, *_strides(o), o_per_group,
-        p_mha, BLOCK_M=b["BLOCK_M"], BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], **flags,
+        p_mha, BLOCK_M=CONFIG.block_m_dw, BLOCK_E=b["BLOCK_E"], BLOCK_C=b["BLOCK_C"], **flags,
+        **_launch("dw"),
     )  # fmt: skip
     return (
         dx, do, *_ln_grads(dln, ln_w), dwff.sum(0).to(w_ff.dtype),

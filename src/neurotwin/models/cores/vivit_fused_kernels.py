@@ -16,7 +16,8 @@ attention output o and their gradients are (N, H, L, D) tensors addressed throug
                  factor, + x; the FF-wide activation never leaves the chip.
 - post_bwd_dx:   dy -> d_o (for the attention backward) and dx through the MLP and LN.
 - mlp_bwd_dw, attn_out_bwd_dw: the weight gradients of the MLP and of the output projection.
-Dropout masks come from Philox (tl.rand) keyed by a seed tensor and the element's flat index,
+(Unused results get distinct names, unusedN: Triton treats `_` as one variable, whose type may
+not change inside a loop.) Dropout masks come from Philox (tl.rand) keyed by a seed tensor and the element's flat index,
 so the backward regenerates them instead of storing them. DOT_DTYPE is the dtype of the
 matrix-product operands (bf16 on the GPU; float32 under the interpreter, whose bf16 tl.dot is
 wrong in Triton 3.6); accumulation is float32 throughout.
@@ -151,7 +152,7 @@ def qkv_fwd(X, LNW, LNB, W, WP, COS, SIN, Q, K, V, M, L, E, INNER, D, s_n, s_h, 
             ROPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """q, k, v (N, H, L, D) of a tile of tokens: W (3*INNER, E), WP (2*INNER, E) partner rows."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    _, _, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
+    unused1, unused2, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
     h = h.to(DOT_DTYPE)
     wk, wv, wpk = W + INNER * E, W + 2 * INNER * E, WP + INNER * E
     _project_store(h, W, WP, COS, SIN, Q, rows, M, L, E, INNER, D, s_n, s_h, s_l, s_d,
@@ -210,7 +211,7 @@ def qkv_bwd_dx(X, LNW, LNB, W, WP, COS, SIN, DQ, DK, DV, DX, DLN, M, L, E, INNER
     """dx of a tile of tokens through the q, k, v projection and the LN (and LN partials)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    xhat, rstd, _ = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
+    xhat, rstd, unused3 = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
     d_h = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     wk, wv, wpk = W + INNER * E, W + 2 * INNER * E, WP + INNER * E
     d_h = _input_grad(d_h, DQ, W, WP, COS, SIN, rows, M, L, E, INNER, D, q_n, q_h, q_l, q_d,
@@ -250,7 +251,7 @@ def qkv_bwd_dw(X, LNW, LNB, COS, SIN, DQ, DK, DV, DW, DWP, M, L, E, INNER, D, g_
     t1 = tl.minimum(t0 + tiles_per_group, tl.cdiv(M, BLOCK_M))
     for t in range(t0, t1):
         rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _, _, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
+        unused4, unused5, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
         h = h.to(DOT_DTYPE)
         mask = (rows < M)[:, None] & (cols < INNER)[None, :]
         row_off, col_off = _head_offsets(rows, cols, L, D, g_n, g_h, g_l, g_d)
@@ -328,14 +329,14 @@ def post_fwd(X, LNW, LNB, WFF, WOUT, WO, OUT_A, DPA, DPF, SEEDS, Y, M, L, E, FF,
     """y = x + dpf * MLP(LN x) + dpa * Wo dropout(o) for a tile of tokens."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
-    _, _, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
+    unused6, unused7, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
     h = h.to(DOT_DTYPE)
     dpa = tl.load(DPA + rows // L, mask=rmask, other=0.0)
     dpf = tl.load(DPF + rows // L, mask=rmask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     for f0 in range(0, FF, BLOCK_F):
         fcols = f0 + tl.arange(0, BLOCK_F)
-        _, act, _, wout_t = _mlp_chunk(h, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff, BLOCK_E,
+        unused8, act, unused9, wout_t = _mlp_chunk(h, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff, BLOCK_E,
                                        ACT, DROP_FF, DOT_DTYPE, PREC)  # fmt: skip
         act = (act * dpf[:, None]).to(DOT_DTYPE)
         acc += tl.dot(act, wout_t, input_precision=PREC)
@@ -390,7 +391,7 @@ def post_bwd_dx(X, LNW, LNB, WFF, WOUT, WO, DY, DPA, DPF, SEEDS, DO, DX, DLN, M,
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     ecols = tl.arange(0, BLOCK_E)
-    _, ga, _ = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+    unused10, ga, unused11 = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
     for c0 in range(0, INNER, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < INNER
@@ -401,17 +402,17 @@ def post_bwd_dx(X, LNW, LNB, WFF, WOUT, WO, DY, DPA, DPF, SEEDS, DO, DX, DLN, M,
         ptr = DO + row_off[:, None] + col_off[None, :]
         tl.store(ptr, d_o.to(DO.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
     # the branch gradients are read again (from L1/L2) where needed: fewer live registers
-    _, _, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+    unused12, unused13, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
     xhat, rstd, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
     h = h.to(DOT_DTYPE)
     d_h = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     for f0 in range(0, FF, BLOCK_F):
         fcols = f0 + tl.arange(0, BLOCK_F)
-        _, d_pre, wff = _mlp_pre_grad(h, gf, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff,
+        unused14, d_pre, wff = _mlp_pre_grad(h, gf, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff,
                                       BLOCK_E, ACT, DROP_FF, DOT_DTYPE, PREC)  # fmt: skip
         d_h += tl.dot(d_pre.to(DOT_DTYPE), wff, input_precision=PREC)
     dx = _layer_norm_grad(d_h, xhat, rstd, LNW, E, BLOCK_E)
-    dy, _, _ = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+    dy, unused15, unused16 = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
     dx += dy
     mask = rmask[:, None] & (ecols < E)[None, :]
     tl.store(DX + rows[:, None].to(tl.int64) * E + ecols[None, :], dx, mask=mask)
@@ -432,10 +433,10 @@ def mlp_bwd_dw(X, LNW, LNB, WFF, WOUT, DY, DPA, DPF, SEEDS, DWFF, DWOUT, M, L, E
     t1 = tl.minimum(t0 + tiles_per_group, tl.cdiv(M, BLOCK_M))
     for t in range(t0, t1):
         rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _, _, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
-        _, _, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
+        unused17, unused18, gf = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+        unused19, unused20, h = _layer_norm(X, LNW, LNB, rows, M, E, eps, BLOCK_E)
         h = h.to(DOT_DTYPE)
-        act, d_pre, _ = _mlp_pre_grad(h, gf, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff,
+        act, d_pre, unused21 = _mlp_pre_grad(h, gf, WFF, WOUT, SEEDS, rows, fcols, M, E, FF, p_ff,
                                       BLOCK_E, ACT, DROP_FF, DOT_DTYPE, PREC)  # fmt: skip
         acc_ff += tl.dot(tl.trans(d_pre.to(DOT_DTYPE)), h, input_precision=PREC)
         acc_out += tl.dot(tl.trans(act.to(DOT_DTYPE)), gf, input_precision=PREC)
@@ -459,7 +460,7 @@ def attn_out_bwd_dw(OUT_A, DY, DPA, DPF, SEEDS, DWO, M, L, E, INNER, D, o_n, o_h
     t1 = tl.minimum(t0 + tiles_per_group, tl.cdiv(M, BLOCK_M))
     for t in range(t0, t1):
         rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _, ga, _ = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
+        unused22, ga, unused23 = _branch_grads(DY, DPA, DPF, rows, M, L, E, BLOCK_E, DOT_DTYPE)
         o = _dropped_o(
             OUT_A, SEEDS, rows, cols, M, L, INNER, D, o_n, o_h, o_l, o_d, p_mha, DROP_MHA
         )
