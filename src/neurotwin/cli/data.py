@@ -11,7 +11,11 @@ from neurotwin.errors import NeurotwinError
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
-SUBCOMMAND_MODULES = ("neurotwin.cli.data_synthetic", "neurotwin.cli.data_allen")
+SUBCOMMAND_MODULES = (
+    "neurotwin.cli.data_synthetic",
+    "neurotwin.cli.data_allen",
+    "neurotwin.cli.data_spikes",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
