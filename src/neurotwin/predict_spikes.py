@@ -12,7 +12,7 @@ each atomically (a temporary name, then a rename):
 - latents.parquet (models with a VAE): session, trial_id, split, trial_index (order of the trial
   in its session), condition, z0, z1, ... (posterior means);
 - metrics.json: bits/spike relative to a homogeneous rate per split, session and population;
-  the best epoch;
+  the best (validation) epoch and the epoch whose weights made the outputs;
 - figures/: couplings_<session>.png, psth_<session>.png, latents_<session>.png.
 """
 
@@ -178,6 +178,21 @@ def scores_summary(task, scores: dict[str, dict[str, PoissonScores]]) -> dict[st
     return out
 
 
+def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """metrics.json's bits/spike as rows (split, session, population), "all" for pooled."""
+    rows = []
+    for split, scores in metrics["bits_per_spike"].items():
+        rows.append((split, "all", "all", scores["all"]))
+        for session, values in scores["sessions"].items():
+            rows.append((split, session, "all", values["all"]))
+            for population, bits in values["populations"].items():
+                rows.append((split, session, population, bits))
+    table = pd.DataFrame(rows, columns=["split", "session", "population", "bits_per_spike"])
+    return table.pivot_table(
+        index=["session", "population"], columns="split", values="bits_per_spike", sort=False
+    )[list(metrics["bits_per_spike"])]
+
+
 def _latent_columns(task) -> dict[str, dict[str, str]]:
     """{session: {z column: "population:dimension"}} ("all:d" for one shared latent)."""
     if task.model.latent is None:
@@ -193,7 +208,9 @@ def _latent_columns(task) -> dict[str, dict[str, str]]:
     return out
 
 
-def write_outputs(task, output_dir: str | Path, best_epoch: int | None = None) -> dict[str, Any]:
+def write_outputs(
+    task, output_dir: str | Path, best_epoch: int | None = None, weights_epoch: int | None = None
+) -> dict[str, Any]:
     """Write every output of a trained task into `output_dir`; returns metrics.json's content."""
     out = Path(output_dir)
     figures = out / FIGURES_DIR
@@ -214,6 +231,7 @@ def write_outputs(task, output_dir: str | Path, best_epoch: int | None = None) -
     metrics = {
         "model": task.config.model.name,
         "best_epoch": best_epoch,
+        "weights_epoch": best_epoch if weights_epoch is None else weights_epoch,
         "epochs_trained": task.epoch,
         "bin_ms": task.shape.bin_ms,
         "window_ms": task.data.window_ms,

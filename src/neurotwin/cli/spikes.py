@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data_dir", default=None, help="data folder (default: the run's)")
     predict.add_argument("--device", default=None, help="cpu | cuda | cuda:K | mps")
     predict.add_argument(
-        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint"
+        "--checkpoint",
+        choices=("best", "last"),
+        default=None,
+        help="which checkpoint (default: best, or last when the run set restore_best false)",
     )
     return parser
 
@@ -87,9 +90,22 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
 
     config = fit_config(args)
     result = fit(config)
-    write_outputs(result["task"], config.run.output_dir, result["best_epoch"])
-    print(f"outputs in {config.run.output_dir}", flush=True)
+    metrics = write_outputs(
+        result["task"], config.run.output_dir, result["best_epoch"], result["weights_epoch"]
+    )
+    _report(metrics, config.run.output_dir)
     return result
+
+
+def _report(metrics: dict[str, Any], output_dir: str | Path) -> None:
+    from neurotwin.predict_spikes import scores_table
+
+    table = scores_table(metrics).round(4)
+    print(
+        f"Poisson log-likelihood, bits/spike over a homogeneous rate (best epoch "
+        f"{metrics['best_epoch']}):\n{table.to_string()}\noutputs in {output_dir}",
+        flush=True,
+    )
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,9 +116,17 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
     from neurotwin.training.trainer import CONFIG_FILE
 
     out = Path(args.output_dir)
-    checkpoint = resolve_checkpoint(out, args.checkpoint)
     saved = out / CONFIG_FILE
-    values = read_yaml(saved) if saved.is_file() else load_checkpoint(checkpoint)["config"]
+    if saved.is_file():
+        values = read_yaml(saved)
+    else:
+        values = load_checkpoint(resolve_checkpoint(out, "last"))["config"]
+    which = args.checkpoint or (
+        "best" if values.get("train", {}).get("restore_best", True) else "last"
+    )
+    if args.checkpoint is None and not (out / "checkpoints" / f"{which}.pt").is_file():
+        which = "last"  # no epoch improved on validation (e.g. no validation trials)
+    checkpoint = resolve_checkpoint(out, which)
     if args.data_dir:
         values.setdefault("data", {})["data_dir"] = args.data_dir
     if args.device is not None:
@@ -113,17 +137,18 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
     state = load_checkpoint(checkpoint, map_location=task.device)
     task.load_state_dict(state, str(checkpoint))
     best_epoch = state.get("scheduler", {}).get("plateau", {}).get("best_epoch")
-    metrics = write_outputs(task, out, best_epoch)
-    print(f"outputs in {out}", flush=True)
+    metrics = write_outputs(task, out, best_epoch, int(state["epoch"]))
+    _report(metrics, out)
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run_fit(args) if args.command == "fit" else run_predict(args)
+        run_fit(args) if args.command == "fit" else run_predict(args)
+        return 0
     except NeurotwinError as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)

@@ -186,7 +186,8 @@ def fit(config: SpikeConfig, task: SpikeTask | None = None) -> dict[str, Any]:
     except BaseException:
         logger.close(exit_code=1)
         raise
-    if best_state is not None:
+    use_best = best_state is not None and t.restore_best
+    if use_best:
         task.model.load_state_dict(best_state)
     logger.print(
         f"done ({stopped}) after {task.epoch} epochs in {time.time() - start:.1f}s: best "
@@ -198,6 +199,7 @@ def fit(config: SpikeConfig, task: SpikeTask | None = None) -> dict[str, Any]:
         "output_dir": str(out),
         "epochs": task.epoch,
         "best_epoch": plateau.best_epoch,
+        "weights_epoch": plateau.best_epoch if use_best else task.epoch,
         "best_value": plateau.best_value,
         "stopped": stopped,
         "task": task,

@@ -49,6 +49,12 @@ class SpikeTrainOptions:
     max_reduce: int = option(2, "LR reductions before early stopping")
     min_epochs: int = option(0, "never stop before this many epochs")
     grad_norm: float | None = option(None, "clip gradients to this norm (none: off)")
+    restore_best: bool = option(
+        True,
+        "end with the weights of the best validation epoch (outputs and predict use best.pt); "
+        "false: the last weights (last.pt), e.g. a glm fitted to convergence with lbfgs, the "
+        "penalised maximum-likelihood estimate",
+    )
     precision: Literal["float32", "float64"] = option("float32", "parameter and count precision")
 
     def __post_init__(self) -> None:
@@ -105,8 +111,8 @@ class SpikeTask:
         self.shape = TrialShape(self.data.n_bins, self.data.n_history, config.data.bin_ms)
         self.model = build_spike_model(config.model, self.data.specs(), self.shape)
         means = self.data.mean_counts("train")
-        self.model.initialise({name: rates for name, (rates, _) in means.items()})
         self.model.to(device=self.device, dtype=self.dtype)
+        self.model.initialise(means)
         if config.train.optimizer == "lbfgs" and self.model.latent is not None:
             raise ConfigError(
                 f"train.optimizer: lbfgs needs a deterministic full-batch objective; model "

@@ -111,14 +111,37 @@ class TimeTerm(nn.Module):
         second = coef[..., 2:] - 2 * coef[..., 1:-1] + coef[..., :-2]
         return smoothness * second.pow(2).sum()
 
-    @torch.no_grad()
-    def initialise(self, key: str, psth: np.ndarray) -> None:
-        """Start at each unit's mean rate per condition ((N, C, T) mean counts per bin; the
-        B-splines sum to one, so equal coefficients give a constant rate)."""
-        mean = np.asarray(psth, dtype=np.float64).mean(axis=-1)
-        log_rate = np.log(np.maximum(mean, 1e-4))
+    def initialise(
+        self, key: str, psth: np.ndarray, trials: np.ndarray, smoothness: float, iterations=100
+    ) -> None:
+        """Start at the time term fitted alone: the penalised maximum of the Poisson likelihood
+        of a model with only this term, whose sufficient statistics are the PSTHs ((N, C, T)
+        mean counts per bin) and trials per condition (C,); L-BFGS from each unit's mean rate.
+        The history and coupling filters then start from data the time term already explains
+        (as GLM-Transformer trains the trial-invariant term first)."""
         coef = self.coef[key]
-        coef.copy_(torch.as_tensor(log_rate, dtype=coef.dtype)[..., None].expand_as(coef))
+        mean = np.asarray(psth, dtype=np.float64).mean(axis=-1)
+        with torch.no_grad():
+            start = torch.as_tensor(np.log(np.maximum(mean, 1e-4)), dtype=coef.dtype)
+            coef.copy_(start[..., None].expand_as(coef))
+        if iterations <= 0 or not np.asarray(trials).sum():
+            return
+        y = torch.as_tensor(np.asarray(psth), dtype=coef.dtype, device=coef.device)
+        n = torch.as_tensor(np.asarray(trials), dtype=coef.dtype, device=coef.device)
+        optimizer = torch.optim.LBFGS(
+            [coef], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe", history_size=20
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            eta = torch.einsum("nck,tk->nct", coef, self.basis)
+            nll = (n[None, :, None] * (eta.exp() - y * eta)).sum()
+            loss = nll + self.penalty(key, smoothness)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        coef.grad = None
 
 
 class HistoryTerm(nn.Module):

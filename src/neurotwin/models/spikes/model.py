@@ -102,10 +102,13 @@ class SpikeModel(nn.Module):
             total = total + self.coupling.penalty(key, g.l2)
         return total
 
-    def initialise(self, mean_counts: Mapping[str, np.ndarray]) -> None:
-        """Start each session's time term at its units' mean rate per condition."""
-        for session, counts in mean_counts.items():
-            self.time.initialise(self.key(session), counts)
+    def initialise(self, psth: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Start each session's time term at its fit alone to the training PSTHs:
+        {session: ((N, C, T) mean counts per bin, (C,) trials)}."""
+        for session, (mean_counts, trials) in psth.items():
+            self.time.initialise(
+                self.key(session), mean_counts, trials, self.options.glm.smoothness
+            )
 
     def glm_parameters(self) -> list[nn.Parameter]:
         latent = {id(p) for p in self.latent.parameters()} if self.latent is not None else set()
