@@ -102,8 +102,8 @@ def _report(metrics: dict[str, Any], output_dir: str | Path) -> None:
 
     table = scores_table(metrics).round(4)
     print(
-        f"Poisson log-likelihood, bits/spike over a homogeneous rate (best epoch "
-        f"{metrics['best_epoch']}):\n{table.to_string()}\noutputs in {output_dir}",
+        f"Poisson log-likelihood, bits/spike over a homogeneous rate (weights of epoch "
+        f"{metrics['weights_epoch']}):\n{table.to_string()}\noutputs in {output_dir}",
         flush=True,
     )
 
