@@ -6,12 +6,12 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from neurotwin.cli import data_allen, data_synthetic
+from neurotwin.cli import data_allen, data_spikes, data_synthetic
 from neurotwin.errors import NeurotwinError
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
-SUBCOMMANDS = (data_synthetic, data_allen)
+SUBCOMMANDS = (data_synthetic, data_allen, data_spikes)
 
 
 def build_parser() -> argparse.ArgumentParser:
