@@ -101,7 +101,7 @@ class ModelParams:
     # numbers from its own stream, so that switching one on leaves everything else as it was.
     surround_fraction: float = 0.0  # simple/complex cells with an iso-oriented divisive surround
     surround_ratio: tuple[float, float] = (2.0, 3.0)  # surround envelope s.d. / centre s.d.
-    surround_strength: tuple[float, float] = (1.0, 3.0)  # divisive weight of the surround energy
+    surround_strength: tuple[float, float] = (0.3, 1.2)  # divisive weight of the surround energy
     drift_amplitude: float = 0.0  # s.d. of each neuron's slow log-gain drift over the session
 
 

@@ -85,13 +85,15 @@ def causal_filter(x: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Surround:
-    """Iso-oriented divisive surround of some neurons: the contrast energy of a quadrature pair
-    of Gabors (the neuron's orientation and frequency) under an annular envelope divides the
-    neuron's stimulus-driven rate by (1 + weight * energy / mean energy on natural clips)."""
+    """Iso-oriented divisive surround of some neurons: the contrast energy of quadrature pairs of
+    Gabors (the neuron's frequency, orientations around its own) under an annular envelope,
+    pooled with `pool` weights, divides the neuron's stimulus-driven rate by
+    (1 + weight * energy / mean energy on natural clips)."""
 
     index: np.ndarray  # (n_s,) neurons that have one
-    rf: np.ndarray  # (n_s, H*W) even filters of the surround pool (unit norm)
-    rf_quadrature: np.ndarray  # (n_s, H*W) odd filters
+    rf: np.ndarray  # (n_s, K, H*W) even filters of the surround pool (unit norm), K angles
+    rf_quadrature: np.ndarray  # (n_s, K, H*W) odd filters
+    pool: tuple[float, ...]  # (K,) weights of the K energies
     weight: np.ndarray  # (n_s,) divisive weight
     sigma: np.ndarray  # (n_s,) outer envelope s.d., ref px
     inner_sigma: np.ndarray  # (n_s,) inner (hole) envelope s.d., ref px
@@ -144,12 +146,15 @@ class Population:
         return lin
 
     def _surround_energy(self, frames: np.ndarray) -> np.ndarray:
-        """Contrast energy (n_s, T) of the surround pools (not yet divided by its mean)."""
+        """Pooled contrast energy (n_s, T) of the surrounds (not yet divided by its mean)."""
         s = self.surround
         temporal = self.temporal[s.index]
-        even = causal_filter(matmul(s.rf, frames.T), temporal)
-        odd = causal_filter(matmul(s.rf_quadrature, frames.T), temporal)
-        return np.sqrt(even**2 + odd**2)
+        energy = np.zeros((len(s.index), frames.shape[0]), np.float32)
+        for k, w in enumerate(s.pool):
+            even = causal_filter(matmul(s.rf[:, k], frames.T), temporal)
+            odd = causal_filter(matmul(s.rf_quadrature[:, k], frames.T), temporal)
+            energy += np.float32(w) * np.sqrt(even**2 + odd**2)
+        return energy
 
     def _nonlinearity(self, drive: np.ndarray) -> np.ndarray:
         """softplus(b (z - threshold)) / b of the standardised drive z, in place, float32."""

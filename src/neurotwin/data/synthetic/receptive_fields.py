@@ -16,6 +16,8 @@ CELL_TYPES = ("simple", "complex", "center_surround")
 # centre-surround cells: exp(-r^2 / (2 sigma^2 C)) - W exp(-r^2 / (2 sigma^2 S))
 DOG_CENTER_VAR, DOG_SURROUND_VAR, DOG_WEIGHT = 0.36, 2.25, 0.3
 SURROUND_HOLE = 1.2  # inner s.d. of a divisive surround's annulus / the centre's longer s.d.
+SURROUND_ANGLES = (-30.0, 0.0, 30.0)  # degrees from the cell's orientation: pooled surround
+SURROUND_POOL = (0.25, 0.5, 0.25)  # weights of the energies at those angles
 
 
 def receptive_fields(center, sigma, aspect, freq, theta, phase, sign, cell_type, H, W):
@@ -177,9 +179,10 @@ def _pixel_grid(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
 def make_surround(
     rng: np.random.Generator, pop: Population, sizes: SyntheticSizes, p: ModelParams
 ) -> Surround | None:
-    """Divisive surrounds for a fraction of the simple and complex cells: a quadrature pair of
-    Gabors at the cell's orientation and frequency under an annulus (outer s.d. surround_ratio x
-    the centre's longer s.d., a hole of SURROUND_HOLE x it), unit norm and zero mean."""
+    """Divisive surrounds for a fraction of the simple and complex cells: quadrature pairs of
+    Gabors at the cell's frequency and at SURROUND_ANGLES around its orientation (broadly iso-
+    tuned), under an annulus (outer s.d. surround_ratio x the centre's longer s.d., a hole of
+    SURROUND_HOLE x it), each filter zero-mean and of unit norm."""
     N, H, W = sizes.neurons, sizes.height, sizes.width
     chosen = (rng.random(N) < p.surround_fraction) & (pop.cell_type != 2)
     ratio = rng.uniform(*p.surround_ratio, N)
@@ -193,22 +196,25 @@ def make_surround(
     gx, gy = _pixel_grid(H, W)
     dx = gx[None, None, :] - pop.rf_center[index, 0].astype(np.float64)[:, None, None]
     dy = gy[None, :, None] - pop.rf_center[index, 1].astype(np.float64)[:, None, None]
-    theta = rp["theta"][index][:, None, None]
-    u = dx * np.cos(theta) + dy * np.sin(theta)
     r2 = dx**2 + dy**2
     envelope = np.exp(-r2 / (2 * outer[:, None, None] ** 2)) - np.exp(
         -r2 / (2 * inner[:, None, None] ** 2)
     )
-    carrier = 2 * np.pi * rp["freq"][index][:, None, None] * u
-    filters = []
-    for wave in (np.cos(carrier), np.sin(carrier)):
-        f = (envelope * wave).reshape(len(index), -1)
-        f = f - f.mean(1, keepdims=True)
-        filters.append((f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32))
+    even, odd = [], []
+    for angle in np.radians(SURROUND_ANGLES):
+        theta = (rp["theta"][index] + angle)[:, None, None]
+        carrier = (
+            2 * np.pi * rp["freq"][index][:, None, None] * (dx * np.cos(theta) + dy * np.sin(theta))
+        )
+        for out, wave in ((even, np.cos(carrier)), (odd, np.sin(carrier))):
+            f = (envelope * wave).reshape(len(index), -1)
+            f = f - f.mean(1, keepdims=True)
+            out.append((f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32))
     return Surround(
         index=index,
-        rf=filters[0],
-        rf_quadrature=filters[1],
+        rf=np.stack(even, 1),
+        rf_quadrature=np.stack(odd, 1),
+        pool=SURROUND_POOL,
         weight=weight[index],
         sigma=outer,
         inner_sigma=inner,
@@ -222,9 +228,9 @@ RF_TRUTH_COLUMNS = {
     "orientation_deg": "orientation of the preferred grating's wave vector, degrees from +x "
     "towards +y, mod 180 (NaN: untuned centre-surround cell)",
     "spatial_frequency_cpp": "carrier frequency, cycles per pixel (NaN: centre-surround cell)",
-    "preferred_sf_cpp": "spatial frequency of the full-field grating that drives the filter "
-    "(simple) or its quadrature pair (complex) most, cycles per pixel: below the carrier for "
-    "small envelopes (NaN: centre-surround cell)",
+    "preferred_sf_cpp": "spatial frequency of the full-field grating at the cell's orientation "
+    "that its filter (complex: the quadrature pair's energy) responds to most on the pixel grid, "
+    "cycles per pixel; below the carrier for small envelopes (NaN: centre-surround cell)",
     "sigma_px": "Gaussian envelope s.d. along the wave vector, pixels (centre-surround: the "
     "centre Gaussian's s.d.)",
     "sigma_orth_px": "envelope s.d. along the bars, pixels",
@@ -241,17 +247,43 @@ RF_TRUTH_COLUMNS = {
 }
 
 
-def preferred_sf(freq: np.ndarray, sigma: np.ndarray, phase: np.ndarray, energy: np.ndarray):
-    """Argmax over k of a Gabor's grating response amplitude along its wave vector, from its
-    Fourier transform: |S(k)|^2 ~ G(k - f)^2 + G(k + f)^2 + 2 G(k - f) G(k + f) cos(2 phase),
-    G(q) = exp(-2 pi^2 sigma^2 q^2); the cross term cancels for an energy unit. Same units as
-    1 / sigma (e.g. cycles per pixel with sigma in pixels)."""
-    k = np.geomspace(1e-3, 1.0, 2000)[None, :] * (2 * freq[:, None] + 1 / sigma[:, None])
-    minus = np.exp(-2 * np.pi**2 * (sigma[:, None] * (k - freq[:, None])) ** 2)
-    plus = np.exp(-2 * np.pi**2 * (sigma[:, None] * (k + freq[:, None])) ** 2)
-    cross = np.where(energy, 0.0, 2 * np.cos(2 * phase))[:, None]
-    power = minus**2 + plus**2 + cross * minus * plus
-    return k[np.arange(len(freq)), power.argmax(1)]
+def preferred_sf(pop: Population, sizes: SyntheticSizes, chunk: int = 64) -> np.ndarray:
+    """Per Gabor cell, the spatial frequency (cycles per pixel) of the full-field grating at its
+    orientation that its filter (complex cells: the quadrature pair's energy) responds to most,
+    on the pixel grid as the cell sees it: 48 frequencies from 0.01 to 0.5 cycles per pixel,
+    refined by a parabola in log frequency. NaN for centre-surround cells."""
+    H, W = sizes.height, sizes.width
+    k = np.geomspace(0.01, 0.5, 48)
+    y, x = np.mgrid[0:H, 0:W]
+    theta = pop.rf_params["theta"]
+    quad_of = np.full(pop.n_neurons, -1)
+    quad_of[np.flatnonzero(pop.cell_type == 1)] = np.arange(int((pop.cell_type == 1).sum()))
+    out = np.full(pop.n_neurons, np.nan)
+    gabor = np.flatnonzero(pop.cell_type != 2)
+    for start in range(0, len(gabor), chunk):
+        idx = gabor[start : start + chunk]
+        u = np.cos(theta[idx])[:, None] * x.ravel() + np.sin(theta[idx])[:, None] * y.ravel()
+        wave = np.exp(2j * np.pi * k[None, :, None] * u[:, None, :]).astype(np.complex64)
+        power = np.abs(np.einsum("np,nkp->nk", pop.rf[idx].astype(np.complex64), wave)) ** 2
+        q = quad_of[idx]
+        has_q = q >= 0
+        if has_q.any():
+            quad = pop.rf_quadrature[q[has_q]].astype(np.complex64)
+            power[has_q] += np.abs(np.einsum("np,nkp->nk", quad, wave[has_q])) ** 2
+        best = power.argmax(1)
+        lg = np.log(k)
+        inner = (best > 0) & (best < len(k) - 1)
+        peak = lg[best]
+        b = best[inner]
+        rows = np.flatnonzero(inner)
+        y0, y1, y2 = power[rows, b - 1], power[rows, b], power[rows, b + 1]
+        step = lg[1] - lg[0]
+        curvature = y0 - 2 * y1 + y2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            offset = np.where(curvature < 0, 0.5 * (y0 - y2) / curvature, 0.0)
+        peak[rows] = lg[b] + np.clip(offset, -0.5, 0.5) * step
+        out[idx] = np.exp(peak)
+    return out
 
 
 def rf_truth(pop: Population, sizes: SyntheticSizes) -> dict[str, np.ndarray]:
@@ -277,9 +309,7 @@ def rf_truth(pop: Population, sizes: SyntheticSizes) -> dict[str, np.ndarray]:
         "center_y": pop.rf_center[:, 1].astype(np.float64) * s - 0.5,
         "orientation_deg": np.where(dog, np.nan, np.degrees(rp["theta"]) % 180.0),
         "spatial_frequency_cpp": np.where(dog, np.nan, rp["freq"] / s),
-        "preferred_sf_cpp": np.where(
-            dog, np.nan, preferred_sf(rp["freq"] / s, sigma, rp["phase"], kind == 1)
-        ),
+        "preferred_sf_cpp": preferred_sf(pop, sizes),
         "sigma_px": np.where(dog, np.sqrt(DOG_CENTER_VAR) * sigma, sigma),
         "sigma_orth_px": np.where(dog, np.sqrt(DOG_CENTER_VAR) * sigma, longer),
         "phase_rad": np.where(dog, np.nan, rp["phase"]),

@@ -29,6 +29,11 @@ from neurotwin.data.synthetic.load import session_population
 from neurotwin.data.synthetic.params import ModelParams, SyntheticSizes
 
 
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with a finite gradient at 0 (energies of grey frames are exactly 0)."""
+    return torch.sqrt(x.clamp_min(1e-20))
+
+
 def _buffer(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
@@ -69,6 +74,7 @@ class SessionTruth(nn.Module):
         if s is not None:
             self.register_buffer("surround_index", _buffer(s.index, torch.long))
             self.register_buffer("surround_rf", _buffer(np.stack([s.rf, s.rf_quadrature])))
+            self.register_buffer("surround_pool", _buffer(np.asarray(s.pool)))
             self.register_buffer("surround_weight", _buffer(s.weight / s.energy_mean))
 
     def _filter(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -114,15 +120,17 @@ class SessionTruth(nn.Module):
         if len(self.complex_index):
             quad = torch.einsum("btp,np->bnt", flat, self.rf_quadrature)
             quad = self._filter(quad, self.temporal[self.complex_index])
-            energy = torch.sqrt(lin[:, self.complex_index] ** 2 + quad**2)
+            energy = _sqrt(lin[:, self.complex_index] ** 2 + quad**2)
             lin = lin.index_copy(1, self.complex_index, energy)
         x = lin * self.nl_scale[:, None] + self.nl_offset[:, None]
         r = torch.logaddexp(torch.zeros_like(x), x) / self.sharpness
         if self.has_surround:
             weight = self.temporal[self.surround_index]
-            pools = torch.einsum("btp,knp->kbnt", flat, self.surround_rf)
-            even, odd = (self._filter(p, weight) for p in pools)
-            energy = torch.sqrt(even**2 + odd**2)
+            pools = torch.einsum("btp,enap->eabnt", flat, self.surround_rf)  # e: even/odd
+            energy = 0
+            for a, w in enumerate(self.surround_pool):
+                even, odd = (self._filter(p, weight) for p in pools[:, a])
+                energy = energy + w * _sqrt(even**2 + odd**2)
             divisor = 1 + self.surround_weight[:, None] * energy
             r = r.index_copy(1, self.surround_index, r[:, self.surround_index] / divisor)
         r = r * self.stimulus_gain[:, None] + self.spontaneous[:, None]
