@@ -25,9 +25,11 @@ def gaussian_2d(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def fit_gaussian_2d(image: np.ndarray) -> tuple[np.ndarray, float]:
     """Least-squares 2D Gaussian fit of an (H, W) map with a positive or negative peak.
 
-    Starts from the largest deviation from the median (its sign decides ON or OFF) and keeps
-    sigmas in [0.3, max(H, W) / 2] pixels and the centre on the screen.
-    Returns the parameters (GAUSSIAN_FIELDS; sigma_x >= sigma_y) and R^2; NaNs when it fails."""
+    Starts from the largest deviation from the median (its sign decides ON or OFF), with a width
+    from the area above half that deviation, and fits the pixels within 3 such widths of it
+    (a background of noise elsewhere cannot pull the fit); sigmas stay in [0.3, max(H, W) / 2]
+    pixels and the centre on the screen. Returns the parameters (GAUSSIAN_FIELDS; sigma_x >=
+    sigma_y) and R^2 over the fitted pixels; NaNs when it fails."""
     image = np.asarray(image, dtype=np.float64)
     h, w = image.shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -38,20 +40,18 @@ def fit_gaussian_2d(image: np.ndarray) -> tuple[np.ndarray, float]:
     dev = image - base
     peak = np.unravel_index(np.argmax(np.abs(dev)), image.shape)
     amp = float(dev[peak])
-    weight = np.clip(dev * np.sign(amp), 0, None)
-    total = weight.sum()
-    cx0, cy0 = (weight * x).sum() / total, (weight * y).sum() / total
-    s0 = max(
-        1.0, math.sqrt(max(((weight * ((x - cx0) ** 2 + (y - cy0) ** 2)).sum() / total) / 2, 0))
-    )
+    above = (dev * np.sign(amp)) > 0.5 * abs(amp)
+    s0 = max(0.7, math.sqrt(above.sum() / (2 * math.pi * math.log(2))))
+    near = np.hypot(x - peak[1], y - peak[0]) <= max(3.0, 3.0 * s0)
     size = max(h, w) / 2
     lower = [-np.inf, -0.5, -0.5, 0.3, 0.3, -180.0, -np.inf]
     upper = [np.inf, w - 0.5, h - 0.5, size, size, 180.0, np.inf]
     start = np.array([amp, float(peak[1]), float(peak[0]), s0, s0, 0.0, base])
     start[3:5] = np.clip(start[3:5], 0.31, size - 0.01)
+    xs, ys, values = x[near], y[near], image[near]
     try:
         fit = optimize.least_squares(
-            lambda p: (gaussian_2d(p, x, y) - image).ravel(),
+            lambda p: gaussian_2d(p, xs, ys) - values,
             start,
             bounds=(lower, upper),
             x_scale="jac",
@@ -63,7 +63,7 @@ def fit_gaussian_2d(image: np.ndarray) -> tuple[np.ndarray, float]:
     if p[4] > p[3]:  # sigma_x the longer axis
         p[3], p[4], p[5] = p[4], p[3], p[5] + 90.0
     p[5] = (p[5] + 90.0) % 180.0 - 90.0
-    ss = float(((image - image.mean()) ** 2).sum())
+    ss = float(((values - values.mean()) ** 2).sum())
     r2 = 1.0 - float((fit.fun**2).sum()) / ss if ss > 0 else np.nan
     return p, r2
 

@@ -22,7 +22,7 @@ class GratingTiming:
     blank_frames: int = option(15, "grey frames after each block")
     lead_frames: int = option(30, "grey frames before the first block of each video")
     transient_frames: int = option(15, "frames after onset left out of the block's mean")
-    blocks_per_video: int = option(4, "blocks in one video")
+    blocks_per_video: int = option(8, "blocks in one video")
     temporal_frequency: float = option(2.0, "drift, cycles per second at the data's frame rate")
     contrast: float = option(1.0, "grating contrast (1: the whole luminance range)")
     phases: int = option(2, "starting phases per condition (spread over a cycle): the samples")
