@@ -208,15 +208,15 @@ class ArfAnalysis(Analysis):
             fitting.local_energy(linear),
             np.sqrt(np.clip(energy, 0, None)),
         )
+        params, r2s = fitting.fit_many(envelope)
         rows = []
         for i in range(n):
-            params, r2 = fitting.fit_gaussian_2d(envelope[i])
-            row = dict(zip(fitting.GAUSSIAN_FIELDS, params))
+            row = dict(zip(fitting.GAUSSIAN_FIELDS, params[i]))
             polarity = np.sign(_bilinear(linear[i], row["center_x"], row["center_y"]))
             polarity = polarity if use_linear[i] else 0.0
             row["amplitude"] = row["amplitude"] * (polarity if polarity else 1.0)
             row.update(
-                fit_r2=r2,
+                fit_r2=r2s[i],
                 map="linear" if use_linear[i] else "energy",
                 polarity=polarity,
                 reliability=float(agree["linear" if use_linear[i] else "energy"][i]),

@@ -68,6 +68,28 @@ def fit_gaussian_2d(image: np.ndarray) -> tuple[np.ndarray, float]:
     return p, r2
 
 
+def _fit_chunk(images: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    return [fit_gaussian_2d(image) for image in images]
+
+
+def fit_many(images: np.ndarray, parallel_from: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """fit_gaussian_2d of each (H, W) map of images (N, H, W): parameters (N, 7) and R^2 (N,);
+    in worker processes (one per CPU core) from `parallel_from` maps on."""
+    import os
+
+    workers = min(os.cpu_count() or 1, 32)
+    if len(images) < parallel_from or workers < 2:
+        results = _fit_chunk(images)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = np.array_split(np.asarray(images), workers * 4)
+        with ProcessPoolExecutor(workers) as pool:
+            results = [r for part in pool.map(_fit_chunk, chunks) for r in part]
+    params = np.stack([p for p, _ in results]) if results else np.zeros((0, 7))
+    return params, np.array([r2 for _, r2 in results])
+
+
 def local_energy(maps: np.ndarray) -> np.ndarray:
     """Amplitude of the monogenic signal of each (..., H, W) map, sqrt(f^2 + |R f|^2) with R the
     Riesz transform: the envelope of oscillating (Gabor-like) maps, and the map's own magnitude
