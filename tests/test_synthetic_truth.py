@@ -16,19 +16,8 @@ from neurotwin.data.sensorium import SensoriumSession
 from neurotwin.data.synthetic import VARIANTS, drift, writer
 from neurotwin.data.synthetic.load import session_population
 from neurotwin.errors import ConfigError, DataFormatError
+from test_synthetic import TINY  # the same tiny sizes as the first part
 
-TINY = dict(
-    height=8,
-    width=12,
-    frames=24,
-    neurons=12,
-    train_trials=8,
-    oracle_clips=2,
-    oracle_repeats=3,
-    test_clips=1,
-    test_repeats=2,
-    short_fraction=0.4,
-)
 SMALL = dict(
     height=18,
     width=32,

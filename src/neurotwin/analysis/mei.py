@@ -154,7 +154,7 @@ class MeiAnalysis(Analysis):
             summary[f"{task.kind}_ratio_median"] = float(
                 np.median(score[:n] / real["value"][targets])
             )
-            figures[f"{task.kind}s"] = _grid(stim, targets, score, real, task, probe, o.population)
+            figures[f"{task.kind}s"] = _grid(stim, targets, score, real, task, probe, o)
             if task.kind == "video" and o.gif:
                 labels = [f"neuron{int(i)}" for i in targets] + (
                     ["population"] if o.population else []
@@ -306,8 +306,9 @@ class MeiAnalysis(Analysis):
         return torch.cat([before, x, after], 1)
 
 
-def _grid(stim: np.ndarray, targets, score, best_real, task, probe, population: bool):
+def _grid(stim: np.ndarray, targets, score, best_real, task, probe, options: MeiOptions):
     """Images (or a few frames of each video) with their response ratios."""
+    population = options.population
     labels = [f"#{int(i)}" for i in targets] + (["population"] if population else [])
     ratios = [score[j] / best_real["value"][t] for j, t in enumerate(targets)]
     ratios += [score[-1] / best_real["population"]] if population else []

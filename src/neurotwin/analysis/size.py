@@ -219,6 +219,8 @@ def _summary(table) -> dict:
 
 
 def _figure(curves: np.ndarray, sizes: np.ndarray, table, count: int):
+    from matplotlib.ticker import NullFormatter
+
     order = np.argsort(-table["peak_response"].to_numpy())[:count]
     rows, cols = output.grid_shape(len(order), 4)
     fig, axes = output.figure(rows, cols, size=(2.2, 1.7))
@@ -231,6 +233,9 @@ def _figure(curves: np.ndarray, sizes: np.ndarray, table, count: int):
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(table["preferred_size_px"].iloc[i], color="C0", lw=0.5, ls="--")
         ax.set_title(f"#{table.index[i]} SI {table['suppression_index'].iloc[i]:.2f}", fontsize=7)
+        ticks = [v for v in 2.0 ** np.arange(0, 9) if sizes[0] <= v <= sizes[-1]]
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(labelsize=6)
     axes.ravel()[0].legend(fontsize=6)
     fig.suptitle("size tuning (response - grey) vs disc diameter (px)", fontsize=8)

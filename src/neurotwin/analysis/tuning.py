@@ -176,6 +176,7 @@ def _polar_figure(curves: np.ndarray, directions: np.ndarray, table, count: int)
         ax.set_theta_direction(-1)  # y grows downwards on the screen: clockwise as displayed
         ax.set_xticks(np.radians([0, 90, 180, 270]))
         ax.set_xticklabels(["0", "90", "180", "270"], fontsize=5)
+        ax.set_ylim(0, None)  # radius from zero response
         ax.set_yticklabels([])
         ax.set_title(
             f"#{table.index[i]} OSI {table['osi'].iloc[i]:.2f} DSI {table['dsi'].iloc[i]:.2f}",
