@@ -62,7 +62,7 @@ class MeiOptions:
     mask_diameter: float = option(
         0.0, "disc (pixels) at each neuron's aRF centre, grey outside (0: none)"
     )
-    steps: int = option(150, "AdamW steps")
+    steps: int = option(100, "AdamW steps")
     lr: float = option(0.05, "AdamW learning rate")
     weight_decay: float = option(0.0, "AdamW weight decay")
     image_frames: int = option(0, "frames an image is shown for (0: the data's trial length)")
@@ -312,24 +312,23 @@ def _grid(stim: np.ndarray, targets, score, best_real, task, probe, options: Mei
     labels = [f"#{int(i)}" for i in targets] + (["population"] if population else [])
     ratios = [score[j] / best_real["value"][t] for j, t in enumerate(targets)]
     ratios += [score[-1] / best_real["population"]] if population else []
-    frames = (
-        stim[:, None]
-        if task.kind == "image"
-        else stim[:, np.linspace(0, stim.shape[1] - 1, 5).astype(int)]
-    )
-    rows, cols = len(stim), frames.shape[1]
-    fig, axes = output.figure(rows, cols, size=(1.8, 1.1))
     lo, hi = probe.luminance
-    for r in range(rows):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.imshow(frames[r, c], cmap="gray", vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(labels[r], fontsize=6)
-        axes[r, 0].set_title(f"x{ratios[r]:.2f} of best real", fontsize=6)
-    fig.suptitle(
-        f"most {'exciting' if score.mean() >= 0 else 'inhibiting'} {task.kind}s", fontsize=8
-    )
+    if task.kind == "image":  # one row of images
+        fig, axes = output.figure(1, len(stim), size=(1.8, 1.3))
+        cells = [(axes[0, r], stim[r], r) for r in range(len(stim))]
+    else:  # a row of 5 frames per video
+        frames = stim[:, np.linspace(0, stim.shape[1] - 1, 5).astype(int)]
+        fig, axes = output.figure(len(stim), 5, size=(1.8, 1.1))
+        cells = [
+            (axes[r, c], frames[r, c], r if c == 0 else None)
+            for r in range(len(stim))
+            for c in range(5)
+        ]
+    for ax, image, r in cells:
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r is not None:
+            ax.set_title(f"{labels[r]}: x{ratios[r]:.2f} of best real", fontsize=6)
+    fig.suptitle(f"most {options.mode} {task.kind}s", fontsize=8)
     return fig
