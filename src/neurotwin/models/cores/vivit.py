@@ -27,6 +27,8 @@ Implementation notes (GPU efficiency):
 - RoPE: 2D (half of each head for patch rows, half for columns) in the spatial transformer,
   1D over frames in the temporal transformer; registers are not rotated.
 - Per-block gradient checkpointing via `set_grad_checkpointing(True)`.
+- `core_fused_block` (default auto) switches the parallel blocks to vivit_fused's Triton
+  kernels for CUDA tensors; the unfused blocks here stay the reference and the CPU path.
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class ViViTOptions(CoreOptions):
     )
     core_reg_tokens: int = option(24, "learned register tokens per transformer")
     core_max_frame: int = option(300, "most frames a clip may have (learned positions)")
+    core_fused_block: Literal[False, True, "auto"] = option(
+        "auto",
+        "fused Triton kernels for the parallel blocks (vivit_fused): auto (for CUDA tensors "
+        "where Triton is installed and the block can be fused), true (every block must be "
+        "fusable, else an error saying why; CPU tensors still run unfused), false (never)",
+    )
 
     def check(self) -> None:
         require(
@@ -355,6 +363,25 @@ class ViViTCore(Core):
         self.spatial.apply(_init_weights)
         self.temporal.apply(_init_weights)
         self.out_channels = emb_dim
+        self._fuse_blocks(o.core_fused_block)
+
+    def _fuse_blocks(self, mode: bool | str) -> None:
+        """Switch the blocks to the fused class as `core_fused_block` says (parameters and
+        state dict unchanged)."""
+        if mode is False:
+            return
+        # vivit_fused builds on this module's blocks, so it is imported here, not above
+        from neurotwin.models.cores import vivit_fused
+
+        if mode is True:
+            for name, transformer in (("spatial", self.spatial), ("temporal", self.temporal)):
+                for i, block in enumerate(transformer.blocks):
+                    reason = vivit_fused.fused_block_reason(block)
+                    if reason is not None:
+                        raise ConfigError(
+                            f"--core_fused_block true: {name} block {i} cannot be fused: {reason}"
+                        )
+        vivit_fused.use_fused_blocks(self)
 
     @staticmethod
     def _pad(dim: int, patch: int, stride: int) -> int:
