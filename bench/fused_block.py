@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from neurotwin.models.cores import vivit  # noqa: E402
+from neurotwin.models.cores import vivit_blocks  # noqa: E402
 from neurotwin.models.cores import vivit_fused as vf  # noqa: E402
 
 
@@ -73,11 +74,11 @@ def make_block(kind: str, fused: bool, dropout: bool, args):
     core = vivit.ViViTCore(1, frame_shape, grid)  # only for the patch grid and the RoPE tables
     rates = (c.core_mha_dropout, c.core_ff_dropout, c.core_drop_path) if dropout else (0, 0, 0)
     causal = kind == "temporal" and c.core_use_causal_attention
-    block = vivit.ParallelBlock(
+    block = vivit_blocks.ParallelBlock(
         c.core_emb_dim, c.core_num_heads, c.core_head_dim, c.core_ff_dim, c.core_ff_activation,
         *rates, c.core_norm_qk, causal,
     )  # fmt: skip
-    block.apply(vivit._init_weights)
+    block.apply(vivit_blocks.init_weights)
     patches, regs = core.grid[0] * core.grid[1], c.core_reg_tokens
     if kind == "spatial":
         shape, rope = (frames, regs + patches, c.core_emb_dim), core._spatial_rope(regs, device)

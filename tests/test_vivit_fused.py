@@ -23,7 +23,7 @@ if HAS_TRITON and not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from neurotwin.errors import ConfigError  # noqa: E402
-from neurotwin.models.cores import vivit  # noqa: E402
+from neurotwin.models.cores import vivit, vivit_blocks  # noqa: E402
 from neurotwin.models.cores import vivit_fused as vf  # noqa: E402
 
 pytestmark = [
@@ -65,12 +65,12 @@ def small_tiles(monkeypatch):
 def make_blocks(causal=False, activation="relu", p_mha=0.0, p_ff=0.0, drop_path=0.0, seed=0):
     """A ParallelBlock with non-trivial parameters (LN affine too) and its fused twin."""
     torch.manual_seed(seed)
-    ref = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
+    ref = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
                               False, causal)  # fmt: skip
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    fused = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
+    fused = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
                                 False, causal)  # fmt: skip
     fused.load_state_dict(ref.state_dict())
     vf.use_fused_blocks(fused)
@@ -267,24 +267,24 @@ def test_cpu_tensors_take_the_unfused_path(monkeypatch):
 def test_only_fusable_blocks_are_switched(monkeypatch):
     """use_fused_blocks leaves QK-norm blocks alone, and every block where Triton is missing."""
     blocks = torch.nn.ModuleList([
-        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False),
-        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False),
+        vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False),
+        vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False),
     ])  # fmt: skip
     assert vf.use_fused_blocks(blocks) == int(HAS_TRITON)
-    assert type(blocks[1]) is vivit.ParallelBlock
+    assert type(blocks[1]) is vivit_blocks.ParallelBlock
     monkeypatch.setattr(vf, "HAS_TRITON", False)
-    again = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
+    again = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
     assert vf.use_fused_blocks(again) == 0 and "Triton" in vf.fused_block_reason(again)
 
 
 def test_unsupported_blocks_are_named():
     """QK-norm, sequential blocks and approximate GELU are not fused, with the reason given."""
     x = torch.randn(1, 3, E)
-    qk = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False)
-    seq = vivit.SequentialBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
+    qk = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False)
+    seq = vivit_blocks.SequentialBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
     assert "QK-norm" in vf.fused_block_reason(qk, x)
     assert "parallel" in vf.fused_block_reason(seq, x)
-    gelu = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "gelu", 0, 0, 0, False, False)
+    gelu = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "gelu", 0, 0, 0, False, False)
     gelu.ff_out[0] = torch.nn.GELU(approximate="tanh")
     assert "GELU" in vf.fused_block_reason(gelu, x)
 

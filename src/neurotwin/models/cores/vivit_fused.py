@@ -4,7 +4,7 @@
       -> scaled_dot_product_attention (cuDNN / flash: keeps the scores on chip)
       -> [post: LN -> MLP (FF-wide activation, dropout) and output projection (dropout), each
           branch times its drop-path factor, + x]
-The unfused block (vivit.ParallelBlock) writes the 704-wide fused projection, the rotated q/k,
+The unfused block (vivit_blocks.ParallelBlock) writes the 704-wide fused projection, the rotated q/k,
 the ReLU/dropout activations and masks and their gradients to memory; here only q, k, v and the
 attention output o (and their gradients) are, each once, in bf16. The backward recomputes the
 layer norm, the MLP activation and the dropout masks (Philox, keyed by a seed and the element's
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neurotwin.models.cores.vivit import ParallelBlock
+from neurotwin.models.cores.vivit_blocks import ParallelBlock
 
 ACTIVATION_CODES = {nn.ReLU: 0, nn.GELU: 1, nn.SiLU: 2, nn.ELU: 3, nn.Tanh: 4}
 MAX_EMB_DIM = 256  # one token row of the residual stream is held in registers
