@@ -78,7 +78,8 @@ def test_feature_maps_are_the_network_layer_on_frames_mapped_back_to_pixels():
 def test_frozen_network_passes_gradients_to_the_input_and_fine_tunes_on_request():
     """Frozen: no network parameter needs or gets a gradient, batch norm stays in eval with
     its statistics, yet the video gets a gradient (MEIs). set_fine_tuning(True): every network
-    weight gets one; batch norm still in eval."""
+    weight up to the layer gets one (later layers never run: they stay frozen); batch norm
+    still in eval."""
     core = resnet_core().train()
     network = core.backbone.network
     assert not network.training and core.adapter.training
@@ -93,6 +94,9 @@ def test_frozen_network_passes_gradients_to_the_input_and_fine_tunes_on_request(
     assert core.adapter[0].weight.grad is not None
 
     core.set_fine_tuning(True)
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    assert {"conv1.weight", "bn1.bias", "layer1.1.conv2.weight"} <= trainable
+    assert not any(n.startswith(("layer2", "layer4", "fc")) for n in trainable)  # never run
     core.train()
     core(torch.randn(1, 1, 2, *FRAME), beh, pupil).square().sum().backward()
     used = [p for n, p in network.named_parameters() if n.startswith(("conv1", "bn1", "layer1"))]

@@ -234,10 +234,24 @@ class PretrainedCore(Core):
         return tuple(shape)  # type: ignore[return-value]
 
     def set_fine_tuning(self, enabled: bool) -> None:
-        """The network's weights train (enabled) or stay frozen; batch norm stays in eval."""
+        """The network's weights train (enabled) or stay frozen; batch norm stays in eval. Only
+        the weights that `core_layer` depends on train: the layers after it never run, and
+        DistributedDataParallel and the optimiser must not wait for their gradients."""
         self.fine_tuning = bool(enabled)
-        for p in self.backbone.parameters():
+        params = list(self.backbone.parameters())
+        for p in params:
             p.requires_grad_(self.fine_tuning)
+        if self.fine_tuning and self.options.core_backbone:
+            used = {id(p) for p in self._layer_parameters(params)}
+            for p in params:
+                p.requires_grad_(id(p) in used)
+
+    def _layer_parameters(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        """The parameters that the layer's maps of one frame have a gradient for."""
+        lo = self.backbone.pixel_range[0]
+        frame = torch.full((1, self.in_channels, *self.frame_shape), lo, device=params[0].device)
+        grads = torch.autograd.grad(self._maps(frame).sum(), params, allow_unused=True)
+        return [p for p, g in zip(params, grads) if g is not None]
 
     def train(self, mode: bool = True) -> PretrainedCore:
         super().train(mode)
