@@ -331,6 +331,17 @@ def part_fields(registry: Registry, name: str) -> dict[str, tuple[dataclasses.Fi
     return {f.name: (f, tp) for f, tp in _fields(registry.options_class(name))}
 
 
+def current_name(registry: Registry, key: str) -> str:
+    """The option's name now, for a name some part of `registry` had before (`renamed`)."""
+    if registry.owners(key):
+        return key
+    for name in registry.names():
+        new = registry.options_class(name).renamed.get(key)
+        if new is not None:
+            return new
+    return key
+
+
 def _option_type(registry: Registry, key: str) -> Any:
     """The type of option `key` in any part of `registry` (None if no part has it)."""
     for name in registry.owners(key):
@@ -409,6 +420,7 @@ def _merge_slot(slot, values, registry, source, path, origins) -> None:
                 del slot[key]
         slot["name"] = name
     for key, value in values.items():
+        key = current_name(registry, key)
         tp = _option_type(registry, key)
         if tp is None:
             known = sorted({f for n in registry.names() for f in part_fields(registry, n)})
@@ -525,6 +537,7 @@ def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
             continue
         name = section.get("name", default)
         own = set(part_fields(registry, name)) if name in registry else set()
+        own |= set(registry.options_class(name).renamed) if name in registry else set()
         model[slot] = {k: v for k, v in section.items() if k not in LEGACY_FIELDS[slot] or k in own}
     out["version"] = CONFIG_VERSION
     return out

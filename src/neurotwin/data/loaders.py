@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurotwin.config import DataConfig
 from neurotwin.data import native
-from neurotwin.data.dataset import OutputTransform, SessionDataset
+from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.native import NativeSession, find_sessions
 
 logger = logging.getLogger(__name__)
@@ -293,7 +293,8 @@ class TrainStream:
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
-    output space, "unit_ids" (N,)}} for building a model's per-session parts."""
+    output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video)}}
+    for building a model's per-session parts (and telling its core what its input is)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -306,5 +307,8 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "coordinates": session.coordinates,
             "mean_response": transform.transform_mean(mean),
             "unit_ids": session.unit_ids,
+            "pixel_range": InputTransform(
+                stats, data_config.transform_input, session.path
+            ).pixel_range(),
         }
     return specs

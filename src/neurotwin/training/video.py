@@ -50,6 +50,8 @@ class VideoTask(TrainingTask):
         self.model = build_model(
             self.config.model, self.specs, in_channels=1, frame_shape=self.frame_shape
         ).to(runtime.device)
+        core_lr = self.config.train.core_lr  # the core's rate; pretrained weights train with one
+        self.model.core.set_fine_tuning(core_lr is not None and core_lr > 0)
 
     def _open_data(self) -> None:
         data, info = self.config.data, self.runtime.info

@@ -16,6 +16,7 @@ RESPONSES = "responses"  # (N, T)
 BEHAVIOR = "behavior"  # (2, T): pupil dilation, running speed
 PUPIL_CENTER = "pupil_center"  # (2, T): gaze x, y
 TRIAL_ARRAYS = (VIDEOS, RESPONSES, BEHAVIOR, PUPIL_CENTER)
+PIXEL_RANGE = (0.0, 255.0)  # grey levels of the frames of data/videos (black, white)
 
 TIERS_FILE = "meta/trials/tiers.npy"
 UNIT_IDS_FILE = "meta/neurons/unit_ids.npy"
