@@ -3,11 +3,18 @@ intra-op thread for modules of small models."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, which any test module may do (the
+# ViViT core imports its fused kernels): without CUDA, its interpreter must be on from the start.
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
