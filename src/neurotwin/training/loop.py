@@ -124,7 +124,7 @@ class Trainer:
         task.build(self.runtime)
         self.model = task.model
         self._check_shares()
-        self.optimizer = build_optimizer(self.model, t)
+        self.optimizer = build_optimizer(task.parameter_groups(t), t)
         plateau = (t.lr_patience, t.lr_factor, t.max_reduce, t.min_epochs)
         self.plateau = Plateau(self.optimizer, *plateau, reduce_lr=not t.schedule_free)
         self.clipper = GradClipper(t.grad_norm, t.autoclip_percentile)

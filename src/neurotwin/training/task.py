@@ -5,7 +5,8 @@ per-epoch seeds, gradient accumulation over batches and micro-batches, clipping,
 and its plateau schedule with early stopping, the memory probe, checkpoints and bit-identical
 resume, progress bars, metrics.csv, wandb and DistributedDataParallel. A family supplies its
 data and model (`build`), its training batches (`batches`), the loss of a batch (`loss`), and
-its validation (`validate`, whose `score` early stopping maximises). The video model's task is
+its validation (`validate`, whose `score` early stopping maximises); optionally its optimiser's
+parameter groups (`parameter_groups`). The video model's task is
 `neurotwin.training.video.VideoTask`; docs/architecture.md shows a family plugging in.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurotwin.errors import ConfigError
 from neurotwin.run import autocast
 from neurotwin.training.distributed import DistInfo
 
@@ -107,6 +109,16 @@ class TrainingTask(ABC):
     def probe_batch(self) -> tuple[str, Batch]:
         """The training batch the memory probe tries (default: the first of epoch 1)."""
         return next(iter(self.batches(1)))
+
+    def parameter_groups(self, train: Any) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups, each {"name", "params", "lr", "weight_decay"}
+        (default: every trainable parameter in one group at `train.lr`, `train.weight_decay`)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters")
+        return [
+            {"name": "all", "params": params, "lr": train.lr, "weight_decay": train.weight_decay}
+        ]
 
     def compile_target(self) -> nn.Module:
         """The module `--compile` compiles (default: the whole model)."""
