@@ -402,7 +402,8 @@ def test_training_steps_read_nothing_back_from_the_device(data_dir, tmp_path, mo
         for name in READ_BACKS:
             m.setattr(torch.Tensor, name, forbidden(name))
         for batch in batches:
-            results.append((*trainer.train_step(session, batch), trainer.optimizer_step()))
+            step = trainer.train_step(session, batch)
+            results.append((step.value, step.count, trainer.optimizer_step()))
     for loss, elements, norm in results:
         assert loss.dtype == torch.float64 and loss.dim() == 0 and math.isfinite(float(loss))
         assert elements > 0 and norm.dim() == 0 and math.isfinite(float(norm))

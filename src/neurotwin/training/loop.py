@@ -59,7 +59,7 @@ from neurotwin.training.optim import (
     is_schedule_free,
     set_optimizer_mode,
 )
-from neurotwin.training.task import Batch, Runtime, TrainingTask, Validation
+from neurotwin.training.task import Batch, Runtime, StepLoss, TrainingTask, Validation
 
 
 def check_run(config: Any) -> None:
@@ -303,41 +303,41 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------------
     def _forward_backward(
-        self, group: str, batch: Batch, batch_size: int, sync: bool
-    ) -> tuple[torch.Tensor, int]:
-        """The task's loss of (part of) a batch, and its backward pass (gradients synchronised
-        over ranks only when `sync`). Returns the loss sum (detached, on the device) and the
-        number of elements it covers."""
+        self, group: str, batch: Batch, batch_size: int, sync: bool, weight: float = 1.0
+    ) -> StepLoss:
+        """The task's loss of (part of) a batch, and the backward pass of its objective times
+        `weight` (gradients synchronised over ranks only when `sync`). Returns the StepLoss, its
+        objective detached and weighted."""
         model = self.ddp_model if hasattr(self, "ddp_model") else self.model
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         ctx = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
         with ctx:
             loss = self.task.loss(model, group, batch, batch_size)
-            objective = loss.objective
+            objective = loss.objective * weight if weight != 1.0 else loss.objective
             if ddp and sync:
                 # every parameter takes part in the synchronising backward, so that gradients
                 # accumulated under no_sync (other groups' parts) are averaged too
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 objective = objective + sum(p.sum() for p in params) * 0.0
             objective.backward()
-        return loss.value, loss.count
+        return StepLoss(objective.detach(), loss.value, loss.count, loss.parts)
 
-    def train_step(self, group: str, batch: Batch, sync: bool = True) -> tuple[torch.Tensor, int]:
-        """Forward and backward of one batch in micro-batches (no optimiser step).
-
-        Returns the summed loss (a 0-dim float64 tensor on the device) and its elements."""
+    def train_step(
+        self, group: str, batch: Batch, sync: bool = True, weight: float = 1.0
+    ) -> StepLoss:
+        """Forward and backward of one batch in micro-batches (no optimiser step), the
+        objective times `weight`. Returns the batch's StepLoss: the sums over its micro-batches
+        (value a 0-dim float64 tensor on the device)."""
         b = self.task.count(batch)
         m = self.micro_batch_size if self.micro_batch_size > 0 else b
         starts = list(range(0, b, m))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        elements = 0
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = StepLoss(zero, zero, 0)
         for i, start in enumerate(starts):
             part = self.task.split(batch, start, min(start + m, b))
             last = i == len(starts) - 1
-            value, n = self._forward_backward(group, part, b, sync=sync and last)
-            loss_sum = loss_sum + value
-            elements += n
-        return loss_sum, elements
+            total = total.plus(self._forward_backward(group, part, b, sync and last, weight))
+        return total
 
     def optimizer_step(self) -> torch.Tensor | None:
         """Clip, step and zero the gradients; returns the norm before clipping (a 0-dim tensor
@@ -356,6 +356,7 @@ class Trainer:
         total = sum(self.task.batch_counts().values())
         loss_sum = {g: torch.zeros((), dtype=torch.float64, device=self.device) for g in groups}
         elements = {g: 0 for g in groups}
+        parts: dict[str, torch.Tensor] = {}
         items = 0
         norms: list[torch.Tensor] = []
         self.optimizer.zero_grad(set_to_none=True)
@@ -365,9 +366,11 @@ class Trainer:
         for i, (group, batch) in enumerate(bar):
             batch = to_device(batch, self.device)
             sync = (i + 1) % every == 0 or i + 1 == total
-            value, n = self.train_step(group, batch, sync=sync)
-            loss_sum[group] = loss_sum[group] + value
-            elements[group] += n
+            step = self.train_step(group, batch, sync=sync)
+            loss_sum[group] = loss_sum[group] + step.value
+            elements[group] += step.count
+            for name, value in step.parts.items():
+                parts[name] = parts[name] + value if name in parts else value
             items += self.task.count(batch)
             if sync:
                 norm = self.optimizer_step()
@@ -376,7 +379,7 @@ class Trainer:
         # a last partial accumulation (if the iterator gave fewer batches than announced)
         if any(p.grad is not None for p in self.model.parameters()):
             self.optimizer_step()
-        return self._epoch_stats(loss_sum, elements, items, norms)
+        return self._epoch_stats(loss_sum, elements, items, norms, parts)
 
     def _epoch_stats(
         self,
@@ -384,22 +387,30 @@ class Trainer:
         elements: dict[str, int],
         items: int,
         norms: list[torch.Tensor],
+        parts: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """The epoch's training numbers, summed over ranks: the one read-back of the epoch."""
-        groups = self.task.groups
+        groups, names = self.task.groups, sorted(parts or {})
         stats = torch.tensor(
-            [[0.0, elements[g]] for g in groups] + [[items, 0]], dtype=torch.float64
+            [[0.0, elements[g]] for g in groups] + [[items, 0]] + [[0.0, 0]] * len(names),
+            dtype=torch.float64,
         ).to(self.device)
-        stats[:-1, 0] += torch.stack([loss_sum[g] for g in groups])
+        stats[: len(groups), 0] += torch.stack([loss_sum[g] for g in groups])
+        for i, name in enumerate(names):
+            stats[len(groups) + 1 + i, 0] += parts[name].double()  # type: ignore[index]
         distributed.all_reduce_sum(stats, self.info)
         stats = stats.cpu()
         mean_norm = float(np.mean(torch.stack(norms).double().cpu().numpy())) if norms else None
         per_group = {g: float(stats[i, 0] / max(stats[i, 1], 1)) for i, g in enumerate(groups)}
-        total_elements = float(stats[:-1, 1].sum())
+        total_elements = max(float(stats[: len(groups), 1].sum()), 1)
         return {
-            "loss": float(stats[:-1, 0].sum() / max(total_elements, 1)),
+            "loss": float(stats[: len(groups), 0].sum() / total_elements),
             "loss_per_session": per_group,
-            "trials": int(stats[-1, 0]),
+            "parts": {
+                n: float(stats[len(groups) + 1 + i, 0]) / total_elements
+                for i, n in enumerate(names)
+            },  # fmt: skip
+            "trials": int(stats[len(groups), 0]),
             "grad_norm": mean_norm,
         }
 
@@ -451,6 +462,7 @@ class Trainer:
                 epoch = self.epoch + 1
                 seed_everything(epoch_seed(self.config.run.seed, epoch, self.info.rank))
                 tic = time.time()
+                self.task.start_epoch(epoch)
                 train_result = self.train_epoch(epoch)
                 train_seconds = time.time() - tic
                 distributed.broadcast_buffers(self.model, self.info)
@@ -509,7 +521,9 @@ class Trainer:
     def _row(
         self, epoch: int, tr: dict[str, Any], val: Validation, seconds: float, train_s: float
     ) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], **val.columns}
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"]}
+        row.update({f"train_{name}": value for name, value in tr.get("parts", {}).items()})
+        row.update(val.columns)
         row["lr"] = current_lr(self.optimizer)
         row["grad_norm"] = tr["grad_norm"] if tr["grad_norm"] is not None else ""
         row["seconds"] = seconds

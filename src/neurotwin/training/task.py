@@ -35,6 +35,21 @@ class StepLoss:
     objective: torch.Tensor  # what backward() runs on: scaled for the batch, regularisers included
     value: torch.Tensor  # the loss summed over the part, detached, 0-dim on the device
     count: int  # the elements `value` sums over: train loss = sum(value) / sum(count)
+    # terms of the loss to log, summed over the part like `value` (detached, 0-dim, on the
+    # device): metrics.csv gets train_{name} = sum over the epoch / sum(count)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def plus(self, other: StepLoss) -> StepLoss:
+        """The loss of both parts together (objectives detached)."""
+        parts = dict(self.parts)
+        for name, value in other.parts.items():
+            parts[name] = parts[name] + value if name in parts else value
+        return StepLoss(
+            self.objective.detach() + other.objective.detach(),
+            self.value + other.value,
+            self.count + other.count,
+            parts,
+        )
 
 
 @dataclass
@@ -76,6 +91,10 @@ class TrainingTask(ABC):
     @abstractmethod
     def build(self, runtime: Runtime) -> None:
         """Open the data and build `self.model` on `runtime.device` (seeded by the loop)."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before training epoch `epoch` (1-based), e.g. for a weight that warms up."""
+        return None
 
     @abstractmethod
     def batches(self, epoch: int) -> Iterable[tuple[str, Batch]]:
