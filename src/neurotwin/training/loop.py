@@ -16,6 +16,7 @@ the loss of a batch and its validation. The loop does the rest, the same way for
   that restore the best weights, early stopping.
 - Checkpoints (`best.pt` when the score improved, `last.pt` every epoch, written atomically),
   resume, progress bars, metrics.csv, train.log, wandb; DistributedDataParallel under torchrun.
+  The run ends with the best epoch's weights in the model (`restore_best`; false: the last).
 - Numerics: bf16 autocast (the task's forward passes run in `runtime.precision()`), gradient
   checkpointing, torch.compile, and the memory probe (neurotwin.training.memory).
 """
@@ -500,11 +501,13 @@ class Trainer:
         diff = distributed.max_parameter_difference(self.model, self.info)
         if self.info.enabled:
             log(f"ranks in sync: max parameter difference across ranks {diff:.3g}")
+        weights_epoch = self._final_weights()
         elapsed = time.time() - start
         log(
             f"done ({stopped}) after {self.epoch} epochs in {elapsed:.1f}s: best validation "
             f"{self.task.score_title} {self.plateau.best_value:.4f} at epoch "
-            f"{self.plateau.best_epoch}; checkpoints in {self.ckpt_dir}"
+            f"{self.plateau.best_epoch}; the model holds the weights of epoch {weights_epoch}; "
+            f"checkpoints in {self.ckpt_dir}"
         )
         self.logger.close()
         return {
@@ -512,11 +515,22 @@ class Trainer:
             "epochs": self.epoch,
             "best_value": self.plateau.best_value,
             "best_epoch": self.plateau.best_epoch,
+            "weights_epoch": weights_epoch,
             "stopped": stopped,
             "seconds": elapsed,
             "history": self.history,
             "max_rank_difference": diff,
         }
+
+    def _final_weights(self) -> int:
+        """Leave the model with the weights the checkpoints hold (schedule-free: the averaged
+        ones): the best epoch's (`restore_best`, when one improved), else the last; returns
+        their epoch."""
+        set_optimizer_mode(self.optimizer, "eval")
+        if self.config.train.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            return self.plateau.best_epoch
+        return self.epoch
 
     def _row(
         self, epoch: int, tr: dict[str, Any], val: Validation, seconds: float, train_s: float
