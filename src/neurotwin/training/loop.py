@@ -10,7 +10,8 @@ the loss of a batch and its validation. The loop does the rest, the same way for
   task scales each part's loss by m / B, so the accumulated gradient is the full batch's);
   gradients are accumulated over as many batches as there are groups (`accumulate_sessions`),
   then clipped (fixed norm or AutoClip) and applied. No host read-back per step: loss sums and
-  gradient norms stay on the device and are read once per epoch.
+  gradient norms stay on the device and are read once per epoch. With `--optimizer lbfgs`
+  (full-batch L-BFGS) an epoch is one optimiser step on the mean objective of all its batches.
 - Validation after every epoch (schedule-free optimisers switched to their averaged weights for
   it and for the checkpoints); the plateau schedule watches the task's score: LR reductions
   that restore the best weights, early stopping.
@@ -31,6 +32,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,31 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
         for k, v in batch.items()
     }
+
+
+@dataclass
+class EpochSums:
+    """What an epoch's batches added up to, kept on the device (read back once per epoch)."""
+
+    loss: dict[str, torch.Tensor]  # per group
+    elements: dict[str, int]
+    objective: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    items: int = 0
+    norms: list[torch.Tensor] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, groups: list[str], device: torch.device) -> EpochSums:
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return cls({g: zero for g in groups}, {g: 0 for g in groups}, zero)
+
+    def add(self, group: str, step: StepLoss, items: int) -> None:
+        self.loss[group] = self.loss[group] + step.value
+        self.elements[group] += step.count
+        self.objective = self.objective + step.objective.double()
+        for name, value in step.parts.items():
+            self.parts[name] = self.parts[name] + value if name in self.parts else value
+        self.items += items
 
 
 class Trainer:
@@ -285,7 +312,6 @@ class Trainer:
         log = self.logger.print
         for line in self.task.describe():
             log(line)
-        t = self.config.train
         ranks = (
             f" x {self.info.world_size} ranks ({self.info.backend})" if self.info.enabled else ""
         )
@@ -294,13 +320,19 @@ class Trainer:
             f"{self.micro_batch_size}), bf16 autocast {'on' if self.use_autocast else 'off'}, "
             f"grad checkpointing {'on' if self.grad_checkpointing else 'off'}, "
             f"compile {'on' if self.compiled else 'off'}, "
-            f"optimizer {'schedule-free AdamW' if t.schedule_free else 'AdamW'}"
+            f"optimizer {self._optimizer_name()}"
         )
         for note in self.notes:
             log(note)
         if restore_state is not None:
             log(f"resuming from {restore_state['_path']} after epoch {self.epoch}")
         log(f"outputs go to {self.output_dir.resolve()} (config.yaml, checkpoints/, metrics.csv)")
+
+    def _optimizer_name(self) -> str:
+        t = self.config.train
+        if t.optimizer == "lbfgs":
+            return f"full-batch L-BFGS ({t.lbfgs_iterations} iterations per epoch)"
+        return "schedule-free AdamW" if t.schedule_free else "AdamW"
 
     # -- one step --------------------------------------------------------------------------------
     def _forward_backward(
@@ -352,66 +384,78 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         set_optimizer_mode(self.optimizer, "train")
-        groups = self.task.groups
-        every = len(groups) if self.config.train.accumulate_sessions else 1
-        total = sum(self.task.batch_counts().values())
-        loss_sum = {g: torch.zeros((), dtype=torch.float64, device=self.device) for g in groups}
-        elements = {g: 0 for g in groups}
-        parts: dict[str, torch.Tensor] = {}
-        items = 0
-        norms: list[torch.Tensor] = []
         self.optimizer.zero_grad(set_to_none=True)
-        bar = self.logger.progress(
-            self.task.batches(epoch), total=total, desc=f"epoch {epoch} train"
-        )
-        for i, (group, batch) in enumerate(bar):
-            batch = to_device(batch, self.device)
-            sync = (i + 1) % every == 0 or i + 1 == total
-            step = self.train_step(group, batch, sync=sync)
-            loss_sum[group] = loss_sum[group] + step.value
-            elements[group] += step.count
-            for name, value in step.parts.items():
-                parts[name] = parts[name] + value if name in parts else value
-            items += self.task.count(batch)
-            if sync:
-                norm = self.optimizer_step()
-                if norm is not None:
-                    norms.append(norm)
+        if self.config.train.optimizer == "lbfgs":
+            return self._full_batch_epoch(epoch)
+        sums = self._pass(epoch, steps=True)
         # a last partial accumulation (if the iterator gave fewer batches than announced)
         if any(p.grad is not None for p in self.model.parameters()):
             self.optimizer_step()
-        return self._epoch_stats(loss_sum, elements, items, norms, parts)
+        return self._epoch_stats(sums)
 
-    def _epoch_stats(
-        self,
-        loss_sum: dict[str, torch.Tensor],
-        elements: dict[str, int],
-        items: int,
-        norms: list[torch.Tensor],
-        parts: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, Any]:
+    def _pass(self, epoch: int, steps: bool, weight: float = 1.0, desc: str = "") -> EpochSums:
+        """Forward and backward over the epoch's batches; with `steps`, an optimiser step after
+        every batch (or as many as there are groups, `accumulate_sessions`), else gradients
+        accumulated over all of them (objectives times `weight`)."""
+        groups = self.task.groups
+        every = len(groups) if (steps and self.config.train.accumulate_sessions) else 1
+        total = sum(self.task.batch_counts().values())
+        sums = EpochSums.empty(groups, self.device)
+        bar = self.logger.progress(
+            self.task.batches(epoch), total=total, desc=desc or f"epoch {epoch} train"
+        )
+        for i, (group, batch) in enumerate(bar):
+            batch = to_device(batch, self.device)
+            last = i + 1 == total
+            sync = last or (steps and (i + 1) % every == 0)
+            sums.add(group, self.train_step(group, batch, sync, weight), self.task.count(batch))
+            if steps and sync:
+                norm = self.optimizer_step()
+                if norm is not None:
+                    sums.norms.append(norm)
+        return sums
+
+    def _full_batch_epoch(self, epoch: int) -> dict[str, Any]:
+        """L-BFGS: one optimiser step per epoch on the mean objective of all the epoch's batches
+        (a function of the weights only: the task's batches repeat for the same epoch), which
+        the closure evaluates as often as the iterations and line search ask."""
+        weight = 1.0 / max(sum(self.task.batch_counts().values()), 1)
+        passes: list[EpochSums] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            desc = f"epoch {epoch} L-BFGS evaluation {len(passes) + 1}"
+            passes.append(self._pass(epoch, steps=False, weight=weight, desc=desc))
+            objective = passes[-1].objective.clone()
+            distributed.all_reduce_sum(objective, self.info)  # the same on every rank
+            return objective / self.info.world_size
+
+        self.optimizer.step(closure)
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._epoch_stats(passes[-1])  # the last evaluation's training loss
+
+    def _epoch_stats(self, sums: EpochSums) -> dict[str, Any]:
         """The epoch's training numbers, summed over ranks: the one read-back of the epoch."""
-        groups, names = self.task.groups, sorted(parts or {})
+        groups, names = self.task.groups, sorted(sums.parts)
+        n = len(groups)
         stats = torch.tensor(
-            [[0.0, elements[g]] for g in groups] + [[items, 0]] + [[0.0, 0]] * len(names),
+            [[0.0, sums.elements[g]] for g in groups] + [[sums.items, 0]] + [[0.0, 0]] * len(names),
             dtype=torch.float64,
         ).to(self.device)
-        stats[: len(groups), 0] += torch.stack([loss_sum[g] for g in groups])
+        stats[:n, 0] += torch.stack([sums.loss[g] for g in groups])
         for i, name in enumerate(names):
-            stats[len(groups) + 1 + i, 0] += parts[name].double()  # type: ignore[index]
+            stats[n + 1 + i, 0] += sums.parts[name].double()
         distributed.all_reduce_sum(stats, self.info)
         stats = stats.cpu()
+        norms = sums.norms
         mean_norm = float(np.mean(torch.stack(norms).double().cpu().numpy())) if norms else None
         per_group = {g: float(stats[i, 0] / max(stats[i, 1], 1)) for i, g in enumerate(groups)}
-        total_elements = max(float(stats[: len(groups), 1].sum()), 1)
+        elements = max(float(stats[:n, 1].sum()), 1)
         return {
-            "loss": float(stats[: len(groups), 0].sum() / total_elements),
+            "loss": float(stats[:n, 0].sum() / elements),
             "loss_per_session": per_group,
-            "parts": {
-                n: float(stats[len(groups) + 1 + i, 0]) / total_elements
-                for i, n in enumerate(names)
-            },  # fmt: skip
-            "trials": int(stats[len(groups), 0]),
+            "parts": {name: float(stats[n + 1 + i, 0]) / elements for i, name in enumerate(names)},
+            "trials": int(stats[n, 0]),
             "grad_norm": mean_norm,
         }
 
