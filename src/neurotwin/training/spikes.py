@@ -27,13 +27,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from neurotwin.config import RunConfig, TrainConfig, new_default, option, require
+from neurotwin.config import Options, RunConfig, TrainConfig, new_default, option, require
 from neurotwin.data.spikes.loader import SpikeBatch, SpikeData, SpikeDataOptions
 from neurotwin.errors import CheckpointError, ConfigError
 from neurotwin.metrics import PoissonScores, pooled_bits
 from neurotwin.models.spikes import SpikeModelOptions, TrialShape, build_spike_model
 from neurotwin.models.spikes.base import SpikeOutput
-from neurotwin.registry import Options
 from neurotwin.run import autocast_enabled, pick_device
 from neurotwin.training.distributed import DistInfo
 from neurotwin.training.loop import Trainer

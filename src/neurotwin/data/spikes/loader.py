@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurotwin.config import option, require
+from neurotwin.config import Options, option, require
 from neurotwin.data.loaders import session_order
 from neurotwin.data.spikes.layout import TRIALS_FILE, SpikeSession, find_sessions, read_session
 from neurotwin.errors import ConfigError
-from neurotwin.registry import Options
 
 log = logging.getLogger(__name__)
 
