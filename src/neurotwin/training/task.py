@@ -6,8 +6,9 @@ and its plateau schedule with early stopping, the memory probe, checkpoints and 
 resume, progress bars, metrics.csv, wandb and DistributedDataParallel. A family supplies its
 data and model (`build`), its training batches (`batches`), the loss of a batch (`loss`), and
 its validation (`validate`, whose `score` early stopping maximises); optionally its optimiser's
-parameter groups (`parameter_groups`). The video model's task is
-`neurotwin.training.video.VideoTask`; docs/architecture.md shows a family plugging in.
+parameter groups (`parameter_groups`) and what changes with the epoch (`start_epoch`). The
+video model's task is `neurotwin.training.video.VideoTask`, the spike models'
+`neurotwin.training.spikes.SpikeTask`; docs/architecture.md shows a family plugging in.
 """
 
 from __future__ import annotations
