@@ -60,6 +60,19 @@ def synthetic_mice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def spike_sessions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small simulated spike table sessions (populations A, B of 4 units, 40 trials of
+    200 ms; read-only use)."""
+    from neurotwin.data import synthetic_spikes
+
+    root = tmp_path_factory.mktemp("spike_sessions")
+    synthetic_spikes.generate(
+        root, sessions=2, seed=1, units=4, trials=40, duration_ms=200, burn_in_ms=100
+    )
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models on a shared CPU: one intra-op thread avoids thread over-subscription

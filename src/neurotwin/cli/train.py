@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> cfg.Config:
-    """The run's config: defaults < YAML < flags, or, when restoring, saved < YAML < flags."""
-    config = cfg.resolve(args)
+def resolve_config(args: argparse.Namespace, cls: type = cfg.Config) -> Any:
+    """The run's config (a `cls`, the tree the flags were made from): defaults < YAML < flags,
+    or, when restoring, saved < YAML < flags. Every family's training command resolves so."""
+    config = cfg.resolve(args, cls=cls)
     if not config.run.restore:
         return config
     checkpoint = find_checkpoint(config.run.restore, "last")
@@ -45,7 +46,7 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
         saved, source = cfg.read_yaml(saved_file), str(saved_file)
     else:
         saved, source = load_checkpoint(checkpoint)["config"], f"{checkpoint} [config]"
-    merged = cfg.resolve(args, base=[(source, saved)])
+    merged = cfg.resolve(args, base=[(source, saved)], cls=cls)
     merged.run.restore = str(config.run.restore)
     yaml_run = cfg.read_yaml(args.config).get("run", {}) if getattr(args, "config", None) else {}
     if "output_dir" not in vars(args) and "output_dir" not in (yaml_run or {}):

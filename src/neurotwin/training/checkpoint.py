@@ -2,7 +2,7 @@
 
 A checkpoint is a dict of tensors, dicts, lists, tuples, str, int, float, bool and None only (no
 numpy objects), with the keys `model`, `optimizer`, `scheduler`, `epoch`, `rng`, `config`,
-`sessions` (the video model's), `best_value` and `version`. It is written to a temporary file in
+the task's entries (`sessions`: each session's units or neurons), `best_value` and `version`. It is written to a temporary file in
 the same folder, synced to disk, then renamed over the old one (`neurotwin.files`): a write that
 is interrupted midway leaves the previous checkpoint intact.
 """

@@ -29,6 +29,7 @@ from neurotwin.models import build_model, summary
 from neurotwin.training import distributed
 from neurotwin.training.loop import Trainer, to_device
 from neurotwin.training.losses import align, dataset_scale, get_criterion
+from neurotwin.training.optim import parameter_groups
 from neurotwin.training.task import Batch, Runtime, StepLoss, TrainingTask, Validation
 
 
@@ -118,6 +119,10 @@ class VideoTask(TrainingTask):
         if regularizer is not None:
             objective = objective + regularizer(group) * (self.count(batch) / batch_size)
         return StepLoss(objective, loss.detach().double(), target.numel())
+
+    def parameter_groups(self, train: Any) -> list[dict[str, Any]]:
+        """The core in its own group (core_lr, core_weight_decay), the rest in another."""
+        return parameter_groups(self.model, train)
 
     def probe_batch(self) -> tuple[str, Batch]:
         """A training batch of the session with the most neurons."""
