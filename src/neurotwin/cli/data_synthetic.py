@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace session folders that already exist"
     )
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bars (there are none off a terminal)",
+    )
     sizes = parser.add_argument_group("sizes (default: the preset's)")
     for f in dataclasses.fields(SyntheticSizes):
         sizes.add_argument(
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars on terminals only
         **sizes,
     )
     logger.info(
@@ -116,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except NeurotwinError as e:
-        raise SystemExit(f"neurotwin-data synthetic: error: {e}") from None
+        print(f"neurotwin-data synthetic: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
