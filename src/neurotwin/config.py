@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -84,7 +85,20 @@ class DataConfig(Options):
         None, "sessions to use, by folder name or short alias (none: every session found)"
     )
     generate_synthetic: bool = option(
-        False, "write the built-in synthetic dataset into data_dir first if it holds no session"
+        False,
+        "write the built-in synthetic dataset (3 mice) into data_dir first if it holds no "
+        "session; a --data_dir given on the command line turns a preset's true off (give "
+        "--generate_synthetic too to write there)",
+    )
+    check_data: Literal["full", "headers", "off"] = option(
+        "full",
+        "start-up check of every session the run reads: full (trial files, their .npy "
+        "headers' shapes and dtypes, tiers, and no NaN in the valid frames of training "
+        "trials; remembered per file size and time, so a second run takes seconds), headers "
+        "(all but the NaN pass), off (files are checked as they are first read)",
+    )
+    recompute_statistics: bool = option(
+        False, "compute the statistics of the training tier again instead of reading the cache"
     )
     train_tier: str = option("train", "tier the model is trained on")
     val_tier: str = option("oracle", "tier used for validation and early stopping")
@@ -179,8 +193,9 @@ class TrainConfig(Options):
     )
     grad_checkpointing: Literal[0, 1, "auto"] | None = option(
         None,
-        "gradient checkpointing of core blocks: 0, 1, auto (on CUDA: off unless one trial does "
-        "not fit without it; off elsewhere), or none (on for CUDA)",
+        "gradient checkpointing of the core's blocks: 0 off, 1 on, auto (on a GPU: on only "
+        "when one trial does not fit without it; off elsewhere) (none: on for CUDA, off "
+        "elsewhere)",
     )
     compile: Literal[False, True, "auto"] = option(
         False, "torch.compile the core: true, false, or auto (on for CUDA devices)"
@@ -606,13 +621,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(yaml_problem(path, text, e)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
     return values
+
+
+def yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column, PyYAML's problem, and the
+    line it is on."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None:
+        problem += f" ({context} that began at line {start.line + 1}, column {start.column + 1})"
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"{where}: not valid YAML: {problem}" + (f": {shown!r}" if shown else "")
 
 
 def load_yaml(path: str | Path) -> Config:
@@ -711,6 +743,18 @@ def _default_text(flag: Flag) -> str:
     return "default: " + ", ".join(f"{_show(v)} ({n})" for n, v in flag.defaults.items())
 
 
+_SAYS_NONE = re.compile(r"(\(|; )none: ")
+
+
+def help_text(flag: Flag) -> str:
+    """The help of a flag with its default said once: a help that already says what none
+    means ("(none: every session found)") gets "(default: none = every session found)"."""
+    values = list(flag.defaults.values())
+    if all(v is None for v in values) and _SAYS_NONE.search(flag.help):
+        return _SAYS_NONE.sub(lambda m: f"{m.group(1)}default: none = ", flag.help, count=1)
+    return f"{flag.help} ({_default_text(flag)})"
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -736,9 +780,9 @@ def add_config_flags(
             groups[flag.group] = parser.add_argument_group(flag.group)
         optional, inner = _is_optional(flag.type)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": flag.name}
-        help_text = f"{flag.help} ({_default_text(flag)})"
+        text = help_text(flag)
         if get_origin(inner) is Literal:
-            help_text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
+            text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
         if inner is bool or (
             get_origin(inner) is Literal and any(c is True for c in get_args(inner))
         ):
@@ -747,7 +791,7 @@ def add_config_flags(
             kwargs.update(nargs="+", metavar="VALUE")
         else:
             kwargs.update(metavar=flag.name.upper())
-        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=help_text, **kwargs)
+        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=text, **kwargs)
 
 
 def flag_layer(args: argparse.Namespace, cls: type = Config) -> dict[str, Any]:

@@ -35,7 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace, cls: type = cfg.Config) -> Any:
     """The run's config (a `cls`, the tree the flags were made from): defaults < YAML < flags,
-    or, when restoring, saved < YAML < flags. Every family's training command resolves so."""
+    or, when restoring, saved < YAML < flags. Every family's training command resolves so.
+
+    A --data_dir given on the command line is never filled with synthetic mice because a
+    preset (or the restored config) asks for them: only --generate_synthetic beside it does."""
+    config = _layered_config(args, cls)
+    data = config.data
+    if hasattr(data, "generate_synthetic") and "data_dir" in vars(args):
+        if "generate_synthetic" not in vars(args):
+            data.generate_synthetic = False
+    return config
+
+
+def _layered_config(args: argparse.Namespace, cls: type) -> Any:
     config = cfg.resolve(args, cls=cls)
     if not config.run.restore:
         return config
@@ -58,6 +70,7 @@ def resolve_config(args: argparse.Namespace, cls: type = cfg.Config) -> Any:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config = None
     try:
         config = resolve_config(args)
         from neurotwin.training.video import train  # here: --help needs no data stack
@@ -68,11 +81,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(
-            f"{parser.prog}: interrupted; resume with --restore <output_dir>",
-            file=sys.stderr,
-        )
+        print(f"{parser.prog}: interrupted{_how_to_go_on(config)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _how_to_go_on(config: cfg.Config | None) -> str:
+    """What an interrupted run's folder allows: resume it, start it over, or nothing."""
+    if config is None:
+        return ""
+    run = RunFolder(config.run.output_dir)
+    if run.holds_a_run():
+        return f"; resume with --restore {run.path}"
+    if run.never_saved():
+        return f" before the first checkpoint; train again with --output_dir {run.path}"
+    return ""
 
 
 if __name__ == "__main__":  # pragma: no cover

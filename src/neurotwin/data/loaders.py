@@ -21,6 +21,7 @@ from neurotwin.config import DataConfig
 from neurotwin.data import native
 from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.native import NativeSession, find_sessions
+from neurotwin.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,11 @@ def open_sessions(data_config: DataConfig) -> list[NativeSession]:
 
 
 def _statistics(session: NativeSession, data_config: DataConfig):
-    return session.statistics(shipped=data_config.shipped_statistics, tier=data_config.train_tier)
+    return session.statistics(
+        shipped=data_config.shipped_statistics,
+        tier=data_config.train_tier,
+        recompute=data_config.recompute_statistics,
+    )
 
 
 def build_loaders(
@@ -138,15 +143,22 @@ def build_loaders(
                 pin_memory=pin_memory,
                 drop_last=False,
             )
-    _share_crop_length(cropped)
+    _share_crop_length(cropped, data_config.crop_frame)
     return out
 
 
-def _share_crop_length(datasets: list[SessionDataset]) -> None:
+def _share_crop_length(datasets: list[SessionDataset], asked: int) -> None:
     """One crop length for every session (the shortest any session allows), so that training
-    batches of all sessions have the same shape: a compiled core then never recompiles."""
+    batches of all sessions have the same shape: a compiled core then never recompiles. A crop
+    longer than every training trial of every session is an error, not silently shortened."""
     if not datasets:
         return
+    longest = max(int(d.lengths.max()) for d in datasets if len(d.lengths))
+    if asked > longest:
+        raise ConfigError(
+            f"--crop_frame {asked}: longer than every training trial (the longest has "
+            f"{longest} frames); give at most {longest}, or -1 for whole trials"
+        )
     common = min(d.crop_frame for d in datasets)
     for d in datasets:
         if d.crop_frame != common:

@@ -52,7 +52,7 @@ from neurotwin.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from neurotwin.training.logging import RunLogger
+from neurotwin.training.logging import LOG_FILE, LOG_ONLY, RunLogger
 from neurotwin.training.memory import Checkpointing, MemoryProbe, fits_in_memory
 from neurotwin.training.optim import (
     GradClipper,
@@ -74,6 +74,14 @@ def check_run(config: Any) -> None:
             "--wandb: wandb is not installed; install it with `pip install neurotwin[wandb]` "
             "or leave out --wandb"
         )
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file holds; None if it is missing or unreadable."""
+    try:
+        return int(load_checkpoint(path)["epoch"]) if path.is_file() else None
+    except CheckpointError:
+        return None
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -168,17 +176,21 @@ class Trainer:
             config=cfg.to_dict(config),
             resume_epoch=self.epoch if restore_state is not None else None,
         )
-        if self.is_main:
-            cfg.save_yaml(config, self.run.config_file)
-        self._setup_numerics()
-        self.ddp_model: nn.Module = self.model
-        if self.info.enabled:
-            self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=False,
-            )
-        self._announce(restore_state)
+        try:
+            if self.is_main:
+                cfg.save_yaml(config, self.run.config_file)
+            self._setup_numerics()
+            self.ddp_model: nn.Module = self.model
+            if self.info.enabled:
+                self.ddp_model = nn.parallel.DistributedDataParallel(
+                    self.model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=False,
+                )
+            self._announce(restore_state)
+        except BaseException as e:
+            self._log_failure(e)
+            raise
 
     @property
     def use_autocast(self) -> bool:
@@ -203,13 +215,44 @@ class Trainer:
                     f"--output_dir: {self.output_dir} already holds a run; resume it with "
                     f"--restore {self.output_dir}, or start over with --clear_output_dir true"
                 )
+            self.starts_over = not resume and self.run.never_saved()
         distributed.barrier(self.info)
 
     def _make_output_dir(self) -> None:
-        """Created only once data and model are built, so that bad input leaves nothing."""
+        """Created only once data and model are built, so that bad input leaves nothing. A
+        run that stopped before its first checkpoint is started over (its log too); the
+        temporaries killed writers left in the run folder are removed."""
         if self.is_main:
+            if getattr(self, "starts_over", False):
+                (self.output_dir / LOG_FILE).unlink(missing_ok=True)
+                self.notes.append(
+                    f"{self.output_dir} held a run that stopped before its first checkpoint: "
+                    "starting it over"
+                )
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.ckpt_dir)
+            for folder in (self.output_dir, self.ckpt_dir):
+                self.notes += remove_stale_temporaries(folder).lines()
+
+    def _log_failure(self, error: BaseException) -> None:
+        """The error that stops the run, in train.log (the console has it already), and what
+        the run folder is good for now."""
+        if not getattr(self, "logger", None) or not self.is_main:
+            return
+        if isinstance(error, KeyboardInterrupt):
+            line = "interrupted"
+        elif isinstance(error, NeurotwinError):
+            line = f"error: {' '.join(str(error).split())}"
+        else:
+            line = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
+        if self.run.holds_a_run():
+            then = f"resume with --restore {self.output_dir}"
+        else:
+            then = (
+                f"no checkpoint was saved: nothing to resume; training again with --output_dir "
+                f"{self.output_dir} starts this run over"
+            )
+        self.logger.print(f"{line}; {then}", level=LOG_ONLY)
+        self.logger.close(exit_code=1)
 
     def _check_shares(self) -> None:
         """Under DDP every rank must step through the same number of batches per group."""
@@ -302,11 +345,30 @@ class Trainer:
         self.epoch = int(state["epoch"])
         if "rng" in state:
             set_rng_state(state["rng"])
-        best = Path(path).with_name("best.pt")
-        if best.is_file():
-            self.best_state = load_checkpoint(best)["model"]
+        self.best_state = self._restored_best(state, Path(path).with_name("best.pt"))
         # checkpoints are written with the optimiser in eval mode: back to training
         set_optimizer_mode(self.optimizer, "train")
+
+    def _restored_best(self, last: dict[str, Any], best: Path) -> dict[str, Any] | None:
+        """The best weights as of the restored epoch. `last.pt` is written before `best.pt`:
+        if the run was killed between the two, `best.pt` is older than the plateau state says
+        (or damaged) and the best weights are last.pt's own; best.pt is rewritten from it."""
+        best_epoch = self.plateau.best_epoch
+        if best_epoch == int(last["epoch"]) and best_epoch > 0:
+            if self.is_main and _epoch_of(best) != best_epoch:
+                save_checkpoint(best, {k: v for k, v in last.items() if k != "_path"})
+                self.notes.append(f"{best}: rewritten from {last['_path']} (epoch {best_epoch})")
+            return last["model"]
+        if not best.is_file():
+            return None
+        state = load_checkpoint(best)
+        if int(state["epoch"]) != best_epoch:
+            self.notes.append(
+                f"{best} holds epoch {state['epoch']}, not the best epoch {best_epoch} that "
+                f"{last['_path']} names (a run of an earlier release killed between its two "
+                "checkpoint writes?): its weights are the best ones until the run improves"
+            )
+        return state["model"]
 
     def _announce(self, restore_state: dict[str, Any] | None) -> None:
         log = self.logger.print
@@ -486,13 +548,15 @@ class Trainer:
         }
 
     def save(self, best: bool) -> None:
-        """best.pt (when improved) then last.pt; call with the optimiser in eval mode."""
+        """last.pt then (when improved) best.pt; call with the optimiser in eval mode. In this
+        order a run killed between the two writes resumes with the right best weights (see
+        `_restored_best`)."""
         if not self.is_main:
             return
         state = self.state()
+        save_checkpoint(self.ckpt_dir / "last.pt", state)
         if best:
             save_checkpoint(self.ckpt_dir / "best.pt", state)
-        save_checkpoint(self.ckpt_dir / "last.pt", state)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, on_epoch_end: Callable[[int, Trainer], None] | None = None) -> dict[str, Any]:
@@ -522,13 +586,14 @@ class Trainer:
                 elif decision == "reduced" and self.best_state is not None:
                     self.model.load_state_dict(self.best_state)
                 self.epoch = epoch
-                self.save(best=decision == "improved")
-                set_optimizer_mode(self.optimizer, "train")
                 seconds = time.time() - tic
-
                 row = self._row(epoch, train_result, val, seconds, train_seconds)
                 self.history.append(row)
+                # the row first: a run killed while saving resumes from the previous
+                # checkpoint, and metrics.csv drops the rows after it
                 self.logger.log_metrics(row, step=epoch)
+                self.save(best=decision == "improved")
+                set_optimizer_mode(self.optimizer, "train")
                 log(self._epoch_line(epoch, train_result, val, seconds, train_seconds, decision))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, self)
@@ -539,8 +604,8 @@ class Trainer:
                 if decision == "stop":
                     stopped = "early stopping"
                     break
-        except BaseException:
-            self.logger.close(exit_code=1)
+        except BaseException as e:
+            self._log_failure(e)
             raise
         diff = distributed.max_parameter_difference(self.model, self.info)
         if self.info.enabled:

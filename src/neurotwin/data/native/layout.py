@@ -33,3 +33,4 @@ TIERS = (TRAIN_TIER, ORACLE_TIER, *TEST_TIERS, "none")
 SESSION_META_FILE = "meta/neurotwin.json"  # source, units, flags of converted/synthetic sessions
 NOISELESS = "noiseless_responses"  # synthetic only: data/noiseless_responses/{trial}.npy, (N, T)
 COMPUTED_STATISTICS_DIR = "meta/statistics_neurotwin"  # {tier}/: statistics neurotwin computed
+CHECK_CACHE_FILE = "meta/checked_neurotwin.json"  # the trial files the start-up check passed
