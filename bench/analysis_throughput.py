@@ -31,7 +31,7 @@ from neurotwin import config as cfg
 from neurotwin.analysis import ANALYSES, Context, build_options
 from neurotwin.analysis.subject import SessionProbe, Subject
 from neurotwin.analysis.tuning import DEFAULT_SF
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.dataset import InputTransform, OutputTransform
 from neurotwin.models.model import build_model
 
@@ -40,25 +40,25 @@ def fake_statistics(n_neurons: int) -> dict:
     """Statistics of the data's usual ranges: grey levels 0..255, behaviour, gaze, responses."""
     two = lambda *v: np.array(v, dtype=np.float64)  # noqa: E731
     return {
-        layout.VIDEOS: {
+        native.VIDEOS: {
             "mean": np.array(120.0),
             "std": np.array(55.0),
             "min": np.array(0.0),
             "max": np.array(255.0),
         },
-        layout.BEHAVIOR: {
+        native.BEHAVIOR: {
             "mean": two(20, 5),
             "std": two(5, 8),
             "min": two(5, 0),
             "max": two(40, 40),
         },
-        layout.PUPIL_CENTER: {
+        native.PUPIL_CENTER: {
             "mean": two(200, 130),
             "std": two(3, 3),
             "min": two(180, 110),
             "max": two(220, 150),
         },
-        layout.RESPONSES: {
+        native.RESPONSES: {
             k: np.full(n_neurons, v)
             for k, v in (("mean", 1.0), ("std", 1.0), ("min", 0.0), ("max", 10.0))
         },
@@ -92,9 +92,9 @@ def fake_subject(config: cfg.Config, sessions: int, neurons: int, frame_shape, d
             luminance=(0.0, 255.0),
             video_mean=120.0,
             video_std=55.0,
-            behavior=stats[layout.BEHAVIOR]["mean"],
-            pupil_center=stats[layout.PUPIL_CENTER]["mean"],
-            pupil_std=stats[layout.PUPIL_CENTER]["std"],
+            behavior=stats[native.BEHAVIOR]["mean"],
+            pupil_center=stats[native.PUPIL_CENTER]["mean"],
+            pupil_std=stats[native.PUPIL_CENTER]["std"],
             input_transform=InputTransform(stats, config.data.transform_input),
             output_transform=OutputTransform(stats, config.data.transform_output, neurons),
         )

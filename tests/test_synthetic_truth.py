@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from neurotwin.data import layout, synthetic
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data import native, synthetic
+from neurotwin.data.native import NativeSession
 from neurotwin.data.synthetic import VARIANTS, drift, writer
 from neurotwin.data.synthetic.load import session_population
 from neurotwin.errors import ConfigError, DataFormatError
@@ -39,15 +39,15 @@ def test_default_output_is_pinned(tmp_path: Path) -> None:
     tiers = ["live_test_main", "train", "oracle", "oracle", "train", "train", "train", "oracle"]
     tiers += ["train", "oracle", "train", "final_test_main", "oracle", "live_test_main"]
     tiers += ["final_test_main", "oracle", "train", "train"]
-    assert np.load(folder / layout.TIERS_FILE).tolist() == tiers
+    assert np.load(folder / native.TIERS_FILE).tolist() == tiers
     unit_ids = [4, 5, 6, 17, 25, 27, 28, 29, 30, 31, 32, 40]
-    assert np.load(folder / layout.UNIT_IDS_FILE).tolist() == unit_ids
+    assert np.load(folder / native.UNIT_IDS_FILE).tolist() == unit_ids
     load = lambda name, trial: np.load(folder / "data" / name / f"{trial}.npy")  # noqa: E731
     expected = [
-        (layout.NOISELESS, 3, (slice(0, 4), 10), [0.40077603, 0.11216376, 0.12497984, 5.630488]),
-        (layout.VIDEOS, 5, (2, 3, slice(0, 4)), [102.05262, 51.324657, 69.1107, 75.31321]),
-        (layout.BEHAVIOR, 7, (slice(None), 5), [18.532959, 1.5029689]),
-        (layout.PUPIL_CENTER, 11, (slice(None), 5), [244.48059, 146.98584]),
+        (native.NOISELESS, 3, (slice(0, 4), 10), [0.40077603, 0.11216376, 0.12497984, 5.630488]),
+        (native.VIDEOS, 5, (2, 3, slice(0, 4)), [102.05262, 51.324657, 69.1107, 75.31321]),
+        (native.BEHAVIOR, 7, (slice(None), 5), [18.532959, 1.5029689]),
+        (native.PUPIL_CENTER, 11, (slice(None), 5), [244.48059, 146.98584]),
     ]
     for name, trial, index, values in expected:
         np.testing.assert_allclose(load(name, trial)[index], values, rtol=1e-5, err_msg=name)
@@ -110,12 +110,12 @@ def test_rf_truth_table_matches_the_filters(small: Path) -> None:
     assert (truth["surround_sigma_px"][divisive] > truth["sigma_orth_px"][divisive]).all()
 
 
-def _trial_inputs(session: SensoriumSession, trial: int):
+def _trial_inputs(session: NativeSession, trial: int):
     d = session.load_trial(trial)
     length = session.trial_length(trial)
-    video = torch.from_numpy(np.moveaxis(d[layout.VIDEOS][..., :length], -1, 0).copy())
-    behavior = torch.from_numpy(d[layout.BEHAVIOR][:, :length].copy())
-    pupil = torch.from_numpy(d[layout.PUPIL_CENTER][:, :length].copy())
+    video = torch.from_numpy(np.moveaxis(d[native.VIDEOS][..., :length], -1, 0).copy())
+    behavior = torch.from_numpy(d[native.BEHAVIOR][:, :length].copy())
+    pupil = torch.from_numpy(d[native.PUPIL_CENTER][:, :length].copy())
     return video[None, None], behavior[None], pupil[None], length
 
 
@@ -130,7 +130,7 @@ def test_truth_module_reproduces_the_noiseless_rates(
             tmp_path, mice=1, seed=4, progress=False, variants=variants, **SMALL
         )[0]
     model = synthetic.GroundTruthModel.from_sessions([folder])
-    session = SensoriumSession(folder)
+    session = NativeSession(folder)
     assert model.sessions == [session.name]
     for trial in range(session.n_trials):
         video, behavior, pupil, length = _trial_inputs(session, trial)
@@ -214,7 +214,7 @@ def test_variants(tmp_path: Path) -> None:
     )[0]
     assert plain.name != gaze.name
     np.testing.assert_array_equal(
-        np.load(plain / layout.COORDINATES_FILE), np.load(gaze / layout.COORDINATES_FILE)
+        np.load(plain / native.COORDINATES_FILE), np.load(gaze / native.COORDINATES_FILE)
     )
     spread = {}
     for key, folder in (("plain", plain), ("gaze", gaze)):
@@ -223,7 +223,7 @@ def test_variants(tmp_path: Path) -> None:
         )
         spread[key] = np.nanstd(np.diff(pupil, axis=1))
     assert spread["gaze"] > 1.5 * spread["plain"]
-    meta = json.loads((gaze / layout.SESSION_META_FILE).read_text())
+    meta = json.loads((gaze / native.SESSION_META_FILE).read_text())
     assert meta["variants"] == ["gaze_shifts"] and meta["slow_drift"] is None
 
 
@@ -232,10 +232,10 @@ def test_slow_drift_is_a_smooth_gain_over_the_recording(tmp_path: Path) -> None:
         tmp_path, mice=1, seed=6, progress=False, variants=["slow_drifts"], **SMALL
     )[0]
     order = np.load(folder / "meta" / synthetic.RECORDING_ORDER_FILE)
-    session = SensoriumSession(folder)
+    session = NativeSession(folder)
     assert sorted(order.tolist()) == list(range(session.n_trials))
     model = synthetic.GroundTruthModel.from_sessions([folder])  # rates without the drift
-    meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+    meta = json.loads((folder / native.SESSION_META_FILE).read_text())
     assert meta["slow_drift"]["log_gain_sd"] == 0.3
     d = drift.SlowDrift(synthetic.params.rng(6, synthetic.params.S_DRIFT, 0), 40, len(order), 0.3)
     np.testing.assert_array_equal(d.order, order)
@@ -260,7 +260,7 @@ def test_cli_variant_and_param(tmp_path: Path) -> None:
     argv += [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
     assert main(argv + ["--variant", "surround", "--param", "surround_strength=2,2"]) == 0
     (folder,) = list(tmp_path.iterdir())
-    meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+    meta = json.loads((folder / native.SESSION_META_FILE).read_text())
     assert meta["variants"] == ["surround"] and meta["params"]["surround_strength"] == [2.0, 2.0]
     strength = synthetic.read_rf_truth(folder)["surround_strength"]
     assert np.allclose(strength[synthetic.read_rf_truth(folder)["surround"] == "divisive"], 2.0)

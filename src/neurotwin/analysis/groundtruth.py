@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from neurotwin import metrics as M
-from neurotwin.data import layout
+from neurotwin.data import native
 
 
 def truth_table(session_dir: str | Path, pupil_center: np.ndarray):
@@ -27,13 +27,13 @@ def truth_table(session_dir: str | Path, pupil_center: np.ndarray):
 
     session_dir = Path(session_dir)
     truth = pd.DataFrame(read_rf_truth(session_dir))
-    meta = json.loads((session_dir / layout.SESSION_META_FILE).read_text())["mouse"]
+    meta = json.loads((session_dir / native.SESSION_META_FILE).read_text())["mouse"]
     shift = meta["gaze_shift_px_per_eye_px"] * (
         np.asarray(pupil_center) - np.asarray(meta["eye_center"])
     )
     truth["center_x"] = truth["center_x"] + shift[0]
     truth["center_y"] = truth["center_y"] + shift[1]
-    truth["unit_id"] = np.load(session_dir / layout.UNIT_IDS_FILE)
+    truth["unit_id"] = np.load(session_dir / native.UNIT_IDS_FILE)
     return truth
 
 
@@ -73,7 +73,7 @@ def compare(truth, arf=None, tuning=None, size=None) -> Any:
 
 
 def prediction_quality(
-    subject, session: str, tier: str = layout.ORACLE_TIER, skip: int = M.SKIP_FRAMES
+    subject, session: str, tier: str = native.ORACLE_TIER, skip: int = M.SKIP_FRAMES
 ):
     """Per neuron: the model's single-trial correlation on `tier` (real behaviour and gaze, as in
     prediction) and the ceiling (the noiseless rates' correlation with the same responses)."""
@@ -89,12 +89,12 @@ def prediction_quality(
         for trial in s.trial_ids(tier).tolist():
             d = s.load_trial(int(trial))
             n = s.trial_length(int(trial))
-            video = t(np.moveaxis(d[layout.VIDEOS][..., :n], -1, 0))
-            behavior, pupil = t(d[layout.BEHAVIOR][:, :n]), t(d[layout.PUPIL_CENTER][:, :n])
+            video = t(np.moveaxis(d[native.VIDEOS][..., :n], -1, 0))
+            behavior, pupil = t(d[native.BEHAVIOR][:, :n]), t(d[native.PUPIL_CENTER][:, :n])
             r = subject.respond(session, video, behavior, pupil)
             r = r[0].float().cpu().numpy()
             start = min(skip, n - 1) if n > skip else 0
-            resp = d[layout.RESPONSES][:, start:n]
+            resp = d[native.RESPONSES][:, start:n]
             model_acc.add(resp, r[:, start:n])
             ceiling_acc.add(resp, s.load_noiseless(int(trial))[:, start:n])
     return model_acc.result().cpu().numpy(), ceiling_acc.result().cpu().numpy()

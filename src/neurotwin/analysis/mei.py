@@ -33,7 +33,7 @@ from neurotwin.analysis.mei_stimulus import (
 )
 from neurotwin.analysis.registry import ANALYSES, Analysis
 from neurotwin.config import option
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class MeiAnalysis(Analysis):
         dev = ctx.subject.device
         with torch.inference_mode():
             for trial in trials.tolist():
-                video = s.load_trial(int(trial))[layout.VIDEOS]
+                video = s.load_trial(int(trial))[native.VIDEOS]
                 length = s.trial_length(int(trial))
                 video = np.moveaxis(video[..., :length], -1, 0)
                 frames.append(video[:: max(1, length // 8)])

@@ -25,7 +25,7 @@ from neurotwin.analysis import output
 from neurotwin.analysis.context import Context, SessionResult
 from neurotwin.analysis.registry import ANALYSES, Analysis
 from neurotwin.config import option
-from neurotwin.data import layout
+from neurotwin.data import native
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def readout_geometry(subject, session: str) -> dict[str, Any] | None:
         p = torch.as_tensor(pupil.T[None], device=dev)  # (1, 2, M)
         beh = torch.as_tensor(np.repeat(probe.behavior[:, None], len(pupil), 1)[None], device=dev)
         with torch.no_grad():
-            s = shifter(it(layout.BEHAVIOR, beh.float()), it(layout.PUPIL_CENTER, p))[0]
+            s = shifter(it(native.BEHAVIOR, beh.float()), it(native.PUPIL_CENTER, p))[0]
         return s.float().cpu().numpy() * a
 
     at_rest = mu * a + b

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from neurotwin import run
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.dataset import InputTransform, OutputTransform
 from neurotwin.errors import ConfigError, DataFormatError
 
@@ -49,7 +49,7 @@ class SessionProbe:
     pupil_std: np.ndarray  # (2,) s.d. of the gaze over training frames
     input_transform: InputTransform
     output_transform: OutputTransform
-    session: Any = None  # the SensoriumSession (real trials), where there is one
+    session: Any = None  # the NativeSession (real trials), where there is one
     coordinates: np.ndarray | None = None
 
     @property
@@ -120,9 +120,9 @@ class Subject:
             behavior = held_b if behavior is None else behavior
             pupil_center = held_c if pupil_center is None else pupil_center
         it = p.input_transform
-        x = it(layout.VIDEOS, video.float()[:, None])
-        beh = it(layout.BEHAVIOR, behavior.float())
-        pup = it(layout.PUPIL_CENTER, pupil_center.float())
+        x = it(native.VIDEOS, video.float()[:, None])
+        beh = it(native.BEHAVIOR, behavior.float())
+        pup = it(native.PUPIL_CENTER, pupil_center.float())
         ctx = (
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
             if self.autocast
@@ -140,14 +140,14 @@ class Subject:
 def _probe(
     session: Any, statistics: dict, input_mode: int, output_mode: int, source
 ) -> SessionProbe:
-    video = statistics[layout.VIDEOS]
+    video = statistics[native.VIDEOS]
     lo, hi = float(np.min(video["min"])), float(np.max(video["max"]))
     if not np.isfinite([lo, hi]).all() or hi <= lo:
         raise DataFormatError(
             source, f"training videos have no luminance range ({lo}, {hi})", "videos"
         )
-    behavior = np.asarray(statistics[layout.BEHAVIOR]["mean"], dtype=np.float64).reshape(2, -1)
-    pupil = statistics[layout.PUPIL_CENTER]
+    behavior = np.asarray(statistics[native.BEHAVIOR]["mean"], dtype=np.float64).reshape(2, -1)
+    pupil = statistics[native.PUPIL_CENTER]
     return SessionProbe(
         name=session.name,
         frame_shape=tuple(session.frame_shape),
@@ -220,7 +220,7 @@ def load_truth(
     data_dir: str | Path, sessions: list[str] | None = None, device: str | None = None
 ) -> Subject:
     """The generator's truth module of the synthetic sessions in `data_dir` as a Subject."""
-    from neurotwin.data.sensorium import SensoriumSession, find_sessions
+    from neurotwin.data.native import NativeSession, find_sessions
     from neurotwin.data.synthetic import GroundTruthModel
 
     folders = find_sessions(data_dir, sessions)
@@ -230,7 +230,7 @@ def load_truth(
     model = GroundTruthModel.from_sessions(folders).to(dev).eval()
     probes = {}
     for folder in folders:
-        session = SensoriumSession(folder)
+        session = NativeSession(folder)
         probes[session.name] = _probe(session, session.statistics(), 0, 0, folder)
     return Subject(
         model=model, sessions=probes, device=dev, kind="truth", source=str(Path(data_dir))

@@ -22,7 +22,7 @@ the rates that really generated the data:
   hidden as zeros, as in the published data). Oracle and test clips are shared by every mouse;
   trial files are numbered in random order.
 
-Per session it writes, with `neurotwin.data.layout.write_session`: the four trial arrays
+Per session it writes, with `neurotwin.data.native.write_session`: the four trial arrays
 (float32), `meta/trials/tiers.npy`, `meta/neurons/unit_ids.npy`, `cell_motor_coordinates.npy`,
 `meta/statistics/...` computed like the published ones (see `shipped_statistics`), the noiseless
 responses `data/noiseless_responses/{trial}.npy` (N, T), `meta/trials/video_ids.npy` (which trials

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.synthetic.mouse import build_population
 from neurotwin.data.synthetic.params import (
     GENERATOR_VERSION,
@@ -28,7 +28,7 @@ RF_TRUTH_DIR = "neurons/rf_truth"  # under meta/: one {column}.npy per RF_TRUTH_
 def synthetic_meta(session_dir: str | Path) -> dict[str, Any]:
     """neurotwin.json of a synthetic session; DataFormatError if the folder is not one that this
     generator version wrote."""
-    path = Path(session_dir) / layout.SESSION_META_FILE
+    path = Path(session_dir) / native.SESSION_META_FILE
     if not path.is_file():
         raise DataFormatError(path, "missing: not a synthetic session folder")
     try:

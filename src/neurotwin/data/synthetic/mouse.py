@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.synthetic.behavior import simulate_behavior
 from neurotwin.data.synthetic.drift import SlowDrift
 from neurotwin.data.synthetic.params import (
@@ -96,9 +96,9 @@ class Mouse:
             )
         # streaming state
         self.done: set[int] = set()
-        train_ids = np.flatnonzero(self.tiers == layout.TRAIN_TIER)
+        train_ids = np.flatnonzero(self.tiers == native.TRAIN_TIER)
         self.train_ids = set(int(i) for i in train_ids)
-        self.stats = {n: OverTrials(self.MEDIAN_BYTES) for n in layout.TRIAL_ARRAYS}
+        self.stats = {n: OverTrials(self.MEDIAN_BYTES) for n in native.TRIAL_ARRAYS}
         self.ceilings: dict[str, Correlation] = {}
         noiseless_bytes = len(self.clips) * sizes.neurons * T * 4
         self.cache_noiseless = noiseless_bytes <= self.NOISELESS_CACHE_BYTES
@@ -157,11 +157,11 @@ class Mouse:
         if tier in HIDDEN_TIERS:
             responses = np.zeros_like(responses)
         out = {
-            layout.VIDEOS: videos,
-            layout.RESPONSES: responses,
-            layout.BEHAVIOR: behavior,
-            layout.PUPIL_CENTER: pupil_center,
-            layout.NOISELESS: noiseless,
+            native.VIDEOS: videos,
+            native.RESPONSES: responses,
+            native.BEHAVIOR: behavior,
+            native.PUPIL_CENTER: pupil_center,
+            native.NOISELESS: noiseless,
         }
         return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
 
@@ -177,17 +177,17 @@ class Mouse:
         tier = str(self.tiers[trial])
         if trial in self.train_ids:
             keep = True  # kept for the median while the budget allows (all, for small sessions)
-            for name in layout.TRIAL_ARRAYS:
+            for name in native.TRIAL_ARRAYS:
                 self.stats[name].add(arrays[name], keep=keep)
         if tier not in HIDDEN_TIERS:
             skip = SKIP_FRAMES if self.sizes.frames > SKIP_FRAMES else 0
             acc = self.ceilings.setdefault(tier, Correlation())
-            acc.add(arrays[layout.NOISELESS][:, skip:], arrays[layout.RESPONSES][:, skip:])
+            acc.add(arrays[native.NOISELESS][:, skip:], arrays[native.RESPONSES][:, skip:])
         if self.cache_noiseless:
-            self.noiseless[trial] = arrays[layout.NOISELESS]
+            self.noiseless[trial] = arrays[native.NOISELESS]
         elif self.spill_dir is not None:  # too big to keep: park on disk until written
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.spill_dir / f"{trial}.npy", arrays[layout.NOISELESS])
+            np.save(self.spill_dir / f"{trial}.npy", arrays[native.NOISELESS])
 
     def statistics(self) -> dict[str, dict[str, np.ndarray]]:
         for trial in sorted(self.train_ids - self.done):
@@ -206,7 +206,7 @@ class Mouse:
             a = np.load(spilled)
             spilled.unlink()
             return a
-        return self.simulate(trial)[layout.NOISELESS]  # deterministic: recomputed
+        return self.simulate(trial)[native.NOISELESS]  # deterministic: recomputed
 
     def video_ids(self) -> np.ndarray:
         return np.array([c.video_id for c in self.clips], dtype=np.int64)
@@ -236,7 +236,7 @@ class LazyTrials(Mapping):
 
     def __getitem__(self, trial: int) -> dict[str, np.ndarray]:
         arrays = self.mouse.trial(int(trial))
-        return {k: arrays[k] for k in layout.TRIAL_ARRAYS}
+        return {k: arrays[k] for k in native.TRIAL_ARRAYS}
 
 
 class LazyNoiseless(LazyTrials):
@@ -257,10 +257,10 @@ class LazyStatistics(Mapping):
         return self._result
 
     def __iter__(self) -> Iterator[str]:
-        return iter(layout.TRIAL_ARRAYS)
+        return iter(native.TRIAL_ARRAYS)
 
     def __len__(self) -> int:
-        return len(layout.TRIAL_ARRAYS)
+        return len(native.TRIAL_ARRAYS)
 
     def __getitem__(self, name: str) -> dict[str, np.ndarray]:
         return self._get()[name]

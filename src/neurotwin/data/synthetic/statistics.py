@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.synthetic.params import HIDDEN_TIERS, SKIP_FRAMES
 from neurotwin.errors import DataFormatError
 
@@ -89,11 +89,11 @@ def shipped_statistics(trials: Sequence[Mapping[str, np.ndarray]]) -> dict[str, 
     For each trial array the result keeps the frame axis: videos (H, W, T), responses (N, T),
     behavior (2, T), pupil_center (2, T); NaN (frames past a trial's end) are ignored. This is
     how the Sensorium 2023 files were computed (the competition announced that they are over
-    trials, not over trials and frames); `layout.trial_statistics` gives the corrected ones.
+    trials, not over trials and frames); `native.trial_statistics` gives the corrected ones.
     """
-    acc = {name: OverTrials(median_bytes=2**62) for name in layout.TRIAL_ARRAYS}
+    acc = {name: OverTrials(median_bytes=2**62) for name in native.TRIAL_ARRAYS}
     for arrays in trials:
-        for name in layout.TRIAL_ARRAYS:
+        for name in native.TRIAL_ARRAYS:
             acc[name].add(arrays[name], keep=True)
     return {name: a.result() for name, a in acc.items()}
 
@@ -160,8 +160,8 @@ def session_ceiling(
 ) -> np.ndarray:
     """`ceiling_correlation` of a synthetic session folder over the trials of `tiers`, (N,)."""
     folder = Path(session_dir)
-    tiers_file = folder / layout.TIERS_FILE
-    noiseless_dir = folder / "data" / layout.NOISELESS
+    tiers_file = folder / native.TIERS_FILE
+    noiseless_dir = folder / "data" / native.NOISELESS
     if not tiers_file.is_file():
         raise DataFormatError(tiers_file, "missing: not a session folder")
     if not noiseless_dir.is_dir():
@@ -173,6 +173,6 @@ def session_ceiling(
     acc = Correlation()
     for trial in np.flatnonzero(np.isin(tier_of, list(tiers))):
         x = np.load(noiseless_dir / f"{trial}.npy")
-        y = np.load(folder / "data" / layout.RESPONSES / f"{trial}.npy")
+        y = np.load(folder / "data" / native.RESPONSES / f"{trial}.npy")
         acc.add(x[:, skip_frames:], y[:, skip_frames:])
     return acc.result()

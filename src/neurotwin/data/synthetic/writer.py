@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.synthetic.load import RF_TRUTH_DIR
 from neurotwin.data.synthetic.mouse import (
     Clip,
@@ -128,7 +128,7 @@ def generate(
 def shared_clips(seed: int, s: SyntheticSizes) -> list[tuple[str, Clip, int]]:
     """(tier, clip, repeats) of the oracle and test clips, the same for every mouse."""
     shared = []
-    tiers = [(layout.ORACLE_TIER, s.oracle_clips, s.oracle_repeats)]
+    tiers = [(native.ORACLE_TIER, s.oracle_clips, s.oracle_repeats)]
     tiers += [("live_test_main", s.test_clips, s.test_repeats)]
     tiers += [("final_test_main", s.test_clips, s.test_repeats)]
     for tier, n_clips, repeats in tiers:
@@ -145,22 +145,22 @@ def _write_mouse(
     staging = out / f".{name}.staging"
     if staging.exists():
         shutil.rmtree(staging)
-    session = layout.SessionArrays(
+    session = native.SessionArrays(
         tiers=mouse.tiers,
         unit_ids=mouse.unit_ids,
         coordinates=mouse.pop.coordinates,
         trials=LazyTrials(mouse),
         statistics=LazyStatistics(mouse),
         extra_meta=_extra_meta(mouse),
-        extra_data={layout.NOISELESS: LazyNoiseless(mouse)},
+        extra_data={native.NOISELESS: LazyNoiseless(mouse)},
     )
     mouse.spill_dir = out / f".{name}.noiseless"
     try:
-        layout.write_session(staging, session)
+        native.write_session(staging, session)
         meta = _session_meta(mouse, preset, mice, variants)
-        tmp = staging / (layout.SESSION_META_FILE + ".tmp")
+        tmp = staging / (native.SESSION_META_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, staging / layout.SESSION_META_FILE)
+        os.replace(tmp, staging / native.SESSION_META_FILE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -240,13 +240,13 @@ def _session_meta(
 
 
 def _extra_files(mouse: Mouse) -> list[str]:
-    files = [f"data/{layout.NOISELESS}", f"meta/{VIDEO_IDS_FILE}", f"meta/{RF_TRUTH_DIR}/"]
+    files = [f"data/{native.NOISELESS}", f"meta/{VIDEO_IDS_FILE}", f"meta/{RF_TRUTH_DIR}/"]
     return files + ([f"meta/{RECORDING_ORDER_FILE}"] if mouse.drift is not None else [])
 
 
 def _session_folders(data_dir: Path) -> list[Path]:
     """Session folders under data_dir, as the reader sees them (sub-folders with data/, meta/)."""
-    from neurotwin.data.sensorium import is_session_folder
+    from neurotwin.data.native import is_session_folder
 
     if not data_dir.is_dir():
         return []
