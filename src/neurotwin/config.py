@@ -148,6 +148,20 @@ class TrainConfig(Options):
     accumulate_sessions: bool = option(
         True, "one optimiser step per as many batches as there are sessions (false: per batch)"
     )
+    lr_schedule: Literal["plateau", "cosine"] = option(
+        "plateau",
+        "LR schedule: plateau (reduce the LR when validation stops improving, then stop early) "
+        "or cosine (linear warm-up from 0 over warmup_epochs, then cosine decay to "
+        "min_lr_ratio x lr by the last epoch, stepped every optimiser step; runs all epochs)",
+    )
+    warmup_epochs: int = option(0, "cosine schedule: epochs of linear warm-up")
+    min_lr_ratio: float = option(0.01, "cosine schedule: the final LR as a fraction of lr")
+    ema_decay: float | None = option(
+        None,
+        "keep an exponential moving average of the weights (parameters and batch-norm "
+        "statistics) with this decay per optimiser step; validation, best.pt and last.pt use "
+        "the averaged weights (none: off)",
+    )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
     max_reduce: int = option(2, "plateau schedule: reductions before early stopping")
@@ -190,11 +204,26 @@ class TrainConfig(Options):
             "grad_norm",
             f"must be > 0 or none, got {self.grad_norm}",
         )
+        self._check_schedule()
         p = self.autoclip_percentile
         require(p is None or 0 < p <= 100, "autoclip_percentile", f"must be in (0, 100], got {p}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+
+    def _check_schedule(self) -> None:
+        cosine, w = self.lr_schedule == "cosine", self.warmup_epochs
+        require(w >= 0, "warmup_epochs", f"must be >= 0, got {w}")
+        require(cosine or w == 0, "warmup_epochs", "applies to --lr_schedule cosine only")
+        require(w < self.epochs or not cosine, "warmup_epochs", f"must be < epochs ({self.epochs}), got {w}")  # fmt: skip
+        r = self.min_lr_ratio
+        require(0 <= r <= 1, "min_lr_ratio", f"must be in [0, 1], got {r}")
+        require(not (cosine and self.schedule_free), "lr_schedule",
+                "cosine and --schedule_free exclude each other (schedule-free AdamW has no LR schedule)")  # fmt: skip
+        d = self.ema_decay
+        require(d is None or 0 < d < 1, "ema_decay", f"must be in (0, 1) or none, got {d}")
+        require(d is None or not self.schedule_free, "ema_decay",
+                "and --schedule_free exclude each other (schedule-free AdamW averages the weights itself)")  # fmt: skip
 
 
 @dataclass
