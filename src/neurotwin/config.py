@@ -98,6 +98,12 @@ class DataConfig(Options):
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
+    cutmix_prob: float = option(
+        0.0,
+        "CutMix: probability that a training trial gets a box of another trial of its batch "
+        "pasted into its movie, its responses mixed by the box's area (0: off)",
+    )
+    cutmix_alpha: float = option(1.0, "CutMix: the box's area fraction is Beta(alpha, alpha)")
 
     def check(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -107,6 +113,9 @@ class DataConfig(Options):
             f"must be >= 1 or -1 (whole trial), got {self.crop_frame}",
         )
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        p, a = self.cutmix_prob, self.cutmix_alpha
+        require(0 <= p <= 1, "cutmix_prob", f"must be in [0, 1], got {p}")
+        require(a > 0, "cutmix_alpha", f"must be > 0, got {a}")
 
 
 @dataclass
