@@ -1,7 +1,7 @@
 """The config tree: YAML <-> dataclasses, checked; each model part's options live with the part.
 
 A config is `Config(data, model, train, run)`. `data`, `train` and `run` are dataclasses of this
-module. `model` holds four part slots (core, readout, shifter, output_activation); a slot holds
+module. `model` holds five part slots (core, readout, shifter, output_activation, modulator); a slot holds
 the options dataclass of the part chosen for it, declared beside the part's class and registered
 with it (see `neurotwin.registry`). Every option's flag is `--<field name>` (a slot's part is
 picked with `--<slot>`, e.g. `--core conv3d`); names are unique across the tree, except that an
@@ -34,7 +34,15 @@ import yaml
 
 from neurotwin.errors import ConfigError
 from neurotwin.files import write_text
-from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, Options, Registry
+from neurotwin.registry import (
+    ACTIVATIONS,
+    CORES,
+    MODULATORS,
+    READOUTS,
+    SHIFTERS,
+    Options,
+    Registry,
+)
 
 CONFIG_VERSION = 2  # saved configs; files without a version are the previous release's
 
@@ -126,6 +134,9 @@ class ModelConfig(Options):
     readout: Any = part(READOUTS, "gaussian", "the readout of each session")
     shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
     output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
+    modulator: Any = part(
+        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout (none: off)"
+    )
 
 
 @dataclass
