@@ -1,7 +1,7 @@
 """The config tree: YAML <-> dataclasses, checked; each model part's options live with the part.
 
 A config is `Config(data, model, train, run)`. `data`, `train` (`VideoTrainConfig`) and `run` are
-dataclasses of this module. `model` holds four part slots (core, readout, shifter, output_activation); a slot holds
+dataclasses of this module. `model` holds five part slots (core, readout, shifter, output_activation, modulator); a slot holds
 the options dataclass of the part chosen for it, declared beside the part's class and registered
 with it (see `neurotwin.registry`). Every option's flag is `--<field name>` (a slot's part is
 picked with `--<slot>`, e.g. `--core conv3d`); names are unique across the tree, except that an
@@ -39,7 +39,15 @@ import yaml
 
 from neurotwin.errors import ConfigError
 from neurotwin.files import write_text
-from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, Options, Registry
+from neurotwin.registry import (
+    ACTIVATIONS,
+    CORES,
+    MODULATORS,
+    READOUTS,
+    SHIFTERS,
+    Options,
+    Registry,
+)
 
 CONFIG_VERSION = 2  # saved configs; files without a version are the previous release's
 
@@ -123,6 +131,12 @@ class DataConfig(Options):
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
+    cutmix_prob: float = option(
+        0.0,
+        "CutMix: probability that a training trial gets a box of another trial of its batch "
+        "pasted into its movie, its responses mixed by the box's area (0: off)",
+    )
+    cutmix_alpha: float = option(1.0, "CutMix: the box's area fraction is Beta(alpha, alpha)")
 
     def check(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -132,6 +146,9 @@ class DataConfig(Options):
             f"must be >= 1 or -1 (whole trial), got {self.crop_frame}",
         )
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        p, a = self.cutmix_prob, self.cutmix_alpha
+        require(0 <= p <= 1, "cutmix_prob", f"must be in [0, 1], got {p}")
+        require(a > 0, "cutmix_alpha", f"must be > 0, got {a}")
 
 
 @dataclass
@@ -142,6 +159,9 @@ class ModelConfig(Options):
     readout: Any = part(READOUTS, "gaussian", "the readout of each session")
     shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
     output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
+    modulator: Any = part(
+        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout (none: off)"
+    )
 
 
 @dataclass
@@ -171,6 +191,20 @@ class TrainConfig(Options):
     warmup_steps: int = option(0, "schedule-free: warm-up steps")
     accumulate_sessions: bool = option(
         True, "one optimiser step per as many batches as there are sessions (false: per batch)"
+    )
+    lr_schedule: Literal["plateau", "cosine"] = option(
+        "plateau",
+        "LR schedule: plateau (reduce the LR when validation stops improving, then stop early) "
+        "or cosine (linear warm-up from 0 over warmup_epochs, then cosine decay to "
+        "min_lr_ratio x lr by the last epoch, stepped every optimiser step; runs all epochs)",
+    )
+    warmup_epochs: int = option(0, "cosine schedule: epochs of linear warm-up")
+    min_lr_ratio: float = option(0.01, "cosine schedule: the final LR as a fraction of lr")
+    ema_decay: float | None = option(
+        None,
+        "keep an exponential moving average of the weights (parameters and batch-norm "
+        "statistics) with this decay per optimiser step; validation, best.pt and last.pt use "
+        "the averaged weights (none: off)",
     )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
@@ -219,6 +253,7 @@ class TrainConfig(Options):
             "grad_norm",
             f"must be > 0 or none, got {self.grad_norm}",
         )
+        self._check_schedule()
         p = self.autoclip_percentile
         require(p is None or 0 < p <= 100, "autoclip_percentile", f"must be in (0, 100], got {p}")
         for name in ("adam_beta1", "adam_beta2"):
@@ -230,6 +265,20 @@ class TrainConfig(Options):
             require(not self.schedule_free, "optimizer", "lbfgs cannot be schedule-free")
             clipping = self.grad_norm is not None or self.autoclip_percentile is not None
             require(not clipping, "optimizer", "lbfgs takes unclipped steps; leave out grad_norm and autoclip_percentile")  # fmt: skip
+
+    def _check_schedule(self) -> None:
+        cosine, w = self.lr_schedule == "cosine", self.warmup_epochs
+        require(w >= 0, "warmup_epochs", f"must be >= 0, got {w}")
+        require(cosine or w == 0, "warmup_epochs", "applies to --lr_schedule cosine only")
+        require(w < self.epochs or not cosine, "warmup_epochs", f"must be < epochs ({self.epochs}), got {w}")  # fmt: skip
+        r = self.min_lr_ratio
+        require(0 <= r <= 1, "min_lr_ratio", f"must be in [0, 1], got {r}")
+        require(not (cosine and self.schedule_free), "lr_schedule",
+                "cosine and --schedule_free exclude each other (schedule-free AdamW has no LR schedule)")  # fmt: skip
+        d = self.ema_decay
+        require(d is None or 0 < d < 1, "ema_decay", f"must be in (0, 1) or none, got {d}")
+        require(d is None or not self.schedule_free, "ema_decay",
+                "and --schedule_free exclude each other (schedule-free AdamW averages the weights itself)")  # fmt: skip
 
 
 @dataclass

@@ -148,4 +148,5 @@ CORES = Registry("core", package="neurotwin.models.cores")
 READOUTS = Registry("readout", package="neurotwin.models.readouts")
 SHIFTERS = Registry("shifter", package="neurotwin.models.shifter")
 ACTIVATIONS = Registry("output activation", package="neurotwin.models.activations")
+MODULATORS = Registry("modulator", package="neurotwin.models.modulators")
 SPIKE_MODELS = Registry("spike model", package="neurotwin.models.spikes")  # glm, glm_vae, vae

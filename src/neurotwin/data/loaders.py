@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurotwin.config import DataConfig
 from neurotwin.data import native
+from neurotwin.data.cutmix import CutMix
 from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.native import NativeSession, find_sessions
 from neurotwin.errors import ConfigError
@@ -205,11 +206,12 @@ def _identity(pair: tuple[str, dict]) -> tuple[str, dict]:
 class SessionBatches(Dataset):
     """Whole batches of several sessions' datasets: item (session, epoch, indices) is
     (session, the batch that session's loader collates from those indices), each trial cropped
-    as in `epoch`."""
+    as in `epoch`, then mixed by `mix` (CutMix) if given."""
 
-    def __init__(self, loaders_by_session: Mapping[str, DataLoader]):
+    def __init__(self, loaders_by_session: Mapping[str, DataLoader], mix: CutMix | None = None):
         self.datasets = {name: loader.dataset for name, loader in loaders_by_session.items()}
         self.collate = {name: loader.collate_fn for name, loader in loaders_by_session.items()}
+        self.mix = mix
 
     def __getitem__(self, key: BatchKey) -> tuple[str, dict]:
         name, epoch, indices = key
@@ -218,7 +220,8 @@ class SessionBatches(Dataset):
             items = [dataset.item(i, epoch) for i in indices]
         else:  # a dataset without epochs
             items = [dataset[i] for i in indices]
-        return name, self.collate[name](items)
+        batch = self.collate[name](items)
+        return name, batch if self.mix is None else self.mix(batch, name, epoch, indices)
 
 
 class InterleavedBatches(Sampler[BatchKey]):
@@ -270,7 +273,7 @@ class TrainStream:
     `interleave` gives, read by `num_workers` persistent workers in total (not `num_workers` per
     session, started anew each epoch). The per-session loaders' datasets and samplers are used
     as they are (rank shares, limit_data, the shared crop length); each batch key carries its
-    epoch, so workers that outlive an epoch crop as in the right one."""
+    epoch, so workers that outlive an epoch crop (and mix, with `mix`) as in the right one."""
 
     def __init__(
         self,
@@ -278,10 +281,11 @@ class TrainStream:
         num_workers: int,
         pin_memory: bool = False,
         seed: int = 0,
+        mix: CutMix | None = None,
     ):
         self.sampler = InterleavedBatches(loaders_by_session, seed)
         self.loader = DataLoader(
-            SessionBatches(loaders_by_session),
+            SessionBatches(loaders_by_session, mix),
             batch_size=None,
             sampler=self.sampler,
             num_workers=num_workers,
@@ -301,6 +305,13 @@ class TrainStream:
     def __len__(self) -> int:
         """Batches per epoch."""
         return len(self.sampler)
+
+
+def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
+    """The CutMix of the training stream (`cutmix_prob` > 0), None when off."""
+    if data_config.cutmix_prob <= 0:
+        return None
+    return CutMix(data_config.cutmix_prob, data_config.cutmix_alpha, seed)
 
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:

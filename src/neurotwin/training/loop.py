@@ -13,8 +13,9 @@ the loss of a batch and its validation. The loop does the rest, the same way for
   gradient norms stay on the device and are read once per epoch. With `--optimizer lbfgs`
   (full-batch L-BFGS) an epoch is one optimiser step on the mean objective of all its batches.
 - Validation after every epoch (schedule-free optimisers switched to their averaged weights for
-  it and for the checkpoints); the plateau schedule watches the task's score: LR reductions
-  that restore the best weights, early stopping.
+  it and for the checkpoints, and so is the EMA of the weights, `ema_decay`); the plateau
+  schedule watches the task's score: LR reductions that restore the best weights, early
+  stopping; or a warm-up + cosine schedule stepped every optimiser step (`lr_schedule cosine`).
 - Checkpoints (`best.pt` when the score improved, `last.pt` every epoch, written atomically),
   resume, progress bars, metrics.csv, train.log, wandb; DistributedDataParallel under torchrun.
   The run ends with the best epoch's weights in the model (`restore_best`; false: the last).
@@ -52,11 +53,13 @@ from neurotwin.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from neurotwin.training.ema import WeightEMA
 from neurotwin.training.logging import LOG_FILE, LOG_ONLY, RunLogger
 from neurotwin.training.memory import Checkpointing, MemoryProbe, fits_in_memory
 from neurotwin.training.optim import (
     GradClipper,
     Plateau,
+    WarmupCosine,
     build_optimizer,
     current_lr,
     is_schedule_free,
@@ -162,7 +165,13 @@ class Trainer:
         self._check_shares()
         self.optimizer = build_optimizer(task.parameter_groups(t), t)
         plateau = (t.lr_patience, t.lr_factor, t.max_reduce, t.min_epochs)
-        self.plateau = Plateau(self.optimizer, *plateau, reduce_lr=not t.schedule_free)
+        on_plateau = t.lr_schedule == "plateau"
+        self.plateau = Plateau(
+            self.optimizer, *plateau, reduce_lr=on_plateau and not t.schedule_free,
+            early_stop=on_plateau,
+        )  # fmt: skip
+        self.schedule = self._cosine_schedule()
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.clipper = GradClipper(t.grad_norm, t.autoclip_percentile)
         if restore_state is not None:
             self._restore(restore_state)
@@ -254,6 +263,18 @@ class Trainer:
         self.logger.print(f"{line}; {then}", level=LOG_ONLY)
         self.logger.close(exit_code=1)
 
+    def _cosine_schedule(self) -> WarmupCosine | None:
+        """The warm-up + cosine schedule over every optimiser step of the run (None: plateau)."""
+        t = self.config.train
+        if t.lr_schedule != "cosine":
+            return None
+        every = len(self.task.groups) if t.accumulate_sessions else 1
+        per_epoch = math.ceil(sum(self.task.batch_counts().values()) / max(every, 1))
+        base = [group["lr"] for group in self.optimizer.param_groups]
+        return WarmupCosine(
+            self.optimizer, base, t.warmup_epochs * per_epoch, t.epochs * per_epoch, t.min_lr_ratio
+        )
+
     def _check_shares(self) -> None:
         """Under DDP every rank must step through the same number of batches per group."""
         if not self.info.enabled:
@@ -331,7 +352,13 @@ class Trainer:
         path = state["_path"]
         self.task.load_state(state, path)
         try:
-            self.model.load_state_dict(state["model"])
+            if self.ema is not None and "ema" in state:
+                self.ema.load(self.model, state["model"], state["ema"])
+            else:  # a checkpoint with an EMA holds the training weights under "ema"
+                held = state["ema"]["training_weights"] if "ema" in state else state["model"]
+                self.model.load_state_dict(held)
+                if self.ema is not None:
+                    self.ema.reset(self.model)
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
@@ -342,6 +369,8 @@ class Trainer:
             self.plateau.load_state_dict(sched["plateau"])
         if "clipper" in sched:
             self.clipper.load_state_dict(sched["clipper"])
+        if self.schedule is not None and "cosine" in sched:
+            self.schedule.load_state_dict(sched["cosine"])
         self.epoch = int(state["epoch"])
         if "rng" in state:
             set_rng_state(state["rng"])
@@ -371,7 +400,7 @@ class Trainer:
         return state["model"]
 
     def _announce(self, restore_state: dict[str, Any] | None) -> None:
-        log = self.logger.print
+        log, t = self.logger.print, self.config.train
         for line in self.task.describe():
             log(line)
         ranks = (
@@ -382,7 +411,9 @@ class Trainer:
             f"{self.micro_batch_size}), bf16 autocast {'on' if self.use_autocast else 'off'}, "
             f"grad checkpointing {'on' if self.grad_checkpointing else 'off'}, "
             f"compile {'on' if self.compiled else 'off'}, "
-            f"optimizer {self._optimizer_name()}"
+            f"optimizer {self._optimizer_name()}, "
+            f"lr schedule {t.lr_schedule if not t.schedule_free else 'none'}"
+            + (f", EMA of the weights (decay {t.ema_decay})" if self.ema is not None else "")
         )
         for note in self.notes:
             log(note)
@@ -438,8 +469,14 @@ class Trainer:
         """Clip, step and zero the gradients; returns the norm before clipping (a 0-dim tensor
         on the device, None when clipping is off)."""
         norm = self.clipper([p for p in self.model.parameters() if p.requires_grad])
+        if self.schedule is not None:
+            self.schedule.apply()
         self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.advance()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         return norm
 
     # -- epochs ------------------------------------------------------------------------------------
@@ -530,15 +567,25 @@ class Trainer:
         finally:
             self.model.train()
 
+    def averaged_weights(self, on: bool) -> None:
+        """Put the averaged weights (schedule-free x, the EMA) into the model for validation and
+        checkpoints (`on`), or the training weights back."""
+        set_optimizer_mode(self.optimizer, "eval" if on else "train")
+        if self.ema is not None and self.ema.swapped != on:
+            self.ema.swap(self.model)
+
     # -- checkpoints ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The checkpoint; call with the averaged weights in the model (`averaged_weights`)."""
+        scheduler = {"plateau": self.plateau.state_dict(), "clipper": self.clipper.state_dict()}
+        if self.schedule is not None:
+            scheduler["cosine"] = self.schedule.state_dict()
+        extra = {"ema": self.ema.state_dict(self.model)} if self.ema is not None else {}
         return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {
-                "plateau": self.plateau.state_dict(),
-                "clipper": self.clipper.state_dict(),
-            },
+            "scheduler": scheduler,
+            **extra,
             "epoch": self.epoch,
             "rng": get_rng_state(),
             "config": cfg.to_dict(self.config),
@@ -576,7 +623,7 @@ class Trainer:
                 train_seconds = time.time() - tic
                 distributed.broadcast_buffers(self.model, self.info)
 
-                set_optimizer_mode(self.optimizer, "eval")
+                self.averaged_weights(True)
                 val = self.validate()
                 decision = self.plateau.step(val.score, epoch)
                 if decision == "improved":
@@ -585,6 +632,8 @@ class Trainer:
                     )
                 elif decision == "reduced" and self.best_state is not None:
                     self.model.load_state_dict(self.best_state)
+                    if self.ema is not None:  # the training weights restart from the best too
+                        self.ema.reset(self.model)
                 self.epoch = epoch
                 seconds = time.time() - tic
                 row = self._row(epoch, train_result, val, seconds, train_seconds)
@@ -593,7 +642,7 @@ class Trainer:
                 # checkpoint, and metrics.csv drops the rows after it
                 self.logger.log_metrics(row, step=epoch)
                 self.save(best=decision == "improved")
-                set_optimizer_mode(self.optimizer, "train")
+                self.averaged_weights(False)
                 log(self._epoch_line(epoch, train_result, val, seconds, train_seconds, decision))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, self)
@@ -635,7 +684,7 @@ class Trainer:
         """Leave the model with the weights the checkpoints hold (schedule-free: the averaged
         ones): the best epoch's (`restore_best`, when one improved), else the last; returns
         their epoch."""
-        set_optimizer_mode(self.optimizer, "eval")
+        self.averaged_weights(True)
         if self.config.train.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
             return self.plateau.best_epoch

@@ -10,6 +10,9 @@
   value (validation correlation, higher is better), restore the best weights when it does, and ask
   to stop after `max_reduce` reductions; with a schedule-free optimiser the LR is never reduced and
   training stops after `patience` epochs without improvement.
+- `WarmupCosine`: linear warm-up from 0, then cosine decay to a fraction of each group's LR, set
+  before every optimiser step (DwiseNeuro's schedule; the plateau schedule then only tracks the best
+  epoch and never stops early).
 - `GradClipper`: clip the global gradient norm to a fixed value or, with AutoClip (Seetharaman et al.
   2020), to a percentile of the norms seen so far.
 """
@@ -127,8 +130,10 @@ class Plateau:
         min_epochs: int = 0,
         reduce_lr: bool = True,
         min_lr: float = 1e-7,
+        early_stop: bool = True,
     ):
         self.optimizer = optimizer
+        self.early_stop = early_stop  # False: only track the best epoch (another schedule runs)
         self.patience = patience
         self.factor = factor
         self.max_reduce = max_reduce
@@ -146,7 +151,7 @@ class Plateau:
             self.best_value, self.best_epoch, self.wait = float(value), int(epoch), 0
             return "improved"
         self.wait += 1
-        if self.wait < self.patience or epoch < self.min_epochs:
+        if not self.early_stop or self.wait < self.patience or epoch < self.min_epochs:
             return "wait"
         if not self.reduce_lr or self.num_reduce >= self.max_reduce:
             self.stopped = True
@@ -172,6 +177,47 @@ class Plateau:
         self.wait = int(state["wait"])
         self.num_reduce = int(state["num_reduce"])
         self.stopped = bool(state.get("stopped", False))
+
+
+class WarmupCosine:
+    """The LR of optimiser step k (0-based) of `total_steps`: each group's base LR times k / W
+    for the W = `warmup_steps` first steps, then min_ratio + (1 - min_ratio) (1 + cos(pi (k - W)
+    / (total_steps - W))) / 2 (as DwiseNeuro's LambdaLR warm-up then CosineAnnealingLR, both
+    stepped per iteration). `apply()` sets it before a step, `advance()` counts the step."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lrs: list[float],
+        warmup_steps: int,
+        total_steps: int,
+        min_ratio: float,
+    ):
+        self.optimizer, self.base_lrs = optimizer, list(base_lrs)
+        self.warmup_steps, self.total_steps = int(warmup_steps), max(int(total_steps), 1)
+        self.min_ratio = float(min_ratio)
+        self.step_count = 0
+
+    def factor(self, step: int) -> float:
+        w = self.warmup_steps
+        if step < w:
+            return step / w
+        progress = min((step - w) / max(self.total_steps - w, 1), 1.0)
+        return self.min_ratio + (1 - self.min_ratio) * (1 + math.cos(math.pi * progress)) / 2
+
+    def apply(self) -> None:
+        f = self.factor(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def advance(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
 
 
 def grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:

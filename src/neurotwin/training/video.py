@@ -86,6 +86,7 @@ class VideoTask(TrainingTask):
             num_workers=data.num_workers,
             pin_memory=pin,
             seed=self.config.run.seed,
+            mix=loaders.training_mix(data, self.config.run.seed),
         )
         # trials per session in the whole training set (samplers shard it), for ds_scale
         self.n_train_trials = {s: len(self.train_loaders[s].dataset) for s in self.groups}
