@@ -92,7 +92,7 @@ def test_training_stream_mixes_within_batches_the_same_way_every_time(synthetic_
     first = list(stream.epoch(1))
     assert [s for s, _ in first] == [s for s, _ in plain.epoch(1)]
     changed = 0
-    for (session, mixed), (_, clean) in zip(first, plain.epoch(1)):
+    for (_, mixed), (_, clean) in zip(first, plain.epoch(1)):
         assert torch.equal(mixed["behavior"], clean["behavior"])
         changed += int(not torch.equal(mixed["video"], clean["video"]))
         for i in range(mixed["video"].shape[0]):  # each pixel is from a trial of the batch
