@@ -36,7 +36,7 @@ for p in "$@"; do
     case $p in
     anchor) part anchor 200 python3 .anchor/viv1t_bench.py --steps 30 --configs readme_b1_compile ;;
     fused_tests) part fused_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_vivit_fused.py ;;
-    fused) part fused 300 python3 bench/fused_block.py --budget_s 280 ;;
+    fused) part fused 260 python3 bench/fused_block.py --budget_s 240 ;;
     spikes) part spikes 150 python3 bench/spikes_throughput.py --device cuda \
         --data_dir .gpudata/spikes --epochs 2 --workers 16 --json "$OUT/spikes.json" ;;
     encode) part encode 150 python3 bench/encode_throughput.py --network torchvision:vit_b_16 \
