@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,10 +23,8 @@ import torch
 from neurotwin.config import from_dict
 from neurotwin.data import synthetic_spikes
 from neurotwin.data.spikes import is_session
-from neurotwin.training.logging import RunLogger
-from neurotwin.training.optim import GradClipper
-from neurotwin.training.spike_loop import _epoch_adamw
-from neurotwin.training.spike_task import SpikeConfig, SpikeTask
+from neurotwin.training.loop import Trainer
+from neurotwin.training.spikes import SpikeConfig, SpikeTask
 
 
 def parse(argv):
@@ -79,6 +78,8 @@ def sync(device: torch.device) -> None:
 
 
 def run(args, conv: str) -> dict:
+    """Epochs of the shared loop's training step (`Trainer.train_epoch`), then one validation."""
+    out = tempfile.mkdtemp(prefix="spikes_bench_")
     config = from_dict(
         {
             "data": {
@@ -90,28 +91,29 @@ def run(args, conv: str) -> dict:
             },
             "model": {"name": args.model, "glm": {"conv": conv}},
             "train": {"precision": args.precision},
-            "run": {"device": args.device, "verbose": 0},
+            "run": {"device": args.device, "verbose": 0, "output_dir": out},
         },
         cls=SpikeConfig,
     )
     task = SpikeTask(config)
-    logger, clipper = RunLogger("/tmp", enabled=False), GradClipper()
+    trainer = Trainer(task, config)
     device = task.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for epoch in range(1, args.epochs + 2):  # the first is warm-up
-        task.set_epoch(epoch)
+        task.start_epoch(epoch)
         sync(device)
         tic = time.perf_counter()
-        _epoch_adamw(task, epoch, clipper, logger)
+        trainer.train_epoch(epoch)
         sync(device)
         times.append(time.perf_counter() - tic)
     sync(device)
     tic = time.perf_counter()
-    task.validate()
+    trainer.validate()
     sync(device)
     val_s = time.perf_counter() - tic
+    trainer.logger.close()
     seconds = sum(times[1:]) / max(len(times) - 1, 1)
     n_train = task.data.n_trials("train")
     return {

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from neurotwin.cli import spikes as cli
-from neurotwin.data import synthetic_spikes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,13 +35,9 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spike_cli")
-    synthetic_spikes.generate(
-        root, sessions=2, seed=1, units=4, trials=40, duration_ms=200, burn_in_ms=100
-    )
-    return root
+@pytest.fixture
+def data_dir(spike_sessions):
+    return spike_sessions
 
 
 def test_fit_restore_predict(data_dir, tmp_path):
@@ -66,7 +61,7 @@ def test_fit_restore_predict(data_dir, tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2  # the flag over the YAML
     assert saved["train"]["lr"] == 0.05 and saved["data"]["bin_ms"] == 2.0  # the YAML
-    assert saved["train"]["patience"] == 5  # the default
+    assert saved["train"]["lr_patience"] == 5  # the default
     assert saved["model"]["name"] == "glm_vae"
     for name in (
         "couplings.parquet",
@@ -112,9 +107,9 @@ def test_fit_restore_predict(data_dir, tmp_path):
     "argv,message",
     [
         (["--model", "nope"], "unknown spike model 'nope'"),
-        (["--bin_ms", "-1"], "data.bin_ms"),
+        (["--bin_ms", "-1"], "--bin_ms: must be > 0"),
         (["--epochs", "two"], "--epochs: expected an integer"),
-        (["--optimizer", "lbfgs"], "train.optimizer: lbfgs"),
+        (["--optimizer", "lbfgs"], "--optimizer: lbfgs needs a deterministic"),
     ],
 )
 def test_bad_options_one_line_exit_2(data_dir, tmp_path, capsys, argv, message):

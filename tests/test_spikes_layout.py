@@ -7,15 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurotwin.data.spike_loader import SpikeData, SpikeDataOptions, split_trials
-from neurotwin.data.spikes import (
-    SPIKES_FILE,
-    TRIALS_FILE,
-    UNITS_FILE,
-    bin_trials,
-    read_session,
-    write_session,
-)
+from neurotwin.data.spikes import SPIKES_FILE, TRIALS_FILE, UNITS_FILE, read_session, write_session
+from neurotwin.data.spikes.loader import SpikeData, SpikeDataOptions, bin_trials, split_trials
 from neurotwin.errors import ConfigError, DataFormatError
 
 
@@ -206,7 +199,7 @@ def test_loader_split_filters_and_order(tmp_path):
     assert set(only.sessions["s1"].trials["condition"]) == {"c0", "c2"}
     with pytest.raises(ConfigError, match="no column 'contrast'"):
         SpikeData(SpikeDataOptions(data_dir=str(tmp_path), filters=["contrast=0.8"]))
-    with pytest.raises(ConfigError, match="data.val_fraction"):
+    with pytest.raises(ConfigError, match="--val_fraction"):
         SpikeDataOptions(val_fraction=1.5)
 
 

@@ -25,8 +25,7 @@ import pytest
 from neurotwin.config import from_dict
 from neurotwin.data import synthetic_spikes
 from neurotwin.predict_spikes import write_outputs
-from neurotwin.training.spike_loop import fit
-from neurotwin.training.spike_task import SpikeConfig
+from neurotwin.training.spikes import SpikeConfig, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,7 +64,7 @@ def glm_run(tmp_path_factory):
         root / "run",
         {"name": "glm"},
         # L-BFGS to (near) convergence, keeping the last weights: the penalised MLE
-        {"optimizer": "lbfgs", "epochs": 10, "patience": 100, "restore_best": False},
+        {"optimizer": "lbfgs", "epochs": 10, "lr_patience": 100, "restore_best": False},
         batch_size=512,
     )
     result = fit(config)
@@ -112,7 +111,7 @@ def test_vae_latent_follows_the_true_gain(tmp_path):
         "glm": {"coupling": False},
         "vae": {"latent_dim": 1, "d_model": 32, "ff_dim": 64, "layers": 1, "kl_warmup_epochs": 3},
     }
-    train = {"epochs": 12, "lr": 0.02, "vae_lr": 0.003, "patience": 4}
+    train = {"epochs": 12, "lr": 0.02, "vae_lr": 0.003, "lr_patience": 4}
     config = _config(tmp_path / "data", tmp_path / "run", model, train, batch_size=32)
     result = fit(config)
     write_outputs(result["task"], tmp_path / "run", result["best_epoch"])

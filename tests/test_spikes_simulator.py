@@ -11,8 +11,8 @@ import pandas as pd
 
 from neurotwin.cli import data as data_cli
 from neurotwin.data import synthetic_spikes
-from neurotwin.data.spike_loader import SpikeData, SpikeDataOptions
 from neurotwin.data.spikes import read_session
+from neurotwin.data.spikes.loader import SpikeData, SpikeDataOptions
 
 
 def test_layout_truth_and_determinism(tmp_path):

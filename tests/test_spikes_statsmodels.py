@@ -17,8 +17,7 @@ from scipy.interpolate import BSpline
 
 from neurotwin.config import from_dict
 from neurotwin.data import synthetic_spikes
-from neurotwin.training.spike_loop import fit
-from neurotwin.training.spike_task import SpikeConfig
+from neurotwin.training.spikes import SpikeConfig, fit
 
 sm = pytest.importorskip("statsmodels.api")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,7 +96,7 @@ def test_glm_matches_statsmodels(tmp_path):
                 "epochs": 3,
                 "lbfgs_iterations": 100,
                 "precision": "float64",
-                "patience": 100,
+                "lr_patience": 100,
             },
             "run": {"output_dir": str(tmp_path / "run"), "device": "cpu", "verbose": 0},
         },

@@ -341,7 +341,7 @@ def _sizes_argv() -> list[str]:
     return [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
 
 
-def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:
     from neurotwin.cli.data import main
 
     out = tmp_path / "out"
@@ -351,11 +351,14 @@ def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sessions = [p for p in out.iterdir()]
     assert len(sessions) == 1 and len(list((sessions[0] / "data/videos").iterdir())) == N_TRIALS
     assert str(out.resolve()) in caplog.text and sessions[0].name in caplog.text
-    with pytest.raises(SystemExit, match="already exists"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         main(argv + _sizes_argv())
+    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
     assert main(argv + _sizes_argv() + ["--overwrite"]) == 0
-    with pytest.raises(SystemExit, match="frames"):
+    with pytest.raises(SystemExit) as exit_:
         main(["synthetic", "--out", str(tmp_path / "x"), "--frames", "1", "--no_progress"])
+    assert exit_.value.code == 2 and "frames" in capsys.readouterr().err
 
 
 def test_ensure_synthetic(tmp_path: Path, tiny: list[Path], monkeypatch: pytest.MonkeyPatch):

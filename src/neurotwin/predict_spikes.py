@@ -1,7 +1,7 @@
 """What a trained spike model says: scores, coupling filters, latents, PSTHs; written to the run.
 
 `write_outputs(task, output_dir, best_epoch)` makes one pass over every split and writes,
-each atomically (a temporary name, then a rename):
+each atomically (neurotwin.files: a temporary name, then a rename):
 
 - couplings.parquet: session, source, target, lag_ms, value, se, lower, upper: the change of a
   target unit's log rate per spike of a source unit at that lag, averaged over source and
@@ -13,7 +13,11 @@ each atomically (a temporary name, then a rename):
   in its session), condition, z0, z1, ... (posterior means);
 - metrics.json: bits/spike relative to a homogeneous rate per split, session and population;
   the best (validation) epoch and the epoch whose weights made the outputs;
-- figures/: couplings_<session>.png, psth_<session>.png, latents_<session>.png.
+- figures/: couplings_<session>.png, psth_<session>.png, latents_<session>.png
+  (neurotwin.models.spikes.figures).
+
+`load_trained(run_dir, ...)` rebuilds a run's task from its config.yaml with the weights of its
+best (or, for runs with `restore_best false`, last) checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurotwin.data.spike_loader import SPLITS
+from neurotwin.config import from_dict, read_yaml
+from neurotwin.data.spikes.loader import SPLITS
+from neurotwin.files import atomic_file, write_text
+from neurotwin.metrics import PoissonScores, pooled_bits
+from neurotwin.models.spikes import figures
 from neurotwin.models.spikes.information import CouplingInformation
-from neurotwin.spike_metrics import PoissonScores, pooled_bits
+from neurotwin.run import RunFolder
+from neurotwin.training.checkpoint import load_checkpoint
+from neurotwin.training.spikes import SpikeConfig, SpikeTask, runtime_for
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +52,50 @@ FIGURES_DIR = "figures"
 Z = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def _replace(tmp: Path, path: Path) -> Path:
-    os.replace(tmp, path)
+def write_parquet(table: pd.DataFrame, path: Path) -> Path:
+    with atomic_file(path, "wb") as f:
+        table.to_parquet(f, index=False)
     return path
 
 
-def write_parquet(table: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    return _replace(tmp, path)
+def write_png(figure: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    with atomic_file(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=110)
+    figures.pyplot().close(figure)
+    return path
 
 
-def write_json(values: dict, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(values, indent=2, allow_nan=True))
-    return _replace(tmp, path)
+def load_trained(
+    run_dir: str | Path,
+    checkpoint: str | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+) -> tuple[SpikeTask, dict[str, Any]]:
+    """The task of a spike run (its config.yaml; `data_dir`, `device` replaced when given)
+    with the weights of `checkpoint` (best | last | a file; default: best, or last when the run
+    kept its last weights or no epoch improved). Returns the task and the checkpoint."""
+    run = RunFolder(run_dir)
+    if run.config_file.is_file():
+        values, source = read_yaml(run.config_file), str(run.config_file)
+    else:
+        values, source = load_checkpoint(run.checkpoint("last"))["config"], "checkpoint [config]"
+    if checkpoint is None:
+        keep_best = values.get("train", {}).get("restore_best", True)
+        checkpoint = "best" if keep_best and (run.checkpoints / "best.pt").is_file() else "last"
+    path = run.checkpoint(checkpoint)
+    if data_dir:
+        values.setdefault("data", {})["data_dir"] = data_dir
+    run_values = values.setdefault("run", {})
+    if device is not None:
+        run_values["device"] = device
+    run_values["restore"] = None
+    config = from_dict(values, source, SpikeConfig)
+    task = SpikeTask(config)
+    task.build(runtime_for(config))
+    state = load_checkpoint(path, map_location=task.device)
+    task.load_weights(state, str(path))
+    return task, state
 
 
 class _Pass:
@@ -98,7 +136,7 @@ class _Pass:
         h = task.shape.n_history
         for split in SPLITS:
             for batch in task.data.batches(split):
-                counts, out = task.forward(batch)
+                counts, out = task.forward(task.model, batch)
                 y = counts[:, :, h:]
                 self.scores[split][batch.session].add(y, out.log_rate)
                 p = self.psth[batch.session]
@@ -209,12 +247,13 @@ def _latent_columns(task) -> dict[str, dict[str, str]]:
 
 
 def write_outputs(
-    task, output_dir: str | Path, best_epoch: int | None = None, weights_epoch: int | None = None
+    task: SpikeTask,
+    output_dir: str | Path,
+    best_epoch: int | None = None,
+    weights_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Write every output of a trained task into `output_dir`; returns metrics.json's content."""
     out = Path(output_dir)
-    figures = out / FIGURES_DIR
-    figures.mkdir(parents=True, exist_ok=True)
     gathered = _Pass(task)
     gathered.run()
     couplings, per_unit = coupling_tables(task, gathered.information)
@@ -240,35 +279,35 @@ def write_outputs(
         "bits_per_spike": scores_summary(task, gathered.scores),
         "latent_columns": _latent_columns(task),
     }
-    written.append(write_json(metrics, out / METRICS_FILE))
-    from neurotwin.analysis import spike_figures
-
-    for name in task.data.names:
-        spec = task.model.specs[name]
-        if not couplings.empty:
-            written.append(
-                spike_figures.coupling_figure(
-                    couplings[couplings["session"] == name],
-                    spec.populations,
-                    figures / f"couplings_{name}.png",
-                    name,
-                )
-            )
-        p = gathered.psth[name]
-        written.append(
-            spike_figures.psth_figure(
-                p, spec, task.shape.bin_ms, figures / f"psth_{name}.png", name
-            )
-        )
-        if latents is not None:
-            written.append(
-                spike_figures.latent_figure(
-                    latents[latents["session"] == name], figures / f"latents_{name}.png", name
-                )
-            )
+    written.append(write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=True)))
+    written += _figures(task, gathered, couplings, latents, out / FIGURES_DIR)
     for path in written:
         log.info("wrote %s", path)
     return metrics
+
+
+def _figures(
+    task: SpikeTask,
+    gathered: _Pass,
+    couplings: pd.DataFrame,
+    latents: pd.DataFrame | None,
+    folder: Path,
+) -> list[Path]:
+    """Per session: its coupling filters, PSTHs of data and model, latents by trial index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in task.data.names:
+        spec = task.model.specs[name]
+        if not couplings.empty:
+            mine = couplings[couplings["session"] == name]
+            figure = figures.coupling_figure(mine, spec.populations, name)
+            written.append(write_png(figure, folder / f"couplings_{name}.png"))
+        figure = figures.psth_figure(gathered.psth[name], spec, task.shape.bin_ms, name)
+        written.append(write_png(figure, folder / f"psth_{name}.png"))
+        if latents is not None:
+            figure = figures.latent_figure(latents[latents["session"] == name], name)
+            written.append(write_png(figure, folder / f"latents_{name}.png"))
+    return written
 
 
 def _trial_index(task, latents: pd.DataFrame) -> np.ndarray:

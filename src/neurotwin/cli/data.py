@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 from neurotwin.cli import data_allen, data_spikes, data_synthetic
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NeurotwinError as e:
-        raise SystemExit(f"neurotwin-data {args.command}: error: {e}") from None
+        print(f"neurotwin-data {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None  # as train.py and predict.py, and argparse's errors
 
 
 if __name__ == "__main__":

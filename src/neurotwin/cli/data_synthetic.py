@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace session folders that already exist"
     )
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bars (there are none off a terminal)",
+    )
     parser.add_argument(
         "--variant",
         nargs="+",
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars on terminals only
         variants=args.variant,
         **sizes,
     )
@@ -157,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except NeurotwinError as e:
-        raise SystemExit(f"neurotwin-data synthetic: error: {e}") from None
+        print(f"neurotwin-data synthetic: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@
     neurotwin-spikes fit --restore O [--epochs 300]     # resume (and extend) a run
     neurotwin-spikes predict --output_dir O [--data_dir D] [--device cpu]
 
-As `train.py`: flags override the YAML preset, which overrides the defaults; with `--restore O`
-the run's saved config.yaml is the base (a preset and flags go on top) and outputs stay in O
-unless `--output_dir` says otherwise. The resolved config is saved as O/config.yaml. `fit` ends
-by writing the outputs of the best checkpoint (couplings.parquet, coupling_units.parquet,
-latents.parquet, metrics.json, figures/); `predict` writes them again from O's best
-checkpoint. Bad options end with one line on stderr and exit status 2.
+As `train.py` (its `resolve_config`, the same training loop): flags override the YAML preset,
+which overrides the defaults; with `--restore O` the run's saved config.yaml is the base (a
+preset and flags go on top) and outputs stay in O unless `--output_dir` says otherwise. The
+resolved config is saved as O/config.yaml. `fit` ends by writing the outputs of the weights the
+run ends with (couplings.parquet, coupling_units.parquet, latents.parquet, metrics.json,
+figures/): the best epoch's, or the last with `--restore_best false`; `predict` writes them
+again from the same checkpoint. Bad options end with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -21,24 +22,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurotwin.cli import options
 from neurotwin.errors import NeurotwinError
 
 PROG = "neurotwin-spikes"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neurotwin.training.spike_task import SpikeConfig
+    from neurotwin.config import add_config_flags
+    from neurotwin.training.spikes import SpikeConfig
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser(
         "fit",
         help="train a spike model",
-        description="Train a spike model. Every option is a flag named after its leaf in the "
-        "config; flags override the --config YAML, which overrides the defaults.",
+        description="Train a spike model. Every option is a flag named after its field in the "
+        "config (model.name is --model); flags override the --config YAML, which overrides the "
+        "defaults.",
     )
-    options.add_flags(fit, SpikeConfig)
+    add_config_flags(fit, cls=SpikeConfig)
     predict = sub.add_parser("predict", help="write the outputs of a trained run again")
     predict.add_argument("--output_dir", required=True, help="the run folder")
     predict.add_argument("--data_dir", default=None, help="data folder (default: the run's)")
@@ -52,43 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def fit_config(args: argparse.Namespace):
-    """defaults < YAML < flags, or, with --restore, saved config < YAML < flags."""
-    from neurotwin.config import read_yaml
-    from neurotwin.run import CONFIG_FILE
-    from neurotwin.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from neurotwin.training.spike_task import SpikeConfig
-
-    restore = getattr(args, "restore", None)
-    if not restore:
-        return options.resolve(args, SpikeConfig)
-    checkpoint = resolve_checkpoint(restore, "last")
-    run_dir = _run_dir(checkpoint)
-    saved_file = run_dir / CONFIG_FILE
-    if saved_file.is_file():
-        base, source = read_yaml(saved_file), str(saved_file)
-    else:
-        base, source = load_checkpoint(checkpoint)["config"], f"{checkpoint} [config]"
-    config = options.resolve(args, SpikeConfig, base=base, source=source)
-    given = options.given(args, SpikeConfig).get("run", {})
-    yaml_run = read_yaml(args.config).get("run", {}) if getattr(args, "config", None) else {}
-    if "output_dir" not in given and "output_dir" not in yaml_run:
-        config.run.output_dir = str(run_dir)
-    config.run.restore = str(restore)
-    config.run.clear_output_dir = False  # never delete the run being resumed
-    return config
-
-
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
+    from neurotwin.cli.train import resolve_config
     from neurotwin.predict_spikes import write_outputs
-    from neurotwin.training.spike_loop import fit
+    from neurotwin.training.spikes import SpikeConfig, fit
 
-    config = fit_config(args)
+    config = resolve_config(args, SpikeConfig)
     result = fit(config)
     metrics = write_outputs(
         result["task"], config.run.output_dir, result["best_epoch"], result["weights_epoch"]
@@ -109,36 +80,12 @@ def _report(metrics: dict[str, Any], output_dir: str | Path) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from neurotwin.config import from_dict, read_yaml
-    from neurotwin.predict_spikes import write_outputs
-    from neurotwin.run import CONFIG_FILE
-    from neurotwin.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from neurotwin.training.spike_task import SpikeConfig, SpikeTask
+    from neurotwin.predict_spikes import load_trained, write_outputs
 
-    out = Path(args.output_dir)
-    saved = out / CONFIG_FILE
-    if saved.is_file():
-        values = read_yaml(saved)
-    else:
-        values = load_checkpoint(resolve_checkpoint(out, "last"))["config"]
-    which = args.checkpoint or (
-        "best" if values.get("train", {}).get("restore_best", True) else "last"
-    )
-    if args.checkpoint is None and not (out / "checkpoints" / f"{which}.pt").is_file():
-        which = "last"  # no epoch improved on validation (e.g. no validation trials)
-    checkpoint = resolve_checkpoint(out, which)
-    if args.data_dir:
-        values.setdefault("data", {})["data_dir"] = args.data_dir
-    if args.device is not None:
-        values.setdefault("run", {})["device"] = args.device
-    values.setdefault("run", {})["restore"] = None
-    config = from_dict(values, str(saved), SpikeConfig)
-    task = SpikeTask(config)
-    state = load_checkpoint(checkpoint, map_location=task.device)
-    task.load_state_dict(state, str(checkpoint))
+    task, state = load_trained(args.output_dir, args.checkpoint, args.data_dir, args.device)
     best_epoch = state.get("scheduler", {}).get("plateau", {}).get("best_epoch")
-    metrics = write_outputs(task, out, best_epoch, int(state["epoch"]))
-    _report(metrics, out)
+    metrics = write_outputs(task, args.output_dir, best_epoch, int(state["epoch"]))
+    _report(metrics, args.output_dir)
     return metrics
 
 

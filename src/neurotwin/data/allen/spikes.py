@@ -1,6 +1,6 @@
 """Allen Visual Coding Neuropixels session NWB -> the spike table layout (one session folder).
 
-Units are read and filtered exactly as for `allen-ecephys` (neurotwin.data.allen.ecephys: the
+Units are read and filtered exactly as for `allen-ecephys` (neurotwin.data.allen.units: the
 units and electrodes tables, allensdk's default quality filters, optional areas); a unit's
 population is the structure of its peak channel (`population="area"`) or its probe. Trials are
 the presentations of one stimulus, `intervals/<stimulus>_presentations` (TimeIntervals: id,
@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from neurotwin.data.allen import ecephys, nwb
+from neurotwin.data.allen import ecephys, nwb, units
 from neurotwin.data.spikes import write_session
 from neurotwin.errors import DataFormatError
 
@@ -82,7 +82,7 @@ def read_presentations(f: h5py.File, stimulus: str) -> pd.DataFrame:
         if raw.ndim != 1 or raw.shape[0] != ids.size:
             continue
         if np.issubdtype(raw.dtype, np.number) or raw.dtype == bool:
-            columns[name] = ecephys._table_column(f, table, name, ids.size).astype(np.float64)
+            columns[name] = nwb.table_column(f, table, name, ids.size).astype(np.float64)
         else:
             text = nwb.read_strings(f, f"{table}/{name}")
             numbers = _numbers(text)
@@ -124,9 +124,9 @@ def convert_allen_spikes(
     population: str = "area",
     condition_columns: Sequence[str] | None = None,
     margin_s: float = 1.0,
-    amplitude_cutoff_maximum: float = ecephys.AMPLITUDE_CUTOFF_MAXIMUM,
-    presence_ratio_minimum: float = ecephys.PRESENCE_RATIO_MINIMUM,
-    isi_violations_maximum: float = ecephys.ISI_VIOLATIONS_MAXIMUM,
+    amplitude_cutoff_maximum: float = units.AMPLITUDE_CUTOFF_MAXIMUM,
+    presence_ratio_minimum: float = units.PRESENCE_RATIO_MINIMUM,
+    isi_violations_maximum: float = units.ISI_VIOLATIONS_MAXIMUM,
     filter_by_validity: bool = True,
     name: str | None = None,
     overwrite: bool = False,
@@ -144,11 +144,11 @@ def convert_allen_spikes(
         )
     with nwb.open_nwb(nwb_path) as f:
         session_id = nwb.read_str(f, "identifier")
-        units = ecephys._units(f)
-        channels = ecephys._channels(f)
-        keep, unit_area, unit_channel = ecephys._select_units(
+        table = units.read_units(f)
+        channels = units.read_channels(f)
+        keep, unit_area, unit_channel = units.select_units(
             f,
-            units,
+            table,
             channels,
             areas,
             amplitude_cutoff_maximum,
@@ -160,10 +160,10 @@ def convert_allen_spikes(
         probe_names = _probe_names(f, channels, unit_channel)
         lo = presentations["start_time"].min() - margin_s
         hi = presentations["stop_time"].max() + margin_s
-        unit_ids = units["id"][keep].astype(np.int64)
+        unit_ids = table["id"][keep].astype(np.int64)
         times, owners = [], []
         for uid, i in zip(unit_ids, keep):
-            t = units["spike_times"][i]
+            t = table["spike_times"][i]
             t = t[(t >= lo) & (t < hi)]
             times.append(t)
             owners.append(np.full(t.size, uid, dtype=np.int64))
@@ -179,8 +179,8 @@ def convert_allen_spikes(
         }
     )
     for col in ("amplitude_cutoff", "presence_ratio", "isi_violations", "firing_rate"):
-        if col in units:
-            unit_table[col] = np.asarray(units[col][keep], dtype=np.float64)
+        if col in table:
+            unit_table[col] = np.asarray(table[col][keep], dtype=np.float64)
     spikes = pd.DataFrame({"unit_id": np.concatenate(owners), "time": np.concatenate(times)})
     where = f"{nwb_path} [{ecephys.INTERVALS}/{stimulus}_presentations]"
     trials = _trials(presentations, columns, where)
@@ -193,14 +193,13 @@ def convert_allen_spikes(
         "condition_columns": list(columns),
         "population": population,
         "area_filter": list(areas) if areas else None,
-        "unit_filters": {
-            "quality": "good" if filter_by_validity else None,
-            "valid_data_and_in_brain": filter_by_validity,
-            "amplitude_cutoff_maximum": amplitude_cutoff_maximum,
-            "presence_ratio_minimum": presence_ratio_minimum,
-            "isi_violations_maximum": isi_violations_maximum,
-        },
-        "n_units_in_file": int(units["id"].size),
+        "unit_filters": units.unit_filter_meta(
+            amplitude_cutoff_maximum,
+            presence_ratio_minimum,
+            isi_violations_maximum,
+            filter_by_validity,
+        ),
+        "n_units_in_file": int(table["id"].size),
         "n_units_kept": int(len(keep)),
         "spike_window_s": [float(lo), float(hi)],
     }
@@ -221,9 +220,9 @@ def convert_allen_spikes(
 def _probe_names(f: h5py.File, channels: dict, unit_channel: np.ndarray) -> list[str]:
     """Each unit's probe: the electrodes table's group_name (probeA, ...) or probe<id>."""
     rows = [channels["row"][int(c)] for c in unit_channel]
-    if nwb.has(f, f"{ecephys.ELECTRODES}/group_name"):
-        names = ecephys._table_column(
-            f, ecephys.ELECTRODES, "group_name", channels["id"].size, numeric=False
+    if nwb.has(f, f"{units.ELECTRODES}/group_name"):
+        names = nwb.table_column(
+            f, units.ELECTRODES, "group_name", channels["id"].size, numeric=False
         )
         return [str(names[r]) for r in rows]
     probe = channels.get("probe_id")

@@ -2,7 +2,7 @@
 
 from neurotwin.models.spikes.base import SessionSpec, SpikeOutput, TrialShape
 from neurotwin.models.spikes.model import SpikeModel, SpikeModelOptions, build_spike_model
-from neurotwin.models.spikes.registry import SPIKE_MODELS
+from neurotwin.registry import SPIKE_MODELS
 
 __all__ = [
     "SPIKE_MODELS",

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurotwin.config import option
-from neurotwin.errors import ConfigError
+from neurotwin.config import option, require
 from neurotwin.models.spikes.base import SessionSpec, TrialShape
 from neurotwin.models.spikes.bases import bspline_basis, raised_cosine_basis
 from neurotwin.models.spikes.convolution import causal_conv
+from neurotwin.registry import Options
 
 
 @dataclass
-class GLMOptions:
+class GLMOptions(Options):
     """Bases, terms and penalties of the point-process GLM."""
 
     stimulus_basis: int = option(
@@ -57,20 +57,20 @@ class GLMOptions:
         "auto", "causal convolution: direct (conv1d), fft, or auto (fft for long filters)"
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for name in ("stimulus_basis", "history_basis", "coupling_basis", "coupling_rank"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.glm.{name}: must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value >= 1, name, f"must be >= 1, got {value}")
         for name in ("history_peaks_ms", "coupling_peaks_ms"):
             peaks = getattr(self, name)
-            if len(peaks) != 2 or not 0 <= peaks[0] <= peaks[1]:
-                raise ConfigError(f"model.glm.{name}: expected FIRST LAST with 0 <= FIRST <= LAST")
+            ok = len(peaks) == 2 and 0 <= peaks[0] <= peaks[1]
+            require(ok, name, f"expected FIRST LAST with 0 <= FIRST <= LAST, got {peaks}")
         for name in ("history_stretch_ms", "coupling_stretch_ms"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.glm.{name}: must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value > 0, name, f"must be > 0, got {value}")
         for name in ("l2", "smoothness"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model.glm.{name}: must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value >= 0, name, f"must be >= 0, got {value}")
 
     def history_basis_matrix(self, bin_ms: float) -> np.ndarray:
         return raised_cosine_basis(

@@ -15,21 +15,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurotwin.config import option
+from neurotwin.config import option, require
 from neurotwin.errors import ConfigError
 from neurotwin.models.spikes.base import SessionSpec, SpikeOutput, TrialShape
 from neurotwin.models.spikes.glm import CouplingTerm, GLMOptions, HistoryTerm, TimeTerm
-from neurotwin.models.spikes.registry import SPIKE_MODELS
 from neurotwin.models.spikes.vae import LatentGain, VAEOptions
+from neurotwin.registry import SPIKE_MODELS, Options
 
 
 @dataclass
-class SpikeModelOptions:
-    """Which spike model, and the options of its parts."""
+class SpikeModelOptions(Options):
+    """Which spike model (`--model`), and the options of its parts."""
 
     name: str = option("glm", "spike model: glm | glm_vae | vae (VAE only)")
     glm: GLMOptions = field(default_factory=GLMOptions)
     vae: VAEOptions = field(default_factory=VAEOptions)
+
+    def check(self) -> None:
+        known = SPIKE_MODELS.names()
+        require(self.name in known, "model", f"unknown spike model {self.name!r}; known: {known}")
 
 
 class SpikeModel(nn.Module):
@@ -69,9 +73,9 @@ class SpikeModel(nn.Module):
     def _check_lags(what: str, basis: np.ndarray, shape: TrialShape) -> None:
         if basis.shape[0] > shape.n_history:
             raise ConfigError(
-                f"data.history_ms: the {what} filters reach back {basis.shape[0] * shape.bin_ms:g}"
+                f"--history_ms: the {what} filters reach back {basis.shape[0] * shape.bin_ms:g}"
                 f" ms but only {shape.n_history * shape.bin_ms:g} ms of history are binned; "
-                f"raise history_ms or shorten model.glm.{what}_peaks_ms"
+                f"raise --history_ms or shorten --{what}_peaks_ms"
             )
 
     def key(self, session: str) -> str:

@@ -27,14 +27,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from neurotwin.config import option
-from neurotwin.errors import ConfigError
+from neurotwin.config import option, require
 from neurotwin.models.spikes.base import SessionSpec, TrialShape
 from neurotwin.models.spikes.bases import bspline_basis
+from neurotwin.registry import Options
 
 
 @dataclass
-class VAEOptions:
+class VAEOptions(Options):
     """The Transformer encoder, the latent, the gain decoder and the KL term."""
 
     token_ms: float = option(20.0, "width of one encoder token: counts summed over it (ms)")
@@ -55,20 +55,16 @@ class VAEOptions:
     kl_warmup_epochs: int = option(10, "epochs over which beta rises linearly from 0")
     sample_latent: bool = option(True, "sample z in training (else use the posterior mean)")
 
-    def __post_init__(self) -> None:
-        for name in ("d_model", "layers", "heads", "ff_dim", "latent_dim", "gain_basis"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.vae.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.heads:
-            raise ConfigError("model.vae.d_model: must be a multiple of model.vae.heads")
-        if self.token_ms <= 0:
-            raise ConfigError(f"model.vae.token_ms: must be > 0, got {self.token_ms}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.vae.dropout: must be in [0, 1), got {self.dropout}")
-        if self.beta < 0 or self.kl_warmup_epochs < 0:
-            raise ConfigError("model.vae.beta and kl_warmup_epochs: must be >= 0")
-        if self.gain_factors < 1 or self.decoder_hidden < 0:
-            raise ConfigError("model.vae.gain_factors >= 1 and decoder_hidden >= 0 required")
+    def check(self) -> None:
+        for name in ("d_model", "layers", "heads", "ff_dim", "latent_dim", "gain_basis", "gain_factors"):  # fmt: skip
+            value = getattr(self, name)
+            require(value >= 1, name, f"must be >= 1, got {value}")
+        require(self.d_model % self.heads == 0, "d_model", f"must be a multiple of heads ({self.heads}), got {self.d_model}")  # fmt: skip
+        require(self.token_ms > 0, "token_ms", f"must be > 0, got {self.token_ms}")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        for name in ("beta", "kl_warmup_epochs", "decoder_hidden"):
+            value = getattr(self, name)
+            require(value >= 0, name, f"must be >= 0, got {value}")
 
     def beta_at(self, epoch: int) -> float:
         """beta of `epoch` (1-based): beta * min(1, epoch / kl_warmup_epochs)."""

@@ -1,4 +1,6 @@
-"""Figures of a trained spike model (matplotlib, Agg, PNG; each written atomically).
+"""Figures of a trained spike model (matplotlib figures, Agg backend, imported when drawing):
+each function draws the tables and arrays `neurotwin.predict_spikes` gathers and returns the
+figure, which predict_spikes writes (PNG, atomically).
 
 - `coupling_figure`: the coupling filter of every ordered population pair (rows: source,
   columns: target) with its 95% band;
@@ -9,19 +11,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from neurotwin.models.spikes.base import SessionSpec
 
 MAX_CONDITIONS = 8
 SMOOTH_MS = 5.0
 SPLIT_COLOURS = {"train": "tab:blue", "validation": "tab:orange", "test": "tab:green"}
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,19 +34,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def coupling_figure(
-    couplings: pd.DataFrame, populations: Sequence[str], path: Path, title: str
-) -> Path:
-    plt = _pyplot()
+def coupling_figure(couplings: pd.DataFrame, populations: Sequence[str], title: str) -> Any:
+    """The coupling filter of every ordered pair of `populations` with its 95% band."""
+    plt = pyplot()
     n = len(populations)
     fig, axes = plt.subplots(n, n, figsize=(2.6 * n + 0.6, 2.1 * n + 0.6), squeeze=False)
     for i, source in enumerate(populations):
@@ -62,7 +56,7 @@ def coupling_figure(
                 ax.set_ylabel("log-rate change / spike")
     fig.suptitle(f"{title}: coupling filters (95% bands)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
@@ -73,9 +67,11 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(x, kernel, mode="same") / np.convolve(np.ones_like(x), kernel, mode="same")
 
 
-def psth_figure(psth: Mapping[str, np.ndarray], spec, bin_ms: float, path: Path, title: str):
+def psth_figure(
+    psth: Mapping[str, np.ndarray], spec: SessionSpec, bin_ms: float, title: str
+) -> Any:
     """`psth`: data and model (conditions, units, bins) sums over trials, trials (conditions,)."""
-    plt = _pyplot()
+    plt = pyplot()
     conditions = list(spec.conditions)[:MAX_CONDITIONS]
     pops = spec.slices()
     fig, axes = plt.subplots(
@@ -105,11 +101,11 @@ def psth_figure(psth: Mapping[str, np.ndarray], spec, bin_ms: float, path: Path,
     shown = "" if len(spec.conditions) <= MAX_CONDITIONS else f" (first {MAX_CONDITIONS})"
     fig.suptitle(f"{title}: PSTH per condition{shown}, mean over units", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def latent_figure(latents: pd.DataFrame, path: Path, title: str) -> Path:
-    plt = _pyplot()
+def latent_figure(latents: pd.DataFrame, title: str) -> Any:
+    plt = pyplot()
     columns = [c for c in latents.columns if c.startswith("z") and c[1:].isdigit()]
     fig, axes = plt.subplots(len(columns), 1, figsize=(7, 1.5 * len(columns) + 0.8), squeeze=False)
     for ax, column in zip(axes[:, 0], columns):
@@ -122,4 +118,4 @@ def latent_figure(latents: pd.DataFrame, path: Path, title: str) -> Path:
     axes[0, 0].legend(fontsize=7, frameon=False, markerscale=2)
     fig.suptitle(f"{title}: posterior-mean latents", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

@@ -8,7 +8,7 @@
 This is the plain format a user can write from any recording (Allen Neuropixels files are
 converted into it by `neurotwin.data.allen.spikes`). `read_session` checks every rule and raises
 `DataFormatError(file, problem, column)`; `write_session` writes a folder atomically (a temporary
-folder, then a rename). Binning spike times into counts per bin is `bin_trials`.
+folder, then a rename). Binning spike times into trains is `neurotwin.data.spikes.loader`.
 """
 
 from __future__ import annotations
@@ -169,13 +169,14 @@ def _checked_column(path: Path, name: str, column: pd.Series, kind: str) -> pd.S
     return column.astype(object)
 
 
-def _check_units(path: Path, units: pd.DataFrame) -> None:
-    if units.empty:
-        raise DataFormatError(path, "no units", "unit_id")
-    duplicated = units["unit_id"].duplicated()
+def _check_ids(path: Path, table: pd.DataFrame, column: str, what: str) -> None:
+    """A table with rows, and no id twice in `column`."""
+    if table.empty:
+        raise DataFormatError(path, f"no {what}s", column)
+    duplicated = table[column].duplicated()
     if duplicated.any():
-        ids = units["unit_id"][duplicated].unique()[:5].tolist()
-        raise DataFormatError(path, f"duplicate unit ids {ids}", "unit_id")
+        ids = table[column][duplicated].unique()[:5].tolist()
+        raise DataFormatError(path, f"duplicate {what} ids {ids}", column)
 
 
 def _check_spikes(path: Path, spikes: pd.DataFrame, unit_ids: np.ndarray) -> np.ndarray:
@@ -204,12 +205,7 @@ def _check_spikes(path: Path, spikes: pd.DataFrame, unit_ids: np.ndarray) -> np.
 
 
 def _check_trials(path: Path, trials: pd.DataFrame) -> pd.DataFrame:
-    if trials.empty:
-        raise DataFormatError(path, "no trials", "trial_id")
-    duplicated = trials["trial_id"].duplicated()
-    if duplicated.any():
-        ids = trials["trial_id"][duplicated].unique()[:5].tolist()
-        raise DataFormatError(path, f"duplicate trial ids {ids}", "trial_id")
+    _check_ids(path, trials, "trial_id", "trial")
     start, stop = trials["start"].to_numpy(), trials["stop"].to_numpy()
     empty = np.flatnonzero(stop <= start)
     if empty.size:
@@ -241,7 +237,7 @@ def read_session(path: str | Path) -> SpikeSession:
     if not path.is_dir():
         raise DataFormatError(path, "session folder not found")
     units = _read_table(path / UNITS_FILE, UNIT_COLUMNS)
-    _check_units(path / UNITS_FILE, units)
+    _check_ids(path / UNITS_FILE, units, "unit_id", "unit")
     populations = sorted(units["population"].unique())
     rank = {p: i for i, p in enumerate(populations)}
     order = np.argsort(units["population"].map(rank).to_numpy(), kind="stable")
@@ -319,58 +315,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# ------------------------------------------------------------------------------------------------
-# Binning
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BinnedSpikes:
-    """Counts of a batch of trials in sparse form: one entry per spike (trial, unit, bin) of
-    a (trials, units, bins) array; bins [0, history) come before the trial window."""
-
-    trial: np.ndarray
-    unit: np.ndarray
-    bin: np.ndarray
-    shape: tuple[int, int, int]
-    history: int
-
-    def dense(self) -> np.ndarray:
-        """The (trials, units, bins) count array (float32)."""
-        n_trials, n_units, n_bins = self.shape
-        flat = (self.trial * n_units + self.unit) * n_bins + self.bin
-        counts = np.bincount(flat, minlength=n_trials * n_units * n_bins)
-        return counts.reshape(self.shape).astype(np.float32)
-
-
-def bin_trials(
-    session: SpikeSession,
-    window_starts: np.ndarray,
-    bin_s: float,
-    n_bins: int,
-    n_history: int,
-) -> BinnedSpikes:
-    """Spike counts in `n_history + n_bins` bins of `bin_s` seconds per trial: bin `n_history + k`
-    is [w + k * bin_s, w + (k + 1) * bin_s) for the trial's window start w (so the history bins
-    lie just before the window). A spike's bin is floor((t - w) / bin_s)."""
-    window_starts = np.asarray(window_starts, dtype=np.float64).reshape(-1)
-    total = n_history + n_bins
-    lo = np.searchsorted(session.times, window_starts - (n_history + 1) * bin_s, side="left")
-    hi = np.searchsorted(session.times, window_starts + (n_bins + 1) * bin_s, side="left")
-    lengths = hi - lo
-    trial = np.repeat(np.arange(window_starts.size), lengths)
-    # indices lo[k] .. hi[k]-1 of every trial, concatenated
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    rows = np.repeat(lo, lengths) + offsets
-    rel = (session.times[rows] - window_starts[trial]) / bin_s
-    idx = np.floor(rel).astype(np.int64) + n_history
-    keep = (idx >= 0) & (idx < total)
-    return BinnedSpikes(
-        trial=trial[keep].astype(np.int64),
-        unit=session.unit_index[rows[keep]],
-        bin=idx[keep],
-        shape=(int(window_starts.size), session.n_units, total),
-        history=n_history,
-    )

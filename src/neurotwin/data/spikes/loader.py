@@ -1,4 +1,4 @@
-"""Trials of several spike-table sessions -> batches of binned counts, sessions interleaved.
+"""Trials of several spike-table sessions -> batches of binned spike trains, sessions interleaved.
 
 `SpikeData(options)` reads every session, keeps the trials the condition filters select, cuts
 each kept trial to the same window (`window_start_ms` after its start, `window_ms` long, with
@@ -7,7 +7,8 @@ validation / test (stratified, seeded by `split_seed`, so the split does not cha
 training seed). `batches(split, epoch)` yields `SpikeBatch`es of one session each: training
 batches shuffled within each session under (seed, epoch) and the sessions interleaved in the
 order `neurotwin.data.loaders.session_order` gives (the video loaders' rule); evaluation batches
-in session then start-time order. Counts are binned when a batch is made (`bin_trials`).
+in session then start-time order. Counts are binned when a batch is made (`bin_trials`) and
+kept sparse (one entry per spike) until `SpikeBatch.counts` assembles them on the device.
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurotwin.config import option
+from neurotwin.config import Options, option, require
 from neurotwin.data.loaders import session_order
-from neurotwin.data.spikes import (
-    TRIALS_FILE,
-    BinnedSpikes,
-    SpikeSession,
-    bin_trials,
-    find_sessions,
-    read_session,
-)
+from neurotwin.data.spikes.layout import TRIALS_FILE, SpikeSession, find_sessions, read_session
 from neurotwin.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,7 +34,7 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclass
-class SpikeDataOptions:
+class SpikeDataOptions(Options):
     """Which sessions and trials, the time window and bins, the split and the batch size."""
 
     data_dir: str = option("data/spikes", "folder of session folders in the spike table layout")
@@ -64,24 +58,80 @@ class SpikeDataOptions:
     split_seed: int = option(0, "seed of the train/validation/test split")
     batch_size: int = option(64, "trials per batch (all from one session)")
 
-    def __post_init__(self) -> None:
-        if self.bin_ms <= 0:
-            raise ConfigError(f"data.bin_ms: must be > 0, got {self.bin_ms}")
-        if self.window_ms is not None and self.window_ms < self.bin_ms:
-            raise ConfigError(f"data.window_ms: must be >= bin_ms, got {self.window_ms}")
-        if self.history_ms < 0:
-            raise ConfigError(f"data.history_ms: must be >= 0, got {self.history_ms}")
+    def check(self) -> None:
+        require(self.bin_ms > 0, "bin_ms", f"must be > 0, got {self.bin_ms}")
+        w = self.window_ms
+        require(w is None or w >= self.bin_ms, "window_ms", f"must be >= bin_ms, got {w}")
+        require(self.history_ms >= 0, "history_ms", f"must be >= 0, got {self.history_ms}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ConfigError(f"data.{name}: must be in [0, 1), got {value}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError("data.val_fraction + data.test_fraction: must be < 1")
-        if self.batch_size < 1:
-            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+        held_out = self.val_fraction + self.test_fraction
+        require(held_out < 1, "val_fraction", f"val_fraction + test_fraction must be < 1, got {held_out}")  # fmt: skip
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         for spec in self.filters or []:
-            if "=" not in spec or not spec.split("=", 1)[0]:
-                raise ConfigError(f"data.filters: expected COLUMN=VALUE, got {spec!r}")
+            ok = "=" in spec and bool(spec.split("=", 1)[0])
+            require(ok, "filters", f"expected COLUMN=VALUE, got {spec!r}")
+
+
+@dataclass(frozen=True)
+class BinnedSpikes:
+    """Counts of a batch of trials in sparse form: one entry per spike (trial, unit, bin) of
+    a (trials, units, bins) array; bins [0, history) come before the trial window."""
+
+    trial: np.ndarray
+    unit: np.ndarray
+    bin: np.ndarray
+    shape: tuple[int, int, int]
+    history: int
+
+    def dense(self) -> np.ndarray:
+        """The (trials, units, bins) count array (float32)."""
+        n_trials, n_units, n_bins = self.shape
+        flat = (self.trial * n_units + self.unit) * n_bins + self.bin
+        counts = np.bincount(flat, minlength=n_trials * n_units * n_bins)
+        return counts.reshape(self.shape).astype(np.float32)
+
+    def subset(self, start: int, stop: int) -> BinnedSpikes:
+        """The spikes of trials start..stop, renumbered from 0."""
+        n_trials, n_units, n_bins = self.shape
+        start, stop = max(start, 0), min(stop, n_trials)
+        keep = (self.trial >= start) & (self.trial < stop)
+        shape = (max(stop - start, 0), n_units, n_bins)
+        return BinnedSpikes(
+            self.trial[keep] - start, self.unit[keep], self.bin[keep], shape, self.history
+        )
+
+
+def bin_trials(
+    session: SpikeSession,
+    window_starts: np.ndarray,
+    bin_s: float,
+    n_bins: int,
+    n_history: int,
+) -> BinnedSpikes:
+    """Spike counts in `n_history + n_bins` bins of `bin_s` seconds per trial: bin `n_history + k`
+    is [w + k * bin_s, w + (k + 1) * bin_s) for the trial's window start w (so the history bins
+    lie just before the window). A spike's bin is floor((t - w) / bin_s)."""
+    window_starts = np.asarray(window_starts, dtype=np.float64).reshape(-1)
+    total = n_history + n_bins
+    lo = np.searchsorted(session.times, window_starts - (n_history + 1) * bin_s, side="left")
+    hi = np.searchsorted(session.times, window_starts + (n_bins + 1) * bin_s, side="left")
+    lengths = hi - lo
+    trial = np.repeat(np.arange(window_starts.size), lengths)
+    # indices lo[k] .. hi[k]-1 of every trial, concatenated
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = np.repeat(lo, lengths) + offsets
+    rel = (session.times[rows] - window_starts[trial]) / bin_s
+    idx = np.floor(rel).astype(np.int64) + n_history
+    keep = (idx >= 0) & (idx < total)
+    return BinnedSpikes(
+        trial=trial[keep].astype(np.int64),
+        unit=session.unit_index[rows[keep]],
+        bin=idx[keep],
+        shape=(int(window_starts.size), session.n_units, total),
+        history=n_history,
+    )
 
 
 @dataclass
@@ -96,6 +146,15 @@ class SpikeBatch:
 
     def __len__(self) -> int:
         return int(self.trial_ids.size)
+
+    def subset(self, start: int, stop: int) -> SpikeBatch:
+        """Trials start..stop of the batch (a micro-batch)."""
+        return SpikeBatch(
+            self.session,
+            self.trial_ids[start:stop],
+            self.condition[start:stop],
+            self.spikes.subset(start, stop),
+        )
 
     def counts(self, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
         """(trials, units, history + window bins) counts, assembled on `device`."""
@@ -130,7 +189,7 @@ def _matches(trials: pd.DataFrame, filters: Sequence[str], where: str) -> np.nda
     for column, values in wanted.items():
         if column not in trials.columns:
             raise ConfigError(
-                f"data.filters: {where} has no column {column!r}; condition variables: "
+                f"--filters: {where} has no column {column!r}; condition variables: "
                 f"{[c for c in trials.columns if c not in ('trial_id', 'start', 'stop')]}"
             )
         col = trials[column]
@@ -141,7 +200,7 @@ def _matches(trials: pd.DataFrame, filters: Sequence[str], where: str) -> np.nda
                     hit |= np.isclose(col.to_numpy(np.float64), float(value))
                 except ValueError:
                     raise ConfigError(
-                        f"data.filters: {column} is numeric in {where}, got {value!r}"
+                        f"--filters: {column} is numeric in {where}, got {value!r}"
                     ) from None
             else:
                 hit |= col.astype(str).to_numpy() == value
@@ -184,7 +243,7 @@ class SpikeData:
         window_s = options.window_ms / 1000.0 if options.window_ms else min(durations)
         self.n_bins = int(math.floor(window_s / self.bin_s + 1e-9))
         if self.n_bins < 1:
-            raise ConfigError(f"data.window_ms: the window holds no {options.bin_ms} ms bin")
+            raise ConfigError(f"--window_ms: the window holds no {options.bin_ms} ms bin")
         self.n_history = int(math.ceil(options.history_ms / options.bin_ms - 1e-9))
         self.window_ms = self.n_bins * options.bin_ms
         self.sessions: dict[str, SessionTrials] = {}
@@ -224,7 +283,7 @@ class SpikeData:
             keep &= _matches(trials, self.options.filters, where)
         if not keep.any():
             raise ConfigError(
-                f"data: no trial of {where} passes the condition filters (conditions="
+                f"--conditions, --filters: no trial of {where} passes them (conditions="
                 f"{self.options.conditions}, filters={self.options.filters}); conditions "
                 f"there: {sorted(trials['condition'].unique().tolist())[:20]}"
             )
@@ -246,7 +305,7 @@ class SpikeData:
         trials = trials[long_enough].copy().reset_index(drop=True)
         if trials.empty:
             raise ConfigError(
-                f"data.window_ms: no trial of {session.name} lasts {needed * 1000:.1f} ms"
+                f"--window_ms: no trial of {session.name} lasts {needed * 1000:.1f} ms"
             )
         trials["window_start"] = trials["start"].to_numpy() + start
         return trials
