@@ -98,6 +98,12 @@ class DataConfig(Options):
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
+    folds: int = option(
+        1,
+        "split each session's training trials into this many folds (fixed, whatever the seed) "
+        "and train on all but --fold (1: no split); validation stays on val_tier",
+    )
+    fold: int = option(0, "the fold left out of training when folds > 1 (0 .. folds - 1)")
 
     def check(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -107,6 +113,12 @@ class DataConfig(Options):
             f"must be >= 1 or -1 (whole trial), got {self.crop_frame}",
         )
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.folds >= 1, "folds", f"must be >= 1, got {self.folds}")
+        require(
+            0 <= self.fold < self.folds,
+            "fold",
+            f"must be in 0..{self.folds - 1} (--folds {self.folds}), got {self.fold}",
+        )
 
 
 @dataclass
@@ -131,7 +143,15 @@ class TrainConfig(Options):
         True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
     )
     lr: float = option(0.0048, "learning rate")
-    core_lr: float | None = option(None, "learning rate of the core (none: lr)")
+    core_lr: float | None = option(
+        None, "learning rate of the core (none: lr; 0: the core is frozen, weights and mode)"
+    )
+    pretrained_core: str | None = option(
+        None,
+        "start from the core of this run (its folder or a checkpoint file; a folder gives its "
+        "best.pt); its core options and transform_input must equal this run's; readouts and "
+        "shifters of this run's sessions start fresh",
+    )
     weight_decay: float = option(0.0, "AdamW weight decay")
     core_weight_decay: float | None = option(
         None, "AdamW weight decay of the core (none: weight_decay)"
@@ -181,7 +201,7 @@ class TrainConfig(Options):
         require(self.min_epochs >= 0, "min_epochs", f"must be >= 0, got {self.min_epochs}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.core_lr is None or self.core_lr > 0, "core_lr", f"must be > 0, got {self.core_lr}")  # fmt: skip
+        require(self.core_lr is None or self.core_lr >= 0, "core_lr", f"must be >= 0 (0: frozen), got {self.core_lr}")  # fmt: skip
         require(0 < self.lr_factor < 1, "lr_factor", f"must be in (0, 1), got {self.lr_factor}")
         require(self.lr_patience >= 1, "lr_patience", f"must be >= 1, got {self.lr_patience}")
         require(self.max_reduce >= 0, "max_reduce", f"must be >= 0, got {self.max_reduce}")
