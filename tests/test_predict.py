@@ -624,3 +624,30 @@ def test_metrics_by_area_and_by_stimulus(run, capsys):
     with open(out / "predictions" / "metrics.csv", newline="") as f:
         groups_written = {r["group"] for r in csv.DictReader(f)}
     assert {"all", "area=VISp", "area=VISl", "stimulus=natural"} <= groups_written
+
+
+def test_an_error_in_the_writer_threads_stops_prediction_and_leaves_nothing(run, monkeypatch):
+    from neurotwin.prediction import engine
+
+    out = _copy_run(run, "writer_error")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while finishing a tier")
+
+    monkeypatch.setattr(engine, "finish_tier", broken)
+    with pytest.raises(OSError, match="disk full"):
+        P.predict_run(out, verbose=0)
+    _no_leftovers(out)
+
+
+def test_workers_and_batches_change_nothing(run):
+    out = _copy_run(run, "workers")
+    result = P.predict_run(out, tiers=["oracle", "train"], num_workers=2, batch_size=4, verbose=0)
+    for name, by_tier in result["sessions"].items():
+        for tier, m in by_tier.items():
+            ref = run["result"]["sessions"][name][tier]
+            for k, v in m.items():
+                assert v == (None if ref[k] is None else pytest.approx(ref[k], abs=1e-6)), k
+            a = np.load(out / "predictions" / name / f"{tier}.npz")["predictions"]
+            b = np.load(run["run"] / "predictions" / name / f"{tier}.npz")["predictions"]
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -35,6 +35,7 @@ METRIC_KEYS = (
 COUNT_KEYS = ("n_trials", "n_neurons")
 BREAKDOWNS = ("by_area", "by_stimulus")
 GROUP_NAMES = {"by_area": "area", "by_stimulus": "stimulus"}
+COPY_CHUNK = 16 << 20  # bytes per piece when an .npy goes into its .npz
 
 NPZ_DOC = """predictions (n_trials, N, T_max) float32 in original response units, NaN past each
 trial's frame count (and before the model's first output frame, if it predicts fewer frames than
@@ -78,7 +79,13 @@ def write_npz(path: Path, predictions: Path, result: TierResult) -> None:
         "tier": np.asarray(result.tier),
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.write(predictions, arcname="predictions.npy")
+        size = predictions.stat().st_size
+        with (
+            open(predictions, "rb") as src,
+            zf.open("predictions.npy", "w", force_zip64=size > 2**31) as dst,
+        ):
+            while chunk := src.read(COPY_CHUNK):  # large pieces: the CRC and I/O without the GIL
+                dst.write(chunk)
         for name, value in arrays.items():
             with zf.open(f"{name}.npy", "w") as f:
                 np.lib.format.write_array(f, value, allow_pickle=False)

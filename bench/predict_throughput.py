@@ -1,0 +1,178 @@
+"""Prediction throughput: trials/s of predict.py end to end against the forward pass alone.
+
+Three numbers on the same trials, the same model object and the same batches:
+
+- read:    the trial stream alone (workers reading every array of every trial, batching, pinned
+           memory), no model;
+- forward: the model's forward pass alone (bf16 autocast and compile as predict.py uses them) on
+           those batches, already on the device, synchronised once at the end;
+- e2e:     `RunPredictor.run()`: reading, forward pass, scoring, writing the .npz files and the
+           submission, metrics (what `python predict.py` does after loading the run).
+
+Each is timed after a warm-up that compiles the core for every batch shape (and fills the page
+cache); e2e runs `--repeats` times and the best is reported. The run is given (`--run`) or made
+with random weights from a preset (`--config`, written to `--workdir`), e.g. on a GPU machine:
+
+    bash bench/gen_sens.sh data/sens 10      # 10 sessions x 20 trials of Sensorium size
+    python bench/predict_throughput.py --config configs/viv1t.yaml --data_dir data/sens \\
+        --workdir /tmp/predict_bench --device cuda --batch_size 8 --num_workers 8
+
+Prints one table row per measurement and, with `--json`, writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from neurotwin import config as cfg
+from neurotwin.data import loaders, native
+from neurotwin.models.model import build_model
+from neurotwin.predict import RunPredictor
+from neurotwin.prediction.stream import TrialReader, plan_batches, trial_stream
+from neurotwin.run import RunFolder
+from neurotwin.training.checkpoint import save_checkpoint
+
+
+def make_random_run(config_file: str, data_dir: str, workdir: Path, overrides: str) -> Path:
+    """A run folder whose checkpoint holds the preset's model with random weights."""
+    parser = argparse.ArgumentParser()
+    cfg.add_config_flags(parser)
+    argv = ["--config", config_file, "--data_dir", data_dir, "--output_dir", str(workdir)]
+    config = cfg.resolve(parser.parse_args(argv + shlex.split(overrides)))
+    config.data.generate_synthetic = False
+    specs = loaders.session_specs(config.data)
+    first = native.find_sessions(config.data.data_dir, config.data.mouse_ids)[0]
+    torch.manual_seed(config.run.seed)
+    model = build_model(config.model, specs, 1, native.NativeSession(first).frame_shape)
+    run = RunFolder(workdir)
+    cfg.save_yaml(config, run.config_file)
+    sessions = {
+        s: {"n_neurons": int(v["n_neurons"]), "unit_ids": [int(u) for u in v["unit_ids"]]}
+        for s, v in specs.items()
+    }
+    state = {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(config)}
+    save_checkpoint(run.checkpoints / "best.pt", {**state, "sessions": sessions})
+    return run.path
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def read_batches(predictor: RunPredictor) -> tuple[list, float]:
+    """Every batch of the stream (kept in host memory) and the seconds reading took."""
+    keys = plan_batches(predictor.plans, predictor.batch_size)
+    reader = TrialReader(predictor.plans, predictor.source.input_transforms)
+    pin = predictor.device.type == "cuda"
+    tic = time.perf_counter()
+    batches = list(trial_stream(reader, keys, predictor.num_workers, pin))
+    return batches, time.perf_counter() - tic
+
+
+def forward_seconds(predictor: RunPredictor, batches: list, repeats: int) -> float:
+    """Best time of the forward passes over `batches` (inputs moved to the device first)."""
+    source, device = predictor.source, predictor.device
+    staged = []
+    for b in batches:
+        inputs = [x.to(device) for x in (b.video, b.behavior, b.pupil_center)]
+        if source.pad_to and len(b) < source.pad_to:  # as ModelRates pads for a compiled core
+            inputs = [torch.cat([x, x[-1:].expand(source.pad_to - len(b), *x.shape[1:])]) for x in inputs]  # fmt: skip
+        staged.append((predictor.plans[b.plan].session.name, inputs))
+    for session, inputs in staged:  # warm-up: every shape compiled
+        source.forward(session, *inputs)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        tic = time.perf_counter()
+        for session, inputs in staged:
+            source.forward(session, *inputs)
+        synchronize(device)
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default=None, help="a trained run folder (else --config makes one)")
+    p.add_argument("--config", default="configs/viv1t.yaml", help="preset of the random run")
+    p.add_argument("--data_dir", default=None, help="data folder (default: the run's)")
+    p.add_argument("--workdir", default="/tmp/predict_bench", help="folder of the random run")
+    p.add_argument("--override", default="", help="more flags for the random run's config")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--num_workers", type=int, default=None)
+    p.add_argument("--tiers", nargs="+", default=None)
+    p.add_argument("--compile", type=int, choices=(0, 1), default=None, help="default: the run's")
+    p.add_argument("--score_space", default="raw", choices=("raw", "normalized"))
+    p.add_argument("--no_submission", action="store_true")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats (best reported)")
+    p.add_argument("--json", default=None, help="write the rows here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.run is None:
+        if args.data_dir is None:
+            raise SystemExit("--data_dir is needed to make a random run from --config")
+        run = make_random_run(args.config, args.data_dir, Path(args.workdir), args.override)
+    else:
+        run = Path(args.run)
+    predictor = RunPredictor(
+        run,
+        tiers=args.tiers,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        score_space=args.score_space,
+        compile=None if args.compile is None else bool(args.compile),
+        submission=not args.no_submission,
+    )
+    trials = sum(len(p) for p in predictor.plans)
+    batches, read_s = read_batches(predictor)
+    forward_s = forward_seconds(predictor, batches, args.repeats)
+    del batches
+    e2e = []
+    for _ in range(args.repeats + 1):  # the first run warms up (files, pinned memory pools)
+        synchronize(predictor.device)
+        tic = time.perf_counter()
+        predictor.run(verbose=0)
+        e2e.append(time.perf_counter() - tic)
+    e2e_s = min(e2e[1:])
+    device = predictor.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    common = {
+        "device": name, "torch": torch.__version__, "trials": trials,
+        "batch_size": predictor.batch_size, "num_workers": predictor.num_workers,
+        "compile": predictor.compiled, "bf16": predictor.source.use_autocast,
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    rows = [
+        {**common, "mode": mode, "seconds": s, "trials/s": trials / s}
+        for mode, s in (("read", read_s), ("forward", forward_s), ("e2e", e2e_s))
+    ]
+    rows[-1]["e2e/forward"] = rows[-1]["trials/s"] / rows[1]["trials/s"]
+    print(f"{name}, torch {torch.__version__}, {trials} trials, batch {predictor.batch_size}, "
+          f"{predictor.num_workers} workers, compile {predictor.compiled}, "
+          f"bf16 {predictor.source.use_autocast}")  # fmt: skip
+    print(f"{'mode':8} {'seconds':>9} {'trials/s':>9}")
+    for r in rows:
+        print(f"{r['mode']:8} {r['seconds']:9.2f} {r['trials/s']:9.2f}")
+    print(f"end to end at {100 * rows[-1]['e2e/forward']:.0f}% of the forward pass "
+          f"(e2e runs: {', '.join(f'{s:.2f}s' for s in e2e)})")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
