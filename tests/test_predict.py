@@ -651,3 +651,38 @@ def test_workers_and_batches_change_nothing(run):
             a = np.load(out / "predictions" / name / f"{tier}.npz")["predictions"]
             b = np.load(run["run"] / "predictions" / name / f"{tier}.npz")["predictions"]
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_path):
+    """Rows of the five mice published before the competition (A..E, test responses public) stay
+    out of the files; the competition's five (F..J) go in, under their folder names."""
+    import pandas as pd
+
+    from neurotwin.data.native import SENSORIUM_2023_MICE
+    from neurotwin.prediction.outputs import TierResult
+    from neurotwin.prediction.space import Precision
+    from neurotwin.prediction.submission import SubmissionWriter
+
+    name, session = next(iter(_sessions(run).items()))
+    npz = run["run"] / "predictions" / name / "live_test_main.npz"
+    z = np.load(npz)
+    writer = SubmissionWriter(tmp_path)
+    for letter in ("A", "F"):
+        result = TierResult(
+            session=SENSORIUM_2023_MICE[letter],
+            tier="live_test_main",
+            unit_ids=z["unit_ids"],
+            trial_ids=z["trial_ids"],
+            frame_counts=z["frame_counts"],
+            first_frames=np.zeros(len(z["trial_ids"]), dtype=np.int64),
+            clip_keys=[str(c) for c in z["clip_ids"]],
+            loader_frames=z["loader_frames"],
+            hidden=True,
+            metrics={},
+            npz=npz,
+        )
+        writer.add(result, Precision(session))
+    writer.close()
+    df = pd.read_parquet(tmp_path / "submission" / "predictions_live_main.parquet.brotli")
+    assert set(df["mouse"]) == {SENSORIUM_2023_MICE["F"]}
+    assert len(df) == len(z["trial_ids"])

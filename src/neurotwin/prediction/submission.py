@@ -22,6 +22,9 @@ Facts (ecker-lab/sensorium_2023: README "Submission comments" and
   `predictions_final_test_bonus_ood.parquet.brotli`, each in its own zip (uploaded separately to
   the live and final stages, to stay under 5 GB).
 
+- Mice: the competition scored the five mice released with it (ViV1T's F..J); rows of the first
+  five published mice (A..E) are left out.
+
 Everything goes to `predictions/submission/`. Each tier's table is filled session by session by
 a thread of its own (brotli level 1: readable like any brotli parquet, several times faster to
 write than pyarrow's default level).
@@ -42,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neurotwin import metrics as M
+from neurotwin.data.native import SENSORIUM_2023_MICE
 from neurotwin.errors import NeurotwinError
 from neurotwin.prediction.outputs import TierResult, open_predictions
 from neurotwin.prediction.space import Precision
@@ -69,6 +73,9 @@ SCHEMA = pa.schema(
         ("neuron_ids", pa.list_(pa.uint32())),
     ]
 )
+# The competition scored the five mice released with it (F..J); the test responses of the first
+# five (A..E, an earlier release) were published, and their rows are left out of the files.
+NOT_SCORED = frozenset(SENSORIUM_2023_MICE[letter] for letter in "ABCDE")
 BROTLI_LEVEL = 1
 TRIALS_PER_ROW_GROUP = 8
 
@@ -190,6 +197,11 @@ class SubmissionWriter:
             raise NeurotwinError(f"no submission file name for tiers {unknown}")
 
     def add(self, result: TierResult, precision: Precision) -> None:
+        if result.session in NOT_SCORED:
+            log.info(
+                "%s: not scored by the competition; left out of the submission", result.session
+            )
+            return
         with self._lock:
             if result.tier not in self.tables:
                 self.folder.mkdir(parents=True, exist_ok=True)
