@@ -403,7 +403,7 @@ def test_corrupt_checkpoint(run, capsys):
     path = out / "checkpoints" / "best.pt"
     path.write_bytes(path.read_bytes()[:200])
     err = _fails(["--output_dir", str(out), "--verbose", "0"], capsys)
-    assert "best.pt" in err and "cannot read" in err
+    assert "best.pt" in err and "truncated" in err
     _no_leftovers(out)
 
 
@@ -686,3 +686,17 @@ def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_p
     df = pd.read_parquet(tmp_path / "submission" / "predictions_live_main.parquet.brotli")
     assert set(df["mouse"]) == {SENSORIUM_2023_MICE["F"]}
     assert len(df) == len(z["trial_ids"])
+
+
+def test_precision_of_no_frames_past_the_shipped_statistics_is_empty(run):
+    """Trials no longer than the 50 skipped frames submit no frames: their empty range needs no
+    column of the shipped std; a range past its frames is an error naming the file."""
+    from neurotwin.prediction.space import Precision
+
+    session = next(iter(_sessions(run).values()))
+    precision = Precision(session)
+    n, frames = precision.values.shape
+    assert frames > 1
+    assert precision.apply(np.zeros((n, 0)), frames + 10, frames + 10).shape == (n, 0)
+    with pytest.raises(DataFormatError, match="std.npy"):
+        precision.apply(np.zeros((n, 2)), frames - 1, frames + 1)

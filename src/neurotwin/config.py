@@ -1,7 +1,7 @@
 """The config tree: YAML <-> dataclasses, checked; each model part's options live with the part.
 
-A config is `Config(data, model, train, run)`. `data`, `train` and `run` are dataclasses of this
-module. `model` holds four part slots (core, readout, shifter, output_activation); a slot holds
+A config is `Config(data, model, train, run)`. `data`, `train` (`VideoTrainConfig`) and `run` are
+dataclasses of this module. `model` holds five part slots (core, readout, shifter, output_activation, modulator); a slot holds
 the options dataclass of the part chosen for it, declared beside the part's class and registered
 with it (see `neurotwin.registry`). Every option's flag is `--<field name>` (a slot's part is
 picked with `--<slot>`, e.g. `--core conv3d`); names are unique across the tree, except that an
@@ -16,6 +16,10 @@ a layer that picks another part drops the options the layers below gave the prev
 option that only another part owns is an error naming its owners. Saved configs carry
 `version: 2`; a config.yaml without it, holding the old release's flat core section (all its
 `core_*` fields whatever the core), loads with the other cores' fields dropped.
+
+The machinery (flags, layers, YAML) serves any tree of options dataclasses: another model family
+passes its own root (`cls=`, e.g. the spike family's `SpikeConfig`), whose `train` and `run` are
+`TrainConfig` (the shared loop's options, subclassed by a family for its own) and `RunConfig`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -34,7 +39,15 @@ import yaml
 
 from neurotwin.errors import ConfigError
 from neurotwin.files import write_text
-from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, Options, Registry
+from neurotwin.registry import (
+    ACTIVATIONS,
+    CORES,
+    MODULATORS,
+    READOUTS,
+    SHIFTERS,
+    Options,
+    Registry,
+)
 
 CONFIG_VERSION = 2  # saved configs; files without a version are the previous release's
 
@@ -51,6 +64,13 @@ def part(registry: Registry, default: str, help: str) -> Any:
     """A slot of the tree that holds the options of one part of `registry` (default `default`)."""
     metadata = {"help": help, "registry": registry, "default": default}
     return field(default_factory=lambda: registry.options(default), metadata=metadata)
+
+
+def new_default(cls: type, name: str, default: Any) -> Any:
+    """Option `name` of the options dataclass `cls` with another default, its help kept: for a
+    subclass serving another family, e.g. `epochs: int = new_default(TrainConfig, "epochs", 200)`."""
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return option(default, f.metadata["help"])
 
 
 def require(condition: bool, flag: str, problem: str) -> None:
@@ -73,7 +93,20 @@ class DataConfig(Options):
         None, "sessions to use, by folder name or short alias (none: every session found)"
     )
     generate_synthetic: bool = option(
-        False, "write the built-in synthetic dataset into data_dir first if it holds no session"
+        False,
+        "write the built-in synthetic dataset (3 mice) into data_dir first if it holds no "
+        "session; a --data_dir given on the command line turns a preset's true off (give "
+        "--generate_synthetic too to write there)",
+    )
+    check_data: Literal["full", "headers", "off"] = option(
+        "full",
+        "start-up check of every session the run reads: full (trial files, their .npy "
+        "headers' shapes and dtypes, tiers, and no NaN in the valid frames of training "
+        "trials; remembered per file size and time, so a second run takes seconds), headers "
+        "(all but the NaN pass), off (files are checked as they are first read)",
+    )
+    recompute_statistics: bool = option(
+        False, "compute the statistics of the training tier again instead of reading the cache"
     )
     train_tier: str = option("train", "tier the model is trained on")
     val_tier: str = option("oracle", "tier used for validation and early stopping")
@@ -104,6 +137,12 @@ class DataConfig(Options):
         "and train on all but --fold (1: no split); validation stays on val_tier",
     )
     fold: int = option(0, "the fold left out of training when folds > 1 (0 .. folds - 1)")
+    cutmix_prob: float = option(
+        0.0,
+        "CutMix: probability that a training trial gets a box of another trial of its batch "
+        "pasted into its movie, its responses mixed by the box's area (0: off)",
+    )
+    cutmix_alpha: float = option(1.0, "CutMix: the box's area fraction is Beta(alpha, alpha)")
 
     def check(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -119,6 +158,9 @@ class DataConfig(Options):
             "fold",
             f"must be in 0..{self.folds - 1} (--folds {self.folds}), got {self.fold}",
         )
+        p, a = self.cutmix_prob, self.cutmix_alpha
+        require(0 <= p <= 1, "cutmix_prob", f"must be in [0, 1], got {p}")
+        require(a > 0, "cutmix_alpha", f"must be > 0, got {a}")
 
 
 @dataclass
@@ -129,36 +171,30 @@ class ModelConfig(Options):
     readout: Any = part(READOUTS, "gaussian", "the readout of each session")
     shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
     output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
+    modulator: Any = part(
+        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout (none: off)"
+    )
 
 
 @dataclass
 class TrainConfig(Options):
-    """Loss, optimiser, schedule, and the numerics of a training step."""
+    """What the training loop does the same way for every model family: optimiser, schedule,
+    early stopping and the numerics of a step (a family adds its own options in a subclass)."""
 
     epochs: int = option(400, "maximum epochs")
-    criterion: Literal["poisson"] = option(
-        "poisson", "loss: poisson (summed over neurons and frames, averaged over trials)"
-    )
-    ds_scale: bool = option(
-        True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
-    )
     lr: float = option(0.0048, "learning rate")
-    core_lr: float | None = option(
-        None, "learning rate of the core (none: lr; 0: the core is frozen, weights and mode)"
-    )
-    pretrained_core: str | None = option(
-        None,
-        "start from the core of this run (its folder or a checkpoint file; a folder gives its "
-        "best.pt); its core options and transform_input must equal this run's; readouts and "
-        "shifters of this run's sessions start fresh",
-    )
     weight_decay: float = option(0.0, "AdamW weight decay")
-    core_weight_decay: float | None = option(
-        None, "AdamW weight decay of the core (none: weight_decay)"
-    )
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(1e-8, "Adam epsilon")
+    optimizer: Literal["adamw", "lbfgs"] = option(
+        "adamw",
+        "adamw: a step per batch (or per accumulate_sessions batches); lbfgs: full-batch "
+        "L-BFGS, one step of lbfgs_iterations iterations per epoch on the mean objective of all "
+        "training batches, strong Wolfe line search from step size 1 (for deterministic "
+        "objectives; lr, schedule_free and clipping are not used)",
+    )
+    lbfgs_iterations: int = option(20, "lbfgs: iterations per epoch")
     schedule_free: bool = option(
         False,
         "schedule-free AdamW (package schedulefree): no LR reductions; training stops after "
@@ -168,10 +204,29 @@ class TrainConfig(Options):
     accumulate_sessions: bool = option(
         True, "one optimiser step per as many batches as there are sessions (false: per batch)"
     )
+    lr_schedule: Literal["plateau", "cosine"] = option(
+        "plateau",
+        "LR schedule: plateau (reduce the LR when validation stops improving, then stop early) "
+        "or cosine (linear warm-up from 0 over warmup_epochs, then cosine decay to "
+        "min_lr_ratio x lr by the last epoch, stepped every optimiser step; runs all epochs)",
+    )
+    warmup_epochs: int = option(0, "cosine schedule: epochs of linear warm-up")
+    min_lr_ratio: float = option(0.01, "cosine schedule: the final LR as a fraction of lr")
+    ema_decay: float | None = option(
+        None,
+        "keep an exponential moving average of the weights (parameters and batch-norm "
+        "statistics) with this decay per optimiser step; validation, best.pt and last.pt use "
+        "the averaged weights (none: off)",
+    )
     lr_patience: int = option(10, "plateau schedule: epochs without improvement before reducing")
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
     max_reduce: int = option(2, "plateau schedule: reductions before early stopping")
     min_epochs: int = option(0, "never stop before this many epochs")
+    restore_best: bool = option(
+        True,
+        "end with the weights of the best validation epoch (best.pt); false: keep the last "
+        "weights (last.pt), e.g. for a model fitted to convergence",
+    )
     grad_norm: float | None = option(None, "clip gradients to this norm (none: off)")
     autoclip_percentile: float | None = option(
         None, "AutoClip: clip to this percentile of past gradient norms (overrides grad_norm)"
@@ -184,8 +239,9 @@ class TrainConfig(Options):
     )
     grad_checkpointing: Literal[0, 1, "auto"] | None = option(
         None,
-        "gradient checkpointing of core blocks: 0, 1, auto (on CUDA: off unless one trial does "
-        "not fit without it; off elsewhere), or none (on for CUDA)",
+        "gradient checkpointing of the core's blocks: 0 off, 1 on, auto (on a GPU: on only "
+        "when one trial does not fit without it; off elsewhere) (none: on for CUDA, off "
+        "elsewhere)",
     )
     compile: Literal[False, True, "auto"] = option(
         False, "torch.compile the core: true, false, or auto (on for CUDA devices)"
@@ -201,7 +257,6 @@ class TrainConfig(Options):
         require(self.min_epochs >= 0, "min_epochs", f"must be >= 0, got {self.min_epochs}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.core_lr is None or self.core_lr >= 0, "core_lr", f"must be >= 0 (0: frozen), got {self.core_lr}")  # fmt: skip
         require(0 < self.lr_factor < 1, "lr_factor", f"must be in (0, 1), got {self.lr_factor}")
         require(self.lr_patience >= 1, "lr_patience", f"must be >= 1, got {self.lr_patience}")
         require(self.max_reduce >= 0, "max_reduce", f"must be >= 0, got {self.max_reduce}")
@@ -210,11 +265,60 @@ class TrainConfig(Options):
             "grad_norm",
             f"must be > 0 or none, got {self.grad_norm}",
         )
+        self._check_schedule()
         p = self.autoclip_percentile
         require(p is None or 0 < p <= 100, "autoclip_percentile", f"must be in (0, 100], got {p}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+        n = self.lbfgs_iterations
+        require(n >= 1, "lbfgs_iterations", f"must be >= 1, got {n}")
+        if self.optimizer == "lbfgs":
+            require(not self.schedule_free, "optimizer", "lbfgs cannot be schedule-free")
+            clipping = self.grad_norm is not None or self.autoclip_percentile is not None
+            require(not clipping, "optimizer", "lbfgs takes unclipped steps; leave out grad_norm and autoclip_percentile")  # fmt: skip
+
+    def _check_schedule(self) -> None:
+        cosine, w = self.lr_schedule == "cosine", self.warmup_epochs
+        require(w >= 0, "warmup_epochs", f"must be >= 0, got {w}")
+        require(cosine or w == 0, "warmup_epochs", "applies to --lr_schedule cosine only")
+        require(w < self.epochs or not cosine, "warmup_epochs", f"must be < epochs ({self.epochs}), got {w}")  # fmt: skip
+        r = self.min_lr_ratio
+        require(0 <= r <= 1, "min_lr_ratio", f"must be in [0, 1], got {r}")
+        require(not (cosine and self.schedule_free), "lr_schedule",
+                "cosine and --schedule_free exclude each other (schedule-free AdamW has no LR schedule)")  # fmt: skip
+        d = self.ema_decay
+        require(d is None or 0 < d < 1, "ema_decay", f"must be in (0, 1) or none, got {d}")
+        require(d is None or not self.schedule_free, "ema_decay",
+                "and --schedule_free exclude each other (schedule-free AdamW averages the weights itself)")  # fmt: skip
+
+
+@dataclass
+class VideoTrainConfig(TrainConfig):
+    """The loop's options, and the video model's loss and its core's own optimiser settings."""
+
+    criterion: Literal["poisson"] = option(
+        "poisson", "loss: poisson (summed over neurons and frames, averaged over trials)"
+    )
+    ds_scale: bool = option(
+        True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
+    )
+    core_lr: float | None = option(
+        None, "learning rate of the core (none: lr; 0: the core is frozen, weights and mode)"
+    )
+    pretrained_core: str | None = option(
+        None,
+        "start from the core of this run (its folder or a checkpoint file; a folder gives its "
+        "best.pt); its core options and transform_input must equal this run's; readouts and "
+        "shifters of this run's sessions start fresh",
+    )
+    core_weight_decay: float | None = option(
+        None, "AdamW weight decay of the core (none: weight_decay)"
+    )
+
+    def check(self) -> None:
+        super().check()
+        require(self.core_lr is None or self.core_lr >= 0, "core_lr", f"must be >= 0 (0: frozen), got {self.core_lr}")  # fmt: skip
 
 
 @dataclass
@@ -242,7 +346,7 @@ class Config(Options):
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -351,6 +455,17 @@ def part_fields(registry: Registry, name: str) -> dict[str, tuple[dataclasses.Fi
     return {f.name: (f, tp) for f, tp in _fields(registry.options_class(name))}
 
 
+def current_name(registry: Registry, key: str) -> str:
+    """The option's name now, for a name some part of `registry` had before (`renamed`)."""
+    if registry.owners(key):
+        return key
+    for name in registry.names():
+        new = registry.options_class(name).renamed.get(key)
+        if new is not None:
+            return new
+    return key
+
+
 def _option_type(registry: Registry, key: str) -> Any:
     """The type of option `key` in any part of `registry` (None if no part has it)."""
     for name in registry.owners(key):
@@ -368,7 +483,7 @@ FLAGS = "flags"  # the source name of the command-line layer
 def _where(source: str, path: tuple[str, ...]) -> str:
     """How an error names a value: `--flag` for flags, `file: a.b.c` for YAML."""
     if source == FLAGS:
-        return f"--{path[-2] if path[-1] == 'name' and len(path) > 2 else path[-1]}"
+        return f"--{path[-2] if path[-1] == 'name' and len(path) >= 2 else path[-1]}"
     return f"{source}: {'.'.join(path)}"
 
 
@@ -429,6 +544,7 @@ def _merge_slot(slot, values, registry, source, path, origins) -> None:
                 del slot[key]
         slot["name"] = name
     for key, value in values.items():
+        key = current_name(registry, key)
         tp = _option_type(registry, key)
         if tp is None:
             known = sorted({f for n in registry.names() for f in part_fields(registry, n)})
@@ -545,6 +661,7 @@ def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
             continue
         name = section.get("name", default)
         own = set(part_fields(registry, name)) if name in registry else set()
+        own |= set(registry.options_class(name).renamed) if name in registry else set()
         model[slot] = {k: v for k, v in section.items() if k not in LEGACY_FIELDS[slot] or k in own}
     out["version"] = CONFIG_VERSION
     return out
@@ -573,13 +690,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(yaml_problem(path, text, e)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
     return values
+
+
+def yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column, PyYAML's problem, and the
+    line it is on."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None:
+        problem += f" ({context} that began at line {start.line + 1}, column {start.column + 1})"
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"{where}: not valid YAML: {problem}" + (f": {shown!r}" if shown else "")
 
 
 def load_yaml(path: str | Path) -> Config:
@@ -614,7 +748,9 @@ class Flag:
 
 
 def flags(cls: type = Config, path: tuple[str, ...] = ()) -> list[Flag]:
-    """Every flag of the tree under `cls`, in help order (parts are looked up now)."""
+    """Every flag of the tree under `cls` (any tree of options dataclasses), in help order
+    (parts are looked up now). A section's `name` field is the flag of the section's name, as a
+    slot's part is (`model.name` -> `--model`)."""
     out: list[Flag] = []
     for f, tp in _fields(cls):
         here = (*path, f.name)
@@ -626,7 +762,8 @@ def flags(cls: type = Config, path: tuple[str, ...] = ()) -> list[Flag]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             group = f"{path[0]} options" if path else "options"
-            out.append(Flag(f.name, here, tp, f.metadata.get("help", ""), {"": default}, group))
+            name = path[-1] if f.name == "name" and path else f.name
+            out.append(Flag(name, here, tp, f.metadata.get("help", ""), {"": default}, group))
     names = [x.name for x in out]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:  # pragma: no cover - guards the declarations of options
@@ -675,6 +812,18 @@ def _default_text(flag: Flag) -> str:
     return "default: " + ", ".join(f"{_show(v)} ({n})" for n, v in flag.defaults.items())
 
 
+_SAYS_NONE = re.compile(r"(\(|; )none: ")
+
+
+def help_text(flag: Flag) -> str:
+    """The help of a flag with its default said once: a help that already says what none
+    means ("(none: every session found)") gets "(default: none = every session found)"."""
+    values = list(flag.defaults.values())
+    if all(v is None for v in values) and _SAYS_NONE.search(flag.help):
+        return _SAYS_NONE.sub(lambda m: f"{m.group(1)}default: none = ", flag.help, count=1)
+    return f"{flag.help} ({_default_text(flag)})"
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -683,23 +832,26 @@ def _show(value: Any) -> str:
     return str(value) if value != "" else '""'
 
 
-def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
-    """Add `--config` and one `--flag` per option, grouped by section and part; only flags given
-    on the command line are set (the others are absent from the parsed namespace)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, exclude: Sequence[str] = (), cls: type = Config
+) -> None:
+    """Add `--config` and one `--flag` per option of the tree `cls`, grouped by section and
+    part; only flags given on the command line are set (the others are absent from the parsed
+    namespace)."""
     parser.add_argument(
         "--config", type=str, default=None, help="YAML preset to start from (default: none)"
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag in flags():
+    for flag in flags(cls):
         if flag.name in exclude:
             continue
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)
         optional, inner = _is_optional(flag.type)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": flag.name}
-        help_text = f"{flag.help} ({_default_text(flag)})"
+        text = help_text(flag)
         if get_origin(inner) is Literal:
-            help_text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
+            text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
         if inner is bool or (
             get_origin(inner) is Literal and any(c is True for c in get_args(inner))
         ):
@@ -708,12 +860,13 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
             kwargs.update(nargs="+", metavar="VALUE")
         else:
             kwargs.update(metavar=flag.name.upper())
-        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=help_text, **kwargs)
+        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=text, **kwargs)
 
 
-def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given on a command line as a nested dict (a layer for `merge_layers`)."""
-    by_name = {flag.name: flag for flag in flags()}
+def flag_layer(args: argparse.Namespace, cls: type = Config) -> dict[str, Any]:
+    """The flags of the tree `cls` given on a command line as a nested dict (a layer for
+    `merge_layers`)."""
+    by_name = {flag.name: flag for flag in flags(cls)}
     layer: dict[str, Any] = {}
     for name, value in vars(args).items():
         flag = by_name.get(name)
@@ -726,13 +879,16 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
-def resolve(args: argparse.Namespace, base: Sequence[tuple[str, dict[str, Any]]] = ()) -> Config:
-    """`base` layers (e.g. a saved run's config), the YAML preset (if any), then the flags."""
+def resolve(
+    args: argparse.Namespace, base: Sequence[tuple[str, dict[str, Any]]] = (), cls: type = Config
+) -> Any:
+    """A `cls` (default: Config) from `base` layers (e.g. a saved run's config), the YAML
+    preset (if any), then the flags."""
     layers = list(base)
     if getattr(args, "config", None):
         layers.append((str(args.config), read_yaml(args.config)))
-    layers.append((FLAGS, flag_layer(args)))
-    return build(Config, merge_layers(layers))
+    layers.append((FLAGS, flag_layer(args, cls)))
+    return build(cls, merge_layers(layers, cls))
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:

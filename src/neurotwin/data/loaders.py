@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurotwin.config import DataConfig
 from neurotwin.data import native
-from neurotwin.data.dataset import OutputTransform, SessionDataset
+from neurotwin.data.cutmix import CutMix
+from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.native import NativeSession, find_sessions
+from neurotwin.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,11 @@ def _training_trials(session: NativeSession, tier: str, data_config: DataConfig,
 
 
 def _statistics(session: NativeSession, data_config: DataConfig):
-    return session.statistics(shipped=data_config.shipped_statistics, tier=data_config.train_tier)
+    return session.statistics(
+        shipped=data_config.shipped_statistics,
+        tier=data_config.train_tier,
+        recompute=data_config.recompute_statistics,
+    )
 
 
 def build_loaders(
@@ -164,15 +170,22 @@ def build_loaders(
                 pin_memory=pin_memory,
                 drop_last=False,
             )
-    _share_crop_length(cropped)
+    _share_crop_length(cropped, data_config.crop_frame)
     return out
 
 
-def _share_crop_length(datasets: list[SessionDataset]) -> None:
+def _share_crop_length(datasets: list[SessionDataset], asked: int) -> None:
     """One crop length for every session (the shortest any session allows), so that training
-    batches of all sessions have the same shape: a compiled core then never recompiles."""
+    batches of all sessions have the same shape: a compiled core then never recompiles. A crop
+    longer than every training trial of every session is an error, not silently shortened."""
     if not datasets:
         return
+    longest = max(int(d.lengths.max()) for d in datasets if len(d.lengths))
+    if asked > longest:
+        raise ConfigError(
+            f"--crop_frame {asked}: longer than every training trial (the longest has "
+            f"{longest} frames); give at most {longest}, or -1 for whole trials"
+        )
     common = min(d.crop_frame for d in datasets)
     for d in datasets:
         if d.crop_frame != common:
@@ -219,11 +232,12 @@ def _identity(pair: tuple[str, dict]) -> tuple[str, dict]:
 class SessionBatches(Dataset):
     """Whole batches of several sessions' datasets: item (session, epoch, indices) is
     (session, the batch that session's loader collates from those indices), each trial cropped
-    as in `epoch`."""
+    as in `epoch`, then mixed by `mix` (CutMix) if given."""
 
-    def __init__(self, loaders_by_session: Mapping[str, DataLoader]):
+    def __init__(self, loaders_by_session: Mapping[str, DataLoader], mix: CutMix | None = None):
         self.datasets = {name: loader.dataset for name, loader in loaders_by_session.items()}
         self.collate = {name: loader.collate_fn for name, loader in loaders_by_session.items()}
+        self.mix = mix
 
     def __getitem__(self, key: BatchKey) -> tuple[str, dict]:
         name, epoch, indices = key
@@ -232,7 +246,8 @@ class SessionBatches(Dataset):
             items = [dataset.item(i, epoch) for i in indices]
         else:  # a dataset without epochs
             items = [dataset[i] for i in indices]
-        return name, self.collate[name](items)
+        batch = self.collate[name](items)
+        return name, batch if self.mix is None else self.mix(batch, name, epoch, indices)
 
 
 class InterleavedBatches(Sampler[BatchKey]):
@@ -284,7 +299,7 @@ class TrainStream:
     `interleave` gives, read by `num_workers` persistent workers in total (not `num_workers` per
     session, started anew each epoch). The per-session loaders' datasets and samplers are used
     as they are (rank shares, limit_data, the shared crop length); each batch key carries its
-    epoch, so workers that outlive an epoch crop as in the right one."""
+    epoch, so workers that outlive an epoch crop (and mix, with `mix`) as in the right one."""
 
     def __init__(
         self,
@@ -292,10 +307,11 @@ class TrainStream:
         num_workers: int,
         pin_memory: bool = False,
         seed: int = 0,
+        mix: CutMix | None = None,
     ):
         self.sampler = InterleavedBatches(loaders_by_session, seed)
         self.loader = DataLoader(
-            SessionBatches(loaders_by_session),
+            SessionBatches(loaders_by_session, mix),
             batch_size=None,
             sampler=self.sampler,
             num_workers=num_workers,
@@ -317,9 +333,17 @@ class TrainStream:
         return len(self.sampler)
 
 
+def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
+    """The CutMix of the training stream (`cutmix_prob` > 0), None when off."""
+    if data_config.cutmix_prob <= 0:
+        return None
+    return CutMix(data_config.cutmix_prob, data_config.cutmix_alpha, seed)
+
+
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
-    output space, "unit_ids" (N,)}} for building a model's per-session parts."""
+    output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video)}}
+    for building a model's per-session parts (and telling its core what its input is)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -332,5 +356,8 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "coordinates": session.coordinates,
             "mean_response": transform.transform_mean(mean),
             "unit_ids": session.unit_ids,
+            "pixel_range": InputTransform(
+                stats, data_config.transform_input, session.path
+            ).pixel_range(),
         }
     return specs

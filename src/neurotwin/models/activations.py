@@ -7,13 +7,16 @@ is close to its mean response.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurotwin.registry import ACTIVATIONS
+from neurotwin.config import option, require
+from neurotwin.registry import ACTIVATIONS, PartOptions
 
 _EPS = 1e-4
 RATE_FLOOR = 1e-8  # added to the positive activations: rates stay > 0 where float32 underflows
@@ -54,13 +57,31 @@ class Exp(nn.Module):
         return torch.log(y.clamp_min(_EPS))
 
 
-@ACTIVATIONS.register("softplus")
-class LearnableSoftplus(nn.Module):
-    """log(1 + exp(beta x)) / beta with a learnable beta > 0 (stored as log beta)."""
+@dataclass
+class SoftplusOptions(PartOptions):
+    """softplus: its beta, learnable (DwiseNeuro's README experiment) or fixed (its solution:
+    0.07)."""
 
-    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+    softplus_beta: float = option(1.0, "beta of the softplus (its initial value if learnable)")
+    softplus_learn_beta: bool = option(True, "learn beta (false: keep softplus_beta fixed)")
+
+    def check(self) -> None:
+        require(self.softplus_beta > 0, "softplus_beta", f"must be > 0, got {self.softplus_beta}")
+
+
+@ACTIVATIONS.register("softplus", options=SoftplusOptions)
+class LearnableSoftplus(nn.Module):
+    """log(1 + exp(beta x)) / beta with beta > 0 (stored as log beta), learnable or fixed; linear
+    where beta x > threshold (as torch's Softplus)."""
+
+    def __init__(self, options: SoftplusOptions | None = None, threshold: float = 20.0) -> None:
         super().__init__()
-        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
+        o = options or SoftplusOptions()
+        log_beta = torch.tensor(math.log(o.softplus_beta))
+        if o.softplus_learn_beta:
+            self.log_beta = nn.Parameter(log_beta)
+        else:
+            self.register_buffer("log_beta", log_beta)
         self.threshold = threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +107,10 @@ class Sigmoid(nn.Module):
         return torch.logit(y.clamp(_EPS, 1 - _EPS))
 
 
-def build_activation(name: str) -> nn.Module:
-    """An output activation by name (`none`, `elu1`, `exp`, `softplus`, `sigmoid`); these parts
-    have no options."""
-    return ACTIVATIONS.get(name)()
+def build_activation(part: str | PartOptions) -> nn.Module:
+    """An output activation by name (`none`, `elu1`, `exp`, `softplus`, `sigmoid`; default
+    options) or from its options (the config's output_activation slot). Only softplus has
+    options."""
+    options = ACTIVATIONS.options(part) if isinstance(part, str) else part
+    cls = ACTIVATIONS.get(options.name)
+    return cls(options) if dataclasses.fields(options) else cls()

@@ -1,4 +1,5 @@
-"""NeuralPredictor = shared core -> per-session readout (moved by a shifter) -> output activation."""
+"""NeuralPredictor = shared core -> per-session readout (moved by a shifter, scaled by a modulator)
+-> output activation; cores that see short clips (`core.clips`) get the trial clip by clip."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from torch import nn
 from neurotwin.config import ModelConfig
 from neurotwin.errors import ConfigError
 from neurotwin.models.activations import build_activation
-from neurotwin.registry import CORES, READOUTS, SHIFTERS
+from neurotwin.models.cores.base import VideoInput
+from neurotwin.registry import CORES, MODULATORS, READOUTS, SHIFTERS
 
 
 class NeuralPredictor(nn.Module):
     """video (B, C, T, H, W), behaviour (B, 2, T), pupil centre (B, 2, T), session name ->
     rates (B, N_session, T'); T' <= T and the rates align with the last T' input frames.
 
-    `readouts` and `shifters` are ModuleDicts keyed by session (shifters may be None or lack a
-    session). `output_activation` is one module for all sessions or a ModuleDict by session.
+    `readouts`, `shifters` and `modulators` are ModuleDicts keyed by session (shifters and
+    modulators may be None or lack a session). `output_activation` is one module for all
+    sessions or a ModuleDict by session. A core with a `clips` attribute (models.clips.Clips)
+    sees the trial cut into clips; the outputs of the clips are averaged frame by frame.
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class NeuralPredictor(nn.Module):
         readouts: nn.ModuleDict | Mapping[str, nn.Module],
         shifters: nn.ModuleDict | Mapping[str, nn.Module] | None = None,
         output_activation: nn.Module | None = None,
+        modulators: nn.ModuleDict | Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.core = core
@@ -39,6 +44,9 @@ class NeuralPredictor(nn.Module):
         if output_activation is None:
             output_activation = build_activation("elu1")
         self.output_activation = output_activation
+        if modulators is not None and not isinstance(modulators, nn.ModuleDict):
+            modulators = nn.ModuleDict(modulators)
+        self.modulators = modulators if modulators is not None and len(modulators) else None
 
     @property
     def sessions(self) -> list[str]:
@@ -62,6 +70,16 @@ class NeuralPredictor(nn.Module):
         activate: bool = True,
     ) -> torch.Tensor:
         self._check_session(session)
+        clips = getattr(self.core, "clips", None)
+        if clips is not None:
+
+            def run(v, b, p):  # noqa: E306 - one clip batch
+                return self._predict(v, session, b, p, activate)
+
+            return clips.apply(run, video, behavior, pupil_center, self.training)
+        return self._predict(video, session, behavior, pupil_center, activate)
+
+    def _predict(self, video, session, behavior, pupil_center, activate) -> torch.Tensor:
         features = self.core(video, behavior, pupil_center)
         if features.dtype != torch.float32 and video.dtype == torch.float32:
             features = features.float()  # readouts in float32 (autocast keeps the core in bf16)
@@ -74,14 +92,20 @@ class NeuralPredictor(nn.Module):
                 None if behavior is None else behavior[..., -t:], pupil_center[..., -t:]
             )
         y = self.readouts[session](features, shift)
+        if self.modulators is not None and session in self.modulators:
+            y = self.modulators[session](y, behavior, pupil_center)
         return self.activation(session)(y) if activate else y
 
     def regularizer(self, session: str) -> torch.Tensor:
-        """Readout (and shifter) penalty of one session, a scalar tensor."""
+        """Readout (shifter, modulator) penalty of one session, and the core's, a scalar."""
         self._check_session(session)
         reg = self.readouts[session].regularizer()
-        if self.shifters is not None and session in self.shifters:
-            reg = reg + self.shifters[session].regularizer()
+        for parts in (self.shifters, self.modulators):
+            if parts is not None and session in parts:
+                reg = reg + parts[session].regularizer()
+        core = getattr(self.core, "_orig_mod", self.core)
+        if hasattr(core, "regularizer"):
+            reg = reg + core.regularizer()
         return reg
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
@@ -91,6 +115,17 @@ class NeuralPredictor(nn.Module):
             core.set_grad_checkpointing(enabled)
 
 
+def video_input(sessions: Mapping[str, Mapping[str, Any]]) -> VideoInput:
+    """The core's VideoInput from the sessions' "pixel_range" (black, white after each
+    session's video transform), averaged over sessions: the core is shared, and each session
+    standardises its video by its own statistics. Without ranges: untransformed frames."""
+    ranges = [s["pixel_range"] for s in sessions.values() if s.get("pixel_range") is not None]
+    if not ranges:
+        return VideoInput()
+    lo, hi = np.asarray(ranges, dtype=np.float64).reshape(-1, 2).mean(axis=0)
+    return VideoInput((float(lo), float(hi)))
+
+
 def build_model(
     model_config: ModelConfig,
     sessions: Mapping[str, Mapping[str, Any]],
@@ -98,22 +133,33 @@ def build_model(
     frame_shape: tuple[int, int] = (36, 64),
 ) -> NeuralPredictor:
     """Build the model of `model_config` for the sessions given as
-    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), ...}}: each part is
-    the registered class of the name its slot's options carry, made with those options."""
+    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), "pixel_range":
+    (black, white), ...}}: each part is the registered class of the name its slot's options
+    carry, made with those options. A spec's "opto_channels" (optogenetic input channels of its
+    videos) add to `in_channels`."""
     core_cls = CORES.get(model_config.core.name)
     readout_cls = READOUTS.get(model_config.readout.name)
     if not sessions:
         raise ConfigError("build_model: no sessions given")
+    in_channels += _opto_channels(sessions)
+    shifter, modulator = model_config.shifter, model_config.modulator
+    if shifter.shifter_mode and not getattr(readout_cls, "takes_shift", True):
+        raise ConfigError(
+            f"--shifter_mode {shifter.shifter_mode}: the {readout_cls.registered_name} readout "
+            "has no positions to shift; use --shifter_mode 0"
+        )
     frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
-    core = core_cls(in_channels, frame_shape, model_config.core)
+    extra = (
+        {"video": video_input(sessions)} if getattr(core_cls, "takes_video_input", False) else {}
+    )
+    core = core_cls(in_channels, frame_shape, model_config.core, **extra)
     in_shape = (core.out_channels, *core.out_shape(frame_shape))
 
-    shifter = model_config.shifter
-    readouts, shifters, activations = {}, {}, {}
+    readouts, shifters, activations, modulators = {}, {}, {}, {}
     for name, spec in sessions.items():
         if "n_neurons" not in spec:
             raise ConfigError(f"session {name}: spec lacks n_neurons")
-        act = build_activation(model_config.output_activation.name)
+        act = build_activation(model_config.output_activation)
         mean = spec.get("mean_response")
         bias_init = None
         if mean is not None:
@@ -129,9 +175,23 @@ def build_model(
         activations[name] = act
         if shifter.shifter_mode:
             shifters[name] = SHIFTERS.get(shifter.name)(shifter)
+        if modulator.name != "none":
+            modulators[name] = MODULATORS.get(modulator.name)(spec["n_neurons"], modulator)
     return NeuralPredictor(
         core,
         nn.ModuleDict(readouts),
         nn.ModuleDict(shifters) if shifters else None,
         nn.ModuleDict(activations),
+        nn.ModuleDict(modulators) if modulators else None,
     )
+
+
+def _opto_channels(sessions: Mapping[str, Mapping[str, Any]]) -> int:
+    """The optogenetic channels every session's videos carry (ConfigError if they differ)."""
+    counts = {name: int(spec.get("opto_channels", 0)) for name, spec in sessions.items()}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(
+            f"sessions differ in their optogenetic input channels (data/opto): {counts}; "
+            "one model needs the same channels for every session"
+        )
+    return next(iter(counts.values()))

@@ -103,23 +103,23 @@ class Precision:
         self.source = session.path / STD_FILE
         self._tensors: dict[torch.device, torch.Tensor] = {}
 
-    def _check(self, stop: int) -> None:
+    def _check(self, start: int, stop: int) -> None:
         frames = self.values.shape[1]
-        if frames > 1 and stop > frames:
+        if frames > 1 and stop > max(frames, start):  # an empty range needs no frame
             raise DataFormatError(
                 self.source, f"has {frames} frames; a trial needs frame {stop - 1}", "std"
             )
 
     def columns(self, start: int, stop: int) -> np.ndarray:
         """(N, stop - start) float32: the precision of those frames."""
-        self._check(stop)
+        self._check(start, stop)
         if self.values.shape[1] == 1:
             return np.repeat(self.values, max(stop - start, 0), axis=1)
         return self.values[:, start:stop]
 
     def apply(self, x, start: int, stop: int):
         """`x` (..., N, stop - start) times the precision of frames [start, stop)."""
-        self._check(stop)
+        self._check(start, stop)
         if not isinstance(x, torch.Tensor):
             v = self.values if self.values.shape[1] == 1 else self.values[:, start:stop]
             return x * v

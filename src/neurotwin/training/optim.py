@@ -1,7 +1,8 @@
 """Optimisers, the plateau LR schedule with early stopping, and gradient clipping (incl. AutoClip).
 
-- `build_optimizer`: AdamW, or schedule-free AdamW (package `schedulefree`), with the core in its own
-  parameter group (`core_lr`, `core_weight_decay`, as ViV1T).
+- `build_optimizer`: AdamW, schedule-free AdamW (package `schedulefree`) or full-batch L-BFGS over
+  the parameter groups a model family gives (`TrainingTask.parameter_groups`); the video model's
+  put the core in its own group (`parameter_groups`: `core_lr`, `core_weight_decay`, as ViV1T).
 - `set_optimizer_mode`: schedule-free optimisers keep two sets of weights; `eval` puts the averaged
   weights into the model (for validation and checkpoints), `train` puts the training point back.
   Plain optimisers ignore it.
@@ -9,6 +10,9 @@
   value (validation correlation, higher is better), restore the best weights when it does, and ask
   to stop after `max_reduce` reductions; with a schedule-free optimiser the LR is never reduced and
   training stops after `patience` epochs without improvement.
+- `WarmupCosine`: linear warm-up from 0, then cosine decay to a fraction of each group's LR, set
+  before every optimiser step (DwiseNeuro's schedule; the plateau schedule then only tracks the best
+  epoch and never stops early).
 - `GradClipper`: clip the global gradient norm to a fixed value or, with AutoClip (Seetharaman et al.
   2020), to a percentile of the norms seen so far.
 """
@@ -22,11 +26,11 @@ import schedulefree
 import torch
 from torch import nn
 
-from neurotwin.config import TrainConfig
+from neurotwin.config import TrainConfig, VideoTrainConfig
 from neurotwin.errors import ConfigError
 
 
-def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, config: VideoTrainConfig) -> list[dict[str, Any]]:
     """Two groups: the shared core and everything else (readouts, shifters, activation)."""
     core = getattr(model, "core", None)
     core_ids = {id(p) for p in core.parameters()} if isinstance(core, nn.Module) else set()
@@ -62,10 +66,20 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or schedule-free AdamW over `parameter_groups(model)` (the values are checked by
-    TrainConfig.check)."""
-    groups = parameter_groups(model, config)
+def build_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or schedule-free AdamW over `groups` (each with its lr and weight_decay), or L-BFGS
+    over all their parameters in one group (it takes no per-group options); the values are
+    checked by TrainConfig.check."""
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(
+            [p for group in groups for p in group["params"]],
+            lr=1.0,
+            max_iter=config.lbfgs_iterations,
+            history_size=50,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            line_search_fn="strong_wolfe",
+        )
     betas = (config.adam_beta1, config.adam_beta2)
     if config.schedule_free:
         optimizer = schedulefree.AdamWScheduleFree(
@@ -116,8 +130,10 @@ class Plateau:
         min_epochs: int = 0,
         reduce_lr: bool = True,
         min_lr: float = 1e-7,
+        early_stop: bool = True,
     ):
         self.optimizer = optimizer
+        self.early_stop = early_stop  # False: only track the best epoch (another schedule runs)
         self.patience = patience
         self.factor = factor
         self.max_reduce = max_reduce
@@ -135,7 +151,7 @@ class Plateau:
             self.best_value, self.best_epoch, self.wait = float(value), int(epoch), 0
             return "improved"
         self.wait += 1
-        if self.wait < self.patience or epoch < self.min_epochs:
+        if not self.early_stop or self.wait < self.patience or epoch < self.min_epochs:
             return "wait"
         if not self.reduce_lr or self.num_reduce >= self.max_reduce:
             self.stopped = True
@@ -161,6 +177,47 @@ class Plateau:
         self.wait = int(state["wait"])
         self.num_reduce = int(state["num_reduce"])
         self.stopped = bool(state.get("stopped", False))
+
+
+class WarmupCosine:
+    """The LR of optimiser step k (0-based) of `total_steps`: each group's base LR times k / W
+    for the W = `warmup_steps` first steps, then min_ratio + (1 - min_ratio) (1 + cos(pi (k - W)
+    / (total_steps - W))) / 2 (as DwiseNeuro's LambdaLR warm-up then CosineAnnealingLR, both
+    stepped per iteration). `apply()` sets it before a step, `advance()` counts the step."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lrs: list[float],
+        warmup_steps: int,
+        total_steps: int,
+        min_ratio: float,
+    ):
+        self.optimizer, self.base_lrs = optimizer, list(base_lrs)
+        self.warmup_steps, self.total_steps = int(warmup_steps), max(int(total_steps), 1)
+        self.min_ratio = float(min_ratio)
+        self.step_count = 0
+
+    def factor(self, step: int) -> float:
+        w = self.warmup_steps
+        if step < w:
+            return step / w
+        progress = min((step - w) / max(self.total_steps - w, 1), 1.0)
+        return self.min_ratio + (1 - self.min_ratio) * (1 + math.cos(math.pi * progress)) / 2
+
+    def apply(self) -> None:
+        f = self.factor(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def advance(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
 
 
 def grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
