@@ -11,19 +11,24 @@ Three numbers on the same trials, the same model object and the same batches:
 
 Each is timed after a warm-up that compiles the core for every batch shape (and fills the page
 cache); e2e runs `--repeats` times and the best is reported. The run is given (`--run`) or made
-with random weights from a preset (`--config`, written to `--workdir`), e.g. on a GPU machine:
+with random weights from a preset (`--config`, written to `--workdir`). `--synthetic N` first
+writes N synthetic sessions into `--data_dir` (one process each, kept for the next call), by
+default of the Sensorium preset with 10 training trials: 20 trials per session in all tiers, the
+data of issue #21's measurement. On a GPU machine:
 
-    bash bench/gen_sens.sh data/sens 10      # 10 sessions x 20 trials of Sensorium size
-    python bench/predict_throughput.py --config configs/viv1t.yaml --data_dir data/sens \\
-        --workdir /tmp/predict_bench --device cuda --batch_size 8 --num_workers 8
+    python bench/predict_throughput.py --synthetic 10 --data_dir /tmp/sens \\
+        --config configs/viv1t.yaml --workdir /tmp/predict_bench --device cuda \\
+        --batch_size 8 --num_workers 8 --json /tmp/predict_bench/rows.json
 
-Prints one table row per measurement and, with `--json`, writes them to a file.
+Prints one table row per measurement and, with `--json`, writes them to a file. Issue #21's
+targets: e2e >= 80% of the forward pass's trials/s and >= 40 trials/s for the ViV1T preset.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -32,7 +37,7 @@ from pathlib import Path
 import torch
 
 from neurotwin import config as cfg
-from neurotwin.data import loaders, native
+from neurotwin.data import loaders, native, synthetic
 from neurotwin.models.model import build_model
 from neurotwin.predict import RunPredictor
 from neurotwin.prediction.stream import TrialReader, plan_batches, trial_stream
@@ -60,6 +65,45 @@ def make_random_run(config_file: str, data_dir: str, workdir: Path, overrides: s
     state = {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(config)}
     save_checkpoint(run.checkpoints / "best.pt", {**state, "sessions": sessions})
     return run.path
+
+
+def _write_session(out: str, seed: int, preset: str, sizes: dict) -> None:
+    synthetic.generate(out, mice=1, preset=preset, seed=seed, progress=False, **sizes)
+
+
+def write_synthetic(data_dir: Path, n: int, preset: str, sizes: dict) -> None:
+    """`n` synthetic sessions (seeds 0..n-1) in `data_dir`, one process each; nothing is written
+    where the folder already holds `n` sessions (a repeated call reuses them)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    found = native.find_sessions(data_dir, None) if data_dir.is_dir() else []
+    if len(found) == n:
+        print(f"{n} sessions already in {data_dir}", flush=True)
+        return
+    if found:
+        raise SystemExit(
+            f"--synthetic {n}: {data_dir} holds {len(found)} sessions; give an empty folder"
+        )
+    tic = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=min(n, os.cpu_count() or 1)) as pool:
+        jobs = [pool.submit(_write_session, str(data_dir), i, preset, sizes) for i in range(n)]
+        for job in jobs:
+            job.result()
+    print(
+        f"{n} {preset} sessions written to {data_dir} in {time.perf_counter() - tic:.0f} s",
+        flush=True,
+    )
+
+
+def parse_sizes(text: str) -> dict:
+    """'neurons=12 frames=60' -> {'neurons': 12, 'frames': 60} (numbers as numbers)."""
+    sizes = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--synthetic_sizes: expected NAME=VALUE, got {item!r}")
+        sizes[key] = float(value) if "." in value else int(value)
+    return sizes
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,6 +150,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_dir", default=None, help="data folder (default: the run's)")
     p.add_argument("--workdir", default="/tmp/predict_bench", help="folder of the random run")
     p.add_argument("--override", default="", help="more flags for the random run's config")
+    p.add_argument("--synthetic", type=int, default=0, help="first write N synthetic sessions")
+    p.add_argument("--synthetic_preset", default="sensorium", help="their preset")
+    p.add_argument("--synthetic_sizes", default="train_trials=10", help="NAME=VALUE overrides")
     p.add_argument("--device", default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--num_workers", type=int, default=None)
@@ -120,6 +167,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.synthetic:
+        if args.data_dir is None:
+            raise SystemExit("--synthetic needs --data_dir")
+        sizes = parse_sizes(args.synthetic_sizes)
+        write_synthetic(Path(args.data_dir), args.synthetic, args.synthetic_preset, sizes)
     if args.run is None:
         if args.data_dir is None:
             raise SystemExit("--data_dir is needed to make a random run from --config")

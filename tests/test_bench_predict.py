@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from neurotwin.data import synthetic
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,14 +22,16 @@ def load_bench():
 
 
 def test_bench_on_the_cpu(tmp_path, capsys):
+    """--synthetic 2 writes two sessions (one process each), then the three rows are measured;
+    a second call reuses the sessions."""
     data = tmp_path / "data"
-    synthetic.generate(
-        data, mice=2, preset="small", seed=2, progress=False, neurons=12, train_trials=3,
-        oracle_clips=1, oracle_repeats=2, test_clips=1, test_repeats=2, frames=60,
-        height=10, width=16,
-    )  # fmt: skip
+    sizes = (
+        "neurons=12 train_trials=3 oracle_clips=1 oracle_repeats=2 test_clips=1 test_repeats=2 "
+        "frames=60 height=10 width=16"
+    )
     out = tmp_path / "rows.json"
     argv = [
+        "--synthetic", "2", "--synthetic_preset", "small", "--synthetic_sizes", sizes,
         "--config", str(ROOT / "configs/demo.yaml"), "--data_dir", str(data),
         "--workdir", str(tmp_path / "run"), "--device", "cpu", "--batch_size", "2",
         "--num_workers", "1", "--repeats", "1", "--json", str(out),
@@ -47,3 +47,9 @@ def test_bench_on_the_cpu(tmp_path, capsys):
     predictions = tmp_path / "run" / "predictions"
     assert (predictions / "metrics.json").is_file()
     assert (predictions / "submission" / "submission_main.zip").is_file()
+    sessions = sorted(p.name for p in data.iterdir() if not p.name.startswith("."))
+    assert len(sessions) == 2 and len(set(sessions)) == 2
+    bench = load_bench()
+    bench.write_synthetic(data, 2, "small", bench.parse_sizes(sizes))  # kept: nothing written
+    assert "already in" in capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == sessions
