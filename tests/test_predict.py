@@ -655,7 +655,8 @@ def test_workers_and_batches_change_nothing(run):
 
 def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_path):
     """Rows of the five mice published before the competition (A..E, test responses public) stay
-    out of the files; the competition's five (F..J) go in, under their folder names."""
+    out of the files; the competition's five (F..J) go in, under their folder names; the bonus
+    track's two files are zipped apart."""
     import pandas as pd
 
     from neurotwin.data.native import SENSORIUM_2023_MICE
@@ -667,10 +668,11 @@ def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_p
     npz = run["run"] / "predictions" / name / "live_test_main.npz"
     z = np.load(npz)
     writer = SubmissionWriter(tmp_path)
-    for letter in ("A", "F"):
+    tiers = ("live_test_main", "live_test_bonus", "final_test_bonus")
+    for letter, tier in [(m, t) for m in "AF" for t in tiers]:
         result = TierResult(
             session=SENSORIUM_2023_MICE[letter],
-            tier="live_test_main",
+            tier=tier,
             unit_ids=z["unit_ids"],
             trial_ids=z["trial_ids"],
             frame_counts=z["frame_counts"],
@@ -682,10 +684,23 @@ def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_p
             npz=npz,
         )
         writer.add(result, Precision(session))
-    writer.close()
-    df = pd.read_parquet(tmp_path / "submission" / "predictions_live_main.parquet.brotli")
-    assert set(df["mouse"]) == {SENSORIUM_2023_MICE["F"]}
-    assert len(df) == len(z["trial_ids"])
+    zips = writer.close()
+    folder = tmp_path / "submission"
+    for name in (
+        "predictions_live_main.parquet.brotli",
+        "predictions_live_test_bonus_ood.parquet.brotli",
+        "predictions_final_test_bonus_ood.parquet.brotli",
+    ):
+        df = pd.read_parquet(folder / name)
+        assert set(df["mouse"]) == {SENSORIUM_2023_MICE["F"]}
+        assert len(df) == len(z["trial_ids"])
+    # the bonus track: live and final each in a zip of its own, the file directly inside
+    contents = {p.name: zipfile.ZipFile(p).namelist() for p in zips}
+    assert contents == {
+        "submission_main.zip": ["predictions_live_main.parquet.brotli"],
+        "submission_live_bonus.zip": ["predictions_live_test_bonus_ood.parquet.brotli"],
+        "submission_final_bonus.zip": ["predictions_final_test_bonus_ood.parquet.brotli"],
+    }
 
 
 def test_precision_of_no_frames_past_the_shipped_statistics_is_empty(run):

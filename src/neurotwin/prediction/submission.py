@@ -7,7 +7,9 @@ Facts (ecker-lab/sensorium_2023: README "Submission comments" and
   engine="pyarrow", index=False)`), one row per trial with the columns `mouse` (the session
   folder name, str), `trial_indices` (the trial's file index, int64), `prediction` (neurons x
   frames, list of lists of float64: the kit lists float32 values, which become doubles) and
-  `neuron_ids` (the unit ids in the order of the prediction rows, list of uint32).
+  `neuron_ids` (the unit ids in the order of the prediction rows, list of uint32). (The README's
+  toy example writes `trial_indices` as '1.npy' strings; the kit's code and the winning entry's
+  submitted integers, which is what is written here.)
 - Frames: the kit runs the model on the trial as its loader cuts it (at the first frame where any
   array holds a NaN, `space.loader_frames`) and submits all but the first 50 of those frames. The
   top teams hard-coded T - 51 frames for trials of T valid video frames (DwiseNeuro: "Skip last
