@@ -127,17 +127,16 @@ def forward_seconds(predictor: RunPredictor, batches: list, repeats: int) -> flo
     staged = []
     for b in batches:
         inputs = [x.to(device) for x in (b.video, b.behavior, b.pupil_center)]
-        if source.pad_to and len(b) < source.pad_to:  # as ModelRates pads for a compiled core
-            inputs = [torch.cat([x, x[-1:].expand(source.pad_to - len(b), *x.shape[1:])]) for x in inputs]  # fmt: skip
-        staged.append((predictor.plans[b.plan].session.name, inputs))
-    for session, inputs in staged:  # warm-up: every shape compiled
-        source.forward(session, *inputs)
+        inputs, eager = source.fit(b.length, inputs)  # padded or eager, as ModelRates does
+        staged.append((predictor.plans[b.plan].session.name, inputs, eager))
+    for session, inputs, eager in staged:  # warm-up: every shape compiled
+        source.forward(session, *inputs, eager=eager)
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
         tic = time.perf_counter()
-        for session, inputs in staged:
-            source.forward(session, *inputs)
+        for session, inputs, eager in staged:
+            source.forward(session, *inputs, eager=eager)
         synchronize(device)
         best = min(best, time.perf_counter() - tic)
     return best

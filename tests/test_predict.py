@@ -715,3 +715,55 @@ def test_precision_of_no_frames_past_the_shipped_statistics_is_empty(run):
     assert precision.apply(np.zeros((n, 0)), frames + 10, frames + 10).shape == (n, 0)
     with pytest.raises(DataFormatError, match="std.npy"):
         precision.apply(np.zeros((n, 2)), frames - 1, frames + 1)
+
+
+def test_lengths_to_compile_are_the_common_ones():
+    """A compiled graph for each length with at least a full batch of trials, the most common
+    first, at most `limit` of them; the odd lengths are left to the eager model."""
+    from types import SimpleNamespace
+
+    from neurotwin.prediction.engine import lengths_to_compile
+
+    plans = [
+        SimpleNamespace(lengths=np.array([300] * 9 + [250] * 4 + [251, 299])),
+        SimpleNamespace(lengths=np.array([300] * 3 + [250] * 2 + [120] * 4)),
+    ]
+    assert lengths_to_compile(plans, 4) == {300, 250, 120}
+    assert lengths_to_compile(plans, 4, limit=2) == {300, 250}
+    assert lengths_to_compile(plans, 7) == {300}
+    assert lengths_to_compile(plans, 13) == set()
+
+
+def test_a_compiled_core_runs_only_its_lengths_padded_and_the_rest_eagerly(run):
+    """With a compiled core, batches of the compiled lengths reach the graph padded to the batch
+    size, others run eagerly (no graph made for them); the predictions equal the eager run's."""
+    out = _copy_run(run, "compiled")
+    tiers = ["oracle", "live_test_main"]
+    predictor = P.RunPredictor(out, tiers=tiers, device="cpu", batch_size=4, compile=False)
+    shapes: list[tuple[int, ...]] = []
+
+    frame = (TINY["height"], TINY["width"])
+
+    def counting_backend(graph, example_inputs):  # the videos among the graph's inputs
+        shapes.extend(tuple(x.shape) for x in example_inputs if tuple(x.shape[-2:]) == frame)
+        return graph.forward
+
+    source = predictor.source
+    source.model.core.compile(backend=counting_backend, dynamic=False)
+    source.pad_to = 4
+    counts = {}
+    for plan in predictor.plans:
+        for n in plan.lengths.tolist():
+            counts[n] = counts.get(n, 0) + 1
+    common = max(counts, key=counts.get)
+    for compiled in (set(), {common}):
+        shapes.clear()
+        source.compiled_lengths = compiled
+        predictor.run(verbose=0)
+        assert {(s[0], s[2]) for s in shapes} == {(4, n) for n in compiled}  # B, T of each graph
+        for name in _sessions(run):
+            for tier in tiers:
+                got = np.load(out / "predictions" / name / f"{tier}.npz")["predictions"]
+                want = np.load(run["run"] / "predictions" / name / f"{tier}.npz")["predictions"]
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()

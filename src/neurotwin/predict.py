@@ -43,7 +43,7 @@ from neurotwin.data.dataset import InputTransform, OutputTransform
 from neurotwin.errors import CheckpointError, ConfigError, DataFormatError
 from neurotwin.files import staged_folder
 from neurotwin.models.model import build_model
-from neurotwin.prediction.engine import ModelRates, predict_plans
+from neurotwin.prediction.engine import ModelRates, lengths_to_compile, predict_plans
 from neurotwin.prediction.outputs import (  # noqa: F401  (the public names of predictions)
     METRIC_KEYS,
     NPZ_DOC,
@@ -274,7 +274,7 @@ class RunPredictor:
         run_compiled = config.train.compile is True or (config.train.compile == "auto" and on_gpu)
         self.compiled = run_compiled if compile is None else bool(compile)
         if self.compiled:
-            model.core.compile(dynamic=False)  # one graph per trial length (batches padded)
+            model.core.compile(dynamic=False)  # a graph per common trial length (padded batches)
         inputs, outputs = transforms(config, sessions)
         self.source = ModelRates(
             model,
@@ -283,7 +283,15 @@ class RunPredictor:
             inputs,
             outputs,
             pad_to=self.batch_size if self.compiled else None,
+            compiled_lengths=lengths_to_compile(self.plans, self.batch_size),
         )
+        if self.compiled:
+            lengths = sorted(self.source.compiled_lengths)
+            eager = sum(int(np.isin(p.lengths, lengths, invert=True).sum()) for p in self.plans)
+            log.info(
+                "compiled core: trials of %s frames in batches of %d; %d trials of other "
+                "lengths run eagerly", lengths or "no length", self.batch_size, eager,
+            )  # fmt: skip
         self.space = ScoreSpace(score_space)
         self.submission = submission
 

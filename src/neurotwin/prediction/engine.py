@@ -10,7 +10,9 @@ rows). The GPU waits on nothing but the next batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +55,27 @@ class RateSource(Protocol):
         ...
 
 
+# Trial lengths given a compiled graph each: torch.compile keeps at most 8 graphs of a function
+# (dynamo's recompile limit), and each costs a compilation; real data has a few odd lengths.
+MAX_COMPILED_LENGTHS = 4
+
+
+def lengths_to_compile(
+    plans: Sequence[TierPlan], batch_size: int, limit: int = MAX_COMPILED_LENGTHS
+) -> set[int]:
+    """The trial lengths worth a compiled graph: those of at least one full batch of trials, the
+    most common first, at most `limit`. Trials of other lengths run eagerly and unpadded."""
+    counts = Counter(int(n) for plan in plans for n in plan.lengths.tolist())
+    common = [n for n, c in counts.most_common() if c >= batch_size]
+    return set(common[:limit])
+
+
 class ModelRates:
     """A model's forward pass: inputs to the device, bf16 autocast where the run used it, the
-    output transform undone. A batch that does not fit in GPU memory is split in halves."""
+    output transform undone. A batch that does not fit in GPU memory is split in halves.
+
+    With a compiled core (`pad_to`: its batch size), batches of the `compiled_lengths` are padded
+    to `pad_to` trials (one graph per length); other lengths run eagerly, as they are."""
 
     def __init__(
         self,
@@ -65,15 +85,30 @@ class ModelRates:
         input_transforms: dict[str, InputTransform],
         output_transforms: dict[str, OutputTransform],
         pad_to: int | None = None,
+        compiled_lengths: set[int] | None = None,
     ) -> None:
         self.model, self.device, self.use_autocast = model, device, use_autocast
         self.input_transforms, self.output_transforms = input_transforms, output_transforms
         self.pad_to = pad_to  # compiled cores: every batch this size (one shape per length)
+        self.compiled_lengths = compiled_lengths  # None: every length compiled
 
-    def forward(self, session: str, video, behavior, pupil) -> torch.Tensor:
+    def forward(self, session: str, video, behavior, pupil, eager: bool = False) -> torch.Tensor:
         """The model's rates of inputs already on the device (what the benchmark times)."""
-        with torch.inference_mode(), autocast(self.device, self.use_autocast):
+        stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
+        with stance, torch.inference_mode(), autocast(self.device, self.use_autocast):
             return self.model(video, session, behavior, pupil)
+
+    def fit(self, length: int, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+        """(inputs padded to `pad_to` trials, False) for a compiled length, else (inputs, True):
+        run eagerly."""
+        if not self.pad_to:
+            return inputs, False
+        if self.compiled_lengths is not None and length not in self.compiled_lengths:
+            return inputs, True
+        b = inputs[0].shape[0]
+        if b < self.pad_to:
+            inputs = [torch.cat([x, x[-1:].expand(self.pad_to - b, *x.shape[1:])]) for x in inputs]
+        return inputs, False
 
     def rates(self, plan: TierPlan, batch: TrialBatch) -> torch.Tensor:
         inputs = [
@@ -81,9 +116,8 @@ class ModelRates:
             for x in (batch.video, batch.behavior, batch.pupil_center)
         ]
         b = len(batch)
-        if self.pad_to and b < self.pad_to:
-            inputs = [torch.cat([x, x[-1:].expand(self.pad_to - b, *x.shape[1:])]) for x in inputs]
-        out = self._split_forward(plan.session.name, inputs)[:b]
+        inputs, eager = self.fit(batch.length, inputs)
+        out = self._split_forward(plan.session.name, inputs, eager)[:b]
         with torch.inference_mode():
             out = self.output_transforms[plan.session.name].inverse(out.float())
         n, t = plan.session.n_neurons, batch.length
@@ -94,9 +128,11 @@ class ModelRates:
             )
         return out
 
-    def _split_forward(self, session: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _split_forward(
+        self, session: str, inputs: list[torch.Tensor], eager: bool = False
+    ) -> torch.Tensor:
         try:
-            return self.forward(session, *inputs)
+            return self.forward(session, *inputs, eager=eager)
         except torch.cuda.OutOfMemoryError:
             if inputs[0].shape[0] == 1:
                 raise
@@ -104,7 +140,7 @@ class ModelRates:
             half = inputs[0].shape[0] // 2
             log.info("a batch of %d trials did not fit: predicting it in halves", len(inputs[0]))
             parts = [[x[:half] for x in inputs], [x[half:] for x in inputs]]
-            return torch.cat([self._split_forward(session, p) for p in parts])
+            return torch.cat([self._split_forward(session, p, eager) for p in parts])
 
 
 @dataclass
