@@ -12,7 +12,7 @@ Three numbers on the same trials, the same model object and the same batches:
 Each is timed after a warm-up that compiles the core for every batch shape (and fills the page
 cache); e2e runs `--repeats` times and the best is reported. The run is given (`--run`) or made
 with random weights from a preset (`--config`, written to `--workdir`). `--synthetic N` first
-writes N synthetic sessions into `--data_dir` (one process each, kept for the next call), by
+writes N synthetic sessions into `--data_dir` (one process each; those there are kept), by
 default of the Sensorium preset with 10 training trials: 20 trials per session in all tiers, the
 data of issue #21's measurement. On a GPU machine:
 
@@ -72,27 +72,25 @@ def _write_session(out: str, seed: int, preset: str, sizes: dict) -> None:
 
 
 def write_synthetic(data_dir: Path, n: int, preset: str, sizes: dict) -> None:
-    """`n` synthetic sessions (seeds 0..n-1) in `data_dir`, one process each; nothing is written
-    where the folder already holds `n` sessions (a repeated call reuses them)."""
+    """Sessions of seeds 0..n-1 in `data_dir`, one process each; those already there are kept
+    (a call that ran out of time goes on where it stopped)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    found = native.find_sessions(data_dir, None) if data_dir.is_dir() else []
-    if len(found) == n:
+    from neurotwin.data.synthetic.params import resolve
+
+    size_cfg, params = resolve(preset, sizes)
+    names = {i: synthetic.session_names(1, i, size_cfg, params)[0] for i in range(n)}
+    missing = [i for i, name in names.items() if not (data_dir / name).is_dir()]
+    if not missing:
         print(f"{n} sessions already in {data_dir}", flush=True)
         return
-    if found:
-        raise SystemExit(
-            f"--synthetic {n}: {data_dir} holds {len(found)} sessions; give an empty folder"
-        )
     tic = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(n, os.cpu_count() or 1)) as pool:
-        jobs = [pool.submit(_write_session, str(data_dir), i, preset, sizes) for i in range(n)]
+    with ProcessPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+        jobs = [pool.submit(_write_session, str(data_dir), i, preset, sizes) for i in missing]
         for job in jobs:
             job.result()
-    print(
-        f"{n} {preset} sessions written to {data_dir} in {time.perf_counter() - tic:.0f} s",
-        flush=True,
-    )
+    seconds = time.perf_counter() - tic
+    print(f"{len(missing)} {preset} sessions written to {data_dir} in {seconds:.0f} s", flush=True)
 
 
 def parse_sizes(text: str) -> dict:
@@ -152,6 +150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=0, help="first write N synthetic sessions")
     p.add_argument("--synthetic_preset", default="sensorium", help="their preset")
     p.add_argument("--synthetic_sizes", default="train_trials=10", help="NAME=VALUE overrides")
+    p.add_argument("--data_only", action="store_true", help="stop once the sessions are written")
     p.add_argument("--device", default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--num_workers", type=int, default=None)
@@ -171,6 +170,8 @@ def main(argv=None) -> int:
             raise SystemExit("--synthetic needs --data_dir")
         sizes = parse_sizes(args.synthetic_sizes)
         write_synthetic(Path(args.data_dir), args.synthetic, args.synthetic_preset, sizes)
+        if args.data_only:
+            return 0
     if args.run is None:
         if args.data_dir is None:
             raise SystemExit("--data_dir is needed to make a random run from --config")

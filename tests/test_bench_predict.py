@@ -23,7 +23,7 @@ def load_bench():
 
 def test_bench_on_the_cpu(tmp_path, capsys):
     """--synthetic 2 writes two sessions (one process each), then the three rows are measured;
-    a second call reuses the sessions."""
+    a later call writes only the sessions missing."""
     data = tmp_path / "data"
     sizes = (
         "neurons=12 train_trials=3 oracle_clips=1 oracle_repeats=2 test_clips=1 test_repeats=2 "
@@ -53,3 +53,6 @@ def test_bench_on_the_cpu(tmp_path, capsys):
     bench.write_synthetic(data, 2, "small", bench.parse_sizes(sizes))  # kept: nothing written
     assert "already in" in capsys.readouterr().out
     assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == sessions
+    bench.write_synthetic(data, 3, "small", bench.parse_sizes(sizes))  # the third one only
+    assert "1 small sessions written" in capsys.readouterr().out
+    assert len([p for p in data.iterdir() if not p.name.startswith(".")]) == 3
