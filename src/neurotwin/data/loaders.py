@@ -304,7 +304,7 @@ def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
-    output space, "unit_ids" (N,)}} for building a model's per-session parts."""
+    output space, "unit_ids" (N,), "opto_channels"}} for building a model's per-session parts."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -317,5 +317,6 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "coordinates": session.coordinates,
             "mean_response": transform.transform_mean(mean),
             "unit_ids": session.unit_ids,
+            "opto_channels": session.opto_channels,
         }
     return specs
