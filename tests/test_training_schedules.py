@@ -25,7 +25,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_config(data_dir: Path, output_dir: Path, **train_options: object) -> cfg.Config:
     c = cfg.Config()
-    c.data.data_dir, c.data.crop_frame, c.data.batch_size, c.data.num_workers = str(data_dir), 24, 4, 0
+    c.data.data_dir, c.data.crop_frame, c.data.batch_size, c.data.num_workers = (
+        str(data_dir),
+        24,
+        4,
+        0,
+    )
     c.model.core = CORES.options(
         "conv3d", core_num_layers=1, core_hidden_dim=4, core_spatial_input_kernel=5,
         core_temporal_input_kernel=5,
