@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import inductor_option  # noqa: E402
 
 from neurotwin.models.cores import vivit  # noqa: E402
+from neurotwin.models.cores import vivit_blocks  # noqa: E402
 
 BACKENDS = {
     "cudnn": "CUDNN_ATTENTION",
@@ -52,10 +53,12 @@ def time_block(
     c = vivit.ViViTOptions()
     torch._dynamo.reset()
     torch.manual_seed(0)
-    one_block = vivit.ViViTOptions(core_spatial_depth=1, core_temporal_depth=1)
+    one_block = vivit.ViViTOptions(core_spatial_depth=1, core_temporal_depth=1,
+                                   core_fused_block=False)  # fmt: skip
     # only for the patch grid and the RoPE tables of the step
     core = vivit.ViViTCore(1, frame_shape, one_block)
-    block_cls = vivit.ParallelBlock if c.core_parallel_attention else vivit.SequentialBlock
+    blocks = vivit_blocks
+    block_cls = blocks.ParallelBlock if c.core_parallel_attention else blocks.SequentialBlock
     causal = kind == "temporal" and c.core_use_causal_attention
     block = block_cls(
         c.core_emb_dim, c.core_num_heads, c.core_head_dim, c.core_ff_dim,

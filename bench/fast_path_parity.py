@@ -9,10 +9,12 @@ one given), using run-to-run noise over seeds as the yardstick:
 
 (sample std over seeds, k = --noise_k, default 2): "within noise", else "outside noise".
 
-A path is a set of train.py flags (PATHS below). Every run gets, in this order:
+A path is a set of train.py flags (PATHS below, and CORE_FLAGS for the cores that own them:
+the fp32_eager reference never runs the fused ViViT block). Every run gets, in this order:
 
     --config C --data_dir D --generate_synthetic false --epochs N --min_epochs N
-    [--limit_data M] <--override flags> <path flags> --seed S --output_dir OUT/<path>/seed<S>
+    [--limit_data M] <--override flags> <path flags> [path core flags] --seed S
+    --output_dir OUT/<path>/seed<S>
 
 Budget: train.py has no max-steps option, so the budget is `--epochs N` over at most
 `--limit_data M` training trials per session; `--min_epochs N` switches early stopping off so
@@ -68,6 +70,9 @@ PATHS: dict[str, list[str]] = {
     "bf16_compile_gc": ["--autocast", "enable", "--compile", "true", "--grad_checkpointing", "1"],
 }
 
+# A path's flags for the options of some cores only: given where the run's core owns them.
+CORE_FLAGS: dict[str, dict[str, str]] = {"fp32_eager": {"core_fused_block": "false"}}
+
 # train.py flags this script sets itself; --override may not set them
 RESERVED = {
     "config",
@@ -119,8 +124,29 @@ def train_argv(args: argparse.Namespace, path: str, seed: int, run_dir: Path) ->
         argv += ["--limit_data", str(args.limit_data)]
     argv += shlex.split(args.override)
     argv += PATHS[path]
+    argv += core_flags(path, argv)
     argv += ["--seed", str(seed), "--output_dir", str(run_dir)]
     return argv
+
+
+def core_flags(path: str, argv: list[str]) -> list[str]:
+    """The path's CORE_FLAGS that the core of `argv` (resolved as train.py resolves it) owns;
+    none where `argv` does not resolve (check_argv then reports why)."""
+    wanted = CORE_FLAGS.get(path, {})
+    if not wanted:
+        return []
+    if str(SRC) not in sys.path and SRC.is_dir():
+        sys.path.insert(0, str(SRC))
+    from neurotwin import config as cfg
+    from neurotwin.cli.train import build_parser
+    from neurotwin.errors import ConfigError
+    from neurotwin.registry import CORES
+
+    try:
+        core = cfg.resolve(build_parser().parse_args(argv)).model.core.name
+    except (ConfigError, SystemExit):
+        return []
+    return [a for k, v in wanted.items() if core in CORES.owners(k) for a in (f"--{k}", v)]
 
 
 def check_argv(argv: list[str]) -> None:

@@ -11,7 +11,8 @@
     and of a forward without gradients: unfused compiled (as the trainer runs it), fused eager,
     fused compiled; peak memory of each.
 (c) the whole model step (bench/train_throughput.py's model mode, same arguments as in
-    bench/RESULTS.md), unfused and with every block switched to the fused class.
+    bench/RESULTS.md), with --core_fused_block false and true (every block fused, or the row
+    fails saying why).
 Every part catches its own failure, prints it and goes on; parts that would pass the time
 budget (--budget_s) are skipped with a note.
 
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -44,8 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from neurotwin.config import CoreConfig  # noqa: E402
 from neurotwin.models.cores import vivit  # noqa: E402
+from neurotwin.models.cores import vivit_blocks  # noqa: E402
 from neurotwin.models.cores import vivit_fused as vf  # noqa: E402
 
 
@@ -64,21 +66,19 @@ TINY = dict(core_emb_dim=16, core_num_heads=2, core_head_dim=8, core_ff_dim=16, 
 
 def make_block(kind: str, fused: bool, dropout: bool, args):
     """(block, input shape, rope) of a spatial or temporal block with the config's widths."""
-    c = dataclasses.replace(CoreConfig(), **(TINY if args.tiny else {}))
+    c = vivit.ViViTOptions(**(TINY if args.tiny else {}))
     device, frames, frame_shape = args.device, args.frames, args.frame_shape
     torch.manual_seed(0)
-    core = vivit.ViViTCore(  # only for the patch grid and the RoPE tables
-        1, frame_shape, emb_dim=c.core_emb_dim, head_dim=c.core_head_dim,
-        num_heads=c.core_num_heads, reg_tokens=c.core_reg_tokens, spatial_depth=1,
-        temporal_depth=1,
-    )  # fmt: skip
+    grid = dataclasses.replace(c, core_spatial_depth=1, core_temporal_depth=1,
+                               core_fused_block=False)  # fmt: skip
+    core = vivit.ViViTCore(1, frame_shape, grid)  # only for the patch grid and the RoPE tables
     rates = (c.core_mha_dropout, c.core_ff_dropout, c.core_drop_path) if dropout else (0, 0, 0)
     causal = kind == "temporal" and c.core_use_causal_attention
-    block = vivit.ParallelBlock(
+    block = vivit_blocks.ParallelBlock(
         c.core_emb_dim, c.core_num_heads, c.core_head_dim, c.core_ff_dim, c.core_ff_activation,
         *rates, c.core_norm_qk, causal,
     )  # fmt: skip
-    block.apply(vivit._init_weights)
+    block.apply(vivit_blocks.init_weights)
     patches, regs = core.grid[0] * core.grid[1], c.core_reg_tokens
     if kind == "spatial":
         shape, rope = (frames, regs + patches, c.core_emb_dim), core._spatial_rope(regs, device)
@@ -179,39 +179,32 @@ def time_variant(kind: str, variant: str, args) -> dict:
 
 
 def model_rows(args) -> list[dict]:
-    """bench/train_throughput.py's model step, unfused and with fused blocks."""
+    """bench/train_throughput.py's model step with --core_fused_block false, then true."""
     import train_throughput as tt
 
-    argv = ["--config", args.config, "--mode", "model", "--steps", str(args.model_steps),
-            "--warmup", str(args.model_warmup), "--batch_size", "1", "--compile",
-            str(args.compile), "--autocast", str(int(args.autocast)), "--grad_checkpointing",
-            "0", "--frames", str(args.model_frames), "--frame_shape",
-            *map(str, args.frame_shape), "--sessions", str(args.sessions), "--neurons",
-            str(args.neurons), "--device", args.device, "--override", args.model_override]  # fmt: skip
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    build = tt.build
     rows = []
     for fused in (False, True):
-
-        def patched(*a, _fused=fused, **k):
-            model, optimizer = build(*a, **k)
-            if _fused:
-                print(f"# fused blocks: {vf.use_fused_blocks(model.core)}", flush=True)
-            return model, optimizer
-
-        tt.build = patched
+        override = f"{args.model_override} --core_fused_block {str(fused).lower()}"
+        argv = ["--config", args.config, "--mode", "model", "--steps", str(args.model_steps),
+                "--warmup", str(args.model_warmup), "--batch_size", "1", "--compile",
+                str(args.compile), "--autocast", str(int(args.autocast)),
+                "--grad_checkpointing", "0", "--frames", str(args.model_frames),
+                "--frame_shape", *map(str, args.frame_shape), "--sessions", str(args.sessions),
+                "--neurons", str(args.neurons), "--device", args.device,
+                "--override", override.strip()]  # fmt: skip
+        name = "fused" if fused else "unfused"
         try:
             t_args = tt.parse_args(argv)
             case = tt.Case(1, bool(args.compile), bool(args.autocast), False)
-            row = tt.time_model(t_args, tt.load_config(t_args), case)
-            rows.append({"blocks": "fused" if fused else "unfused", **row})
+            print(f"# model step, {name} blocks: train_throughput {shlex.join(argv)}", flush=True)
+            rows.append({"blocks": name, **tt.time_model(t_args, tt.load_config(t_args), case)})
             print_table(rows[-1:])
         except Exception:  # one failing row must not lose the other
             traceback.print_exc()
-            rows.append({"blocks": "fused" if fused else "unfused", "trials/s": "FAILED"})
+            rows.append({"blocks": name, "trials/s": "FAILED"})
         finally:
-            tt.build = build
             torch._dynamo.reset()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -300,8 +293,9 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)", file=sys.stderr)
         return 2
-    if args.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
+    if args.device == "cpu":  # the interpreter, set before the kernels are first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        vf.CPU_INTERPRETER = True
     if args.block_m:
         vf.CONFIG.block_m = vf.CONFIG.block_m_dw = args.block_m
     if args.num_warps:

@@ -16,8 +16,8 @@ import torch, triton
 import triton.language as tl
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
-from neurotwin.models.cores import vivit, vivit_fused as vf
-from neurotwin.models.cores import vivit_fused_kernels as K
+from neurotwin.models.cores import vivit_fused as vf
+from neurotwin.models.cores import _vivit_fused_kernels as K
 
 records = []
 class Rec:

@@ -740,3 +740,87 @@ def add_ecephys_presentations(path: str | Path, truth: dict, seed: int = 1) -> d
     truth["presentations"] = rows
     truth["templates"]["natural_scenes"] = scenes
     return truth
+
+
+# Stimulus presentation tables beside the movies (NWB 2, Neuropixels)
+# ------------------------------------------------------------------------------------------------
+
+# drifting gratings parameters as the Visual Coding Neuropixels files store them (Brain
+# Observatory 1.1: 8 directions x 5 temporal frequencies, contrast 0.8, 0.04 cycles/degree,
+# 2 s per presentation, blank sweeps with no orientation / temporal frequency / contrast)
+GRATING_STRINGS = {
+    "color": "[1.0, 1.0, 1.0]",
+    "mask": "None",
+    "phase": "[42471.86666667, 42471.86666667]",
+    "size": "[250.0, 250.0]",
+    "units": "deg",
+}
+
+
+def add_drifting_gratings(
+    path: str | Path,
+    orientations: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0),
+    temporal_frequencies: tuple[float, ...] = (1.0, 2.0),
+    repeats: int = 2,
+    blanks: int = 2,
+    duration: float = 0.5,
+    gap: float = 0.25,
+    t0: float = 1.0,
+    as_strings: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Add `intervals/drifting_gratings_presentations` (TimeIntervals) to an NWB file written by
+    `write_ecephys_nwb`, in a random condition order, starting at `t0` (before the movies).
+
+    `as_strings`: parameter columns as allensdk's `add_stimulus_presentations` writes columns of
+    mixed types (all values str, "" where not applicable) instead of float64 with NaN.
+    Returns the rows written (dict of columns, presentation order).
+    """
+    rng = np.random.default_rng(seed)
+    conditions = [(o, tf) for o in orientations for tf in temporal_frequencies] * repeats
+    conditions += [(np.nan, np.nan)] * blanks
+    order = rng.permutation(len(conditions))
+    n = len(conditions)
+    ori = np.asarray([conditions[i][0] for i in order], dtype=np.float64)
+    tf = np.asarray([conditions[i][1] for i in order], dtype=np.float64)
+    contrast = np.where(np.isnan(ori), np.nan, 0.8)
+    sf = np.where(np.isnan(ori), np.nan, 0.04)
+    start = t0 + np.arange(n) * (duration + gap)
+    rows = {
+        "id": np.arange(100, 100 + n, dtype=np.int64),
+        "start_time": start,
+        "stop_time": start + duration,
+        "orientation": ori,
+        "temporal_frequency": tf,
+        "contrast": contrast,
+        "spatial_frequency": sf,
+    }
+    with h5py.File(path, "a") as f:
+        g = f.create_group("intervals/drifting_gratings_presentations")
+        numeric = ["contrast", "orientation", "spatial_frequency", "temporal_frequency"]
+        cols = ["start_time", "stop_time", "stimulus_name", "stimulus_block", "color"]
+        cols += ["contrast", "mask", "opacity", "orientation", "phase", "size"]
+        cols += ["spatial_frequency", "temporal_frequency", "units", "stimulus_index", "tags"]
+        _table(g, cols, "Presentation times and stimuli details for 'drifting_gratings' stimuli")
+        g.attrs["namespace"] = "core"
+        g.attrs["neurodata_type"] = "TimeIntervals"
+        ids = g.create_dataset("id", data=rows["id"])
+        _typed(ids, "hdmf-common", "ElementIdentifiers")
+        _col(g, "start_time", start, dtype=np.float64)
+        _col(g, "stop_time", rows["stop_time"], dtype=np.float64)
+        _col(g, "stimulus_name", ["drifting_gratings"] * n, dtype=STR)
+        _col(g, "stimulus_block", np.full(n, 2.0), dtype=np.float64)
+        _col(g, "opacity", np.ones(n), dtype=np.float64)
+        _col(g, "stimulus_index", np.full(n, 8.0), dtype=np.float64)
+        for name, value in GRATING_STRINGS.items():
+            _col(g, name, [value] * n, dtype=STR)
+        for name in numeric:
+            values = rows[name]
+            if as_strings:
+                text = ["" if np.isnan(v) else str(v) for v in values]
+                _col(g, name, text, dtype=STR)
+            else:
+                _col(g, name, values, dtype=np.float64)
+        tags = _col(g, "tags", ["stimulus_time_interval"] * n, dtype=STR)
+        _index(g, "tags_index", tags, np.arange(1, n + 1))
+    return rows

@@ -3,11 +3,18 @@ intra-op thread for modules of small models."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, which any test module may do (the
+# ViViT core imports its fused kernels): without CUDA, its interpreter must be on from the start.
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -51,6 +58,19 @@ def synthetic_mice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def spike_sessions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small simulated spike table sessions (populations A, B of 4 units, 40 trials of
+    200 ms; read-only use)."""
+    from neurotwin.data import synthetic_spikes
+
+    root = tmp_path_factory.mktemp("spike_sessions")
+    synthetic_spikes.generate(
+        root, sessions=2, seed=1, units=4, trials=40, duration_ms=200, burn_in_ms=100
+    )
+    return root
 
 
 @pytest.fixture(scope="module")

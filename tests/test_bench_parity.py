@@ -114,6 +114,22 @@ def test_override_may_not_change_the_path_or_budget(bench):
         bench.parse_args(["--data_dir", "x", "--override", "--epochs=3"])
 
 
+def test_the_reference_path_never_runs_the_fused_block(bench, tmp_path):
+    """fp32_eager gives a ViViT core --core_fused_block false (and a core without the option
+    nothing); the fast path leaves the choice to the config (auto)."""
+
+    def argv(config: str, path: str) -> list[str]:
+        args = bench.parse_args(["--data_dir", str(tmp_path), "--config", config])
+        return bench.train_argv(args, path, 0, tmp_path / "run")
+
+    viv1t, demo = str(REPO / "configs" / "viv1t.yaml"), str(REPO / "configs" / "demo.yaml")
+    reference = argv(viv1t, "fp32_eager")
+    assert reference[reference.index("--core_fused_block") + 1] == "false"
+    bench.check_argv(reference)
+    assert "--core_fused_block" not in argv(viv1t, "bf16_compile")
+    assert "--core_fused_block" not in argv(demo, "fp32_eager")
+
+
 def test_noise_yardstick(bench):
     ref = {0: 0.30, 1: 0.32, 2: 0.31}
     close = bench.compare(ref, {0: 0.31, 1: 0.30, 2: 0.32}, k=2.0)

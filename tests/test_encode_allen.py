@@ -17,12 +17,12 @@ from allen_fixtures import (
     write_ophys_nwb,
 )
 from neurotwin.cli import data as data_cli
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.data.allen.ecephys import convert_ecephys_presentations
 from neurotwin.data.allen.ophys import convert_ophys_presentations
 from neurotwin.data.allen.presentations import parameter_column, parse_heldout, render_grating
 from neurotwin.data.allen.resample import area_resize
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data.native import NativeSession
 from neurotwin.errors import DataFormatError
 
 SIZE = (6, 8)
@@ -46,7 +46,7 @@ def ecephys(tmp_path_factory):
 
 
 def _trials(folder):
-    s = SensoriumSession(folder)
+    s = NativeSession(folder)
     return s, [s.load_trial(i) for i in range(s.n_trials)]
 
 
@@ -69,12 +69,12 @@ def test_ophys_natural_scenes(ophys):
     images = area_resize(truth["templates"]["natural_scenes"], SIZE)
     for i, trial in enumerate(trials):
         np.testing.assert_allclose(
-            trial[layout.VIDEOS], np.repeat(images[cond[i]][:, :, None], 8, 2), rtol=1e-6
+            trial[native.VIDEOS], np.repeat(images[cond[i]][:, :, None], 8, 2), rtol=1e-6
         )
         np.testing.assert_allclose(
-            trial[layout.RESPONSES], _expected_dff(truth, rows["start"][shown][i], 8), rtol=1e-5
+            trial[native.RESPONSES], _expected_dff(truth, rows["start"][shown][i], 8), rtol=1e-5
         )
-    meta = json.loads((folder / layout.SESSION_META_FILE).read_text())
+    meta = json.loads((folder / native.SESSION_META_FILE).read_text())
     assert meta["responses_per"] == "presentation" and meta["stimulus"] == "natural_scenes"
     # every image held out by default: its first repeat(s) oracle, the last half test
     assert session.tier_counts == {"oracle": 8, "final_test_main": 16}
@@ -96,7 +96,7 @@ def test_ophys_gratings_are_rendered_from_their_parameters(ophys):
     for i, trial in enumerate(trials):
         o, f, ph = STATIC_GRATINGS[shown[i]]
         np.testing.assert_allclose(
-            trial[layout.VIDEOS][:, :, 3], render_grating(SIZE, o, f, ph), rtol=1e-6
+            trial[native.VIDEOS][:, :, 3], render_grating(SIZE, o, f, ph), rtol=1e-6
         )
         assert sf[i] == f
     folder = convert_ophys_presentations(path, root / "out", "drifting_gratings", frame_size=SIZE)
@@ -106,12 +106,12 @@ def test_ophys_gratings_are_rendered_from_their_parameters(ophys):
     for trial, f in zip(trials, tf):
         o = {d[1]: d[0] for d in DRIFTING_GRATINGS}[f]
         np.testing.assert_allclose(
-            trial[layout.VIDEOS][:, :, 10],
+            trial[native.VIDEOS][:, :, 10],
             render_grating(SIZE, o, 0.04, 0.0, f, 10.5 * BIN),
             rtol=1e-5,
         )
         assert not np.allclose(
-            trial[layout.VIDEOS][:, :, 0], trial[layout.VIDEOS][:, :, 10]
+            trial[native.VIDEOS][:, :, 0], trial[native.VIDEOS][:, :, 10]
         )  # it drifts
 
 
@@ -135,7 +135,7 @@ def test_ecephys_counts_in_bins_and_string_parameters(ecephys):
             spikes = truth["spikes"][kept[int(uid)]]
             edges = onset + np.arange(26) * 0.01
             direct = [np.sum((spikes >= edges[k]) & (spikes < edges[k + 1])) for k in range(25)]
-            np.testing.assert_array_equal(trial[layout.RESPONSES][n], direct)
+            np.testing.assert_array_equal(trial[native.RESPONSES][n], direct)
     phase = np.load(folder / "meta/trials/phase.npy")  # parsed from "[0.25, 0.25]" strings
     np.testing.assert_allclose(phase, [STATIC_GRATINGS[c][2] for c in rows["condition"][shown]])
     cond = np.load(folder / "meta/trials/condition.npy")
@@ -147,7 +147,7 @@ def test_ecephys_counts_in_bins_and_string_parameters(ecephys):
     folder = convert_ecephys_presentations(
         path, root / "out", "natural_scenes", frame_size=SIZE, window=(0.05, 0.2), bin_s=0.05
     )
-    assert SensoriumSession(folder).n_frames == 3
+    assert NativeSession(folder).n_frames == 3
 
 
 def test_presentation_helpers_and_errors(ecephys):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from neurotwin.cli import encode as cli
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.encoding import run as run_module
 from neurotwin.encoding.regression import RegressionOptions
 from neurotwin.encoding.run import EncodeOptions, EncodeSettings, run_encoding
@@ -33,23 +33,23 @@ def write_linear_session(folder, seed=0):
         signal = weights @ (video.reshape(H * W, T) / 255 - 0.5) * 8
         for _ in range(REPEATS):
             trials[len(tiers)] = {
-                layout.VIDEOS: video,
-                layout.RESPONSES: (signal + NOISE * rng.normal(size=signal.shape)).astype(
+                native.VIDEOS: video,
+                native.RESPONSES: (signal + NOISE * rng.normal(size=signal.shape)).astype(
                     np.float32
                 ),
-                layout.BEHAVIOR: np.zeros((2, T), np.float32),
-                layout.PUPIL_CENTER: np.zeros((2, T), np.float32),
+                native.BEHAVIOR: np.zeros((2, T), np.float32),
+                native.PUPIL_CENTER: np.zeros((2, T), np.float32),
             }
-            tiers.append(layout.ORACLE_TIER)
+            tiers.append(native.ORACLE_TIER)
     areas = np.asarray(["VISp"] * (NEURONS // 2) + ["VISl"] * (NEURONS - NEURONS // 2))
-    session = layout.SessionArrays(
+    session = native.SessionArrays(
         tiers=np.asarray(tiers),
         unit_ids=np.arange(NEURONS) + 100,
         coordinates=np.zeros((NEURONS, 3)),
         trials=trials,
         extra_meta={"neurons/area.npy": areas},
     )
-    return layout.write_session(folder, session, overwrite=True)
+    return native.write_session(folder, session, overwrite=True)
 
 
 def _settings(data_dir, out, **backbone):

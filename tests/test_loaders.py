@@ -167,7 +167,10 @@ def test_session_specs(native_dataset):
         assert sorted(specs) == sorted(published_name(i) for i in range(3))
         for name, spec in specs.items():
             s = NativeSession(native_dataset / name)
-            assert set(spec) == {"n_neurons", "coordinates", "mean_response", "unit_ids", "opto_channels"}  # fmt: skip
+            assert set(spec) == {
+                "n_neurons", "coordinates", "mean_response", "unit_ids", "pixel_range",
+                "opto_channels",
+            }  # fmt: skip
             assert spec["opto_channels"] == 0  # no data/opto/
             assert spec["n_neurons"] == s.n_neurons
             assert spec["coordinates"].shape == (s.n_neurons, 3)
@@ -176,6 +179,23 @@ def test_session_specs(native_dataset):
             loader = build_loaders(cfg, {"all": "train"}, 0)["all"][name]
             y = torch.cat([b["response"][0] for b in loader], dim=1)
             np.testing.assert_allclose(spec["mean_response"], y.mean(1).numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_session_specs_pixel_range_is_black_and_white_in_the_model_units(native_dataset, mode):
+    """The video the model sees is lo + (hi - lo) * raw / 255 with (lo, hi) the spec's
+    pixel_range, for every transform_input (float32 rounding: 1e-5 relative)."""
+    cfg = _config(native_dataset, transform_input=mode, crop_frame=-1, batch_size=1)
+    specs = session_specs(cfg)
+    for name, loader in build_loaders(cfg, {"all": "train"}, 0)["all"].items():
+        lo, hi = specs[name]["pixel_range"]
+        assert (lo, hi) == (0.0, 255.0) if mode == 0 else hi > lo
+        batch = next(iter(loader))
+        raw = NativeSession(native_dataset / name).load_trial(int(batch["trial_id"][0]))
+        want = lo + (hi - lo) * np.moveaxis(raw["videos"], -1, 0) / 255.0
+        got = batch["video"][0, 0].numpy()  # the trial's frames, without the NaN padding
+        want = want[: got.shape[0]]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * (hi - lo))
 
 
 def test_shipped_statistics_with_a_frame_axis(tmp_path):

@@ -453,7 +453,7 @@ def test_pretrained_core_loads_local_weights(tmp_path):
         stack.layers[0].norm.running_mean.uniform_()
     path = tmp_path / "stack.pt"
     torch.save(stack.state_dict(), path)
-    cfg = make_config("pretrained", "gaussian", 0, core_pretrained_weights=str(path))
+    cfg = make_config("pretrained", "gaussian", 0, core_weights=str(path))
     model = build(cfg)
     loaded = model.core.backbone
     assert loaded.out_channels == 6
@@ -467,12 +467,12 @@ def test_pretrained_core_loads_local_weights(tmp_path):
     model(video, "mouse_a", behavior, pupil).sum().backward()
     assert video.grad is not None and torch.any(video.grad != 0)
 
-    cfg.core.core_pretrained_weights = str(tmp_path / "missing.pt")
+    cfg.core.core_weights = str(tmp_path / "missing.pt")
     with pytest.raises(ConfigError, match="missing.pt"):
         build(cfg)
     bad = tmp_path / "bad.pt"
     torch.save({"weight": torch.zeros(3)}, bad)
-    cfg.core.core_pretrained_weights = str(bad)
+    cfg.core.core_weights = str(bad)
     with pytest.raises(ConfigError, match="layers.<i>.conv.weight"):
         build(cfg)
 

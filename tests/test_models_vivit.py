@@ -9,11 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurotwin.models.cores.vivit import (
+from neurotwin.models.cores.vivit import TubeEmbedding, ViViTCore, ViViTOptions
+from neurotwin.models.cores.vivit_blocks import (
     Attention,
-    TubeEmbedding,
-    ViViTCore,
-    ViViTOptions,
     apply_rope,
     rope_frequencies,
     rope_tables,

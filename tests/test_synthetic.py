@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from neurotwin.data import native, synthetic
+from neurotwin.data.synthetic import writer
+from neurotwin.data.synthetic.mouse import Mouse
 from neurotwin.errors import ConfigError, NeurotwinError
 
 TINY = dict(
@@ -68,6 +70,7 @@ def test_layout_is_exact(tiny: list[Path]) -> None:
             for s in native.STATISTIC_NAMES
         ]
         expected += [f"meta/{synthetic.VIDEO_IDS_FILE}", native.SESSION_META_FILE]
+        expected += [f"meta/{synthetic.RF_TRUTH_DIR}/{c}.npy" for c in synthetic.RF_TRUTH_COLUMNS]
         assert _files(folder) == sorted(expected)
         tiers = _tiers(folder)
         assert tiers.dtype.kind == "U" and tiers.shape == (N_TRIALS,)
@@ -255,8 +258,8 @@ def test_streaming_paths_give_the_same_session(
     tiny: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sessions too big to cache: noiseless rates recomputed, medians from a subset."""
-    monkeypatch.setattr(synthetic._Mouse, "NOISELESS_CACHE_BYTES", 0)
-    monkeypatch.setattr(synthetic._Mouse, "MEDIAN_BYTES", 3 * TINY["neurons"] * TINY["frames"] * 4)
+    monkeypatch.setattr(Mouse, "NOISELESS_CACHE_BYTES", 0)
+    monkeypatch.setattr(Mouse, "MEDIAN_BYTES", 3 * TINY["neurons"] * TINY["frames"] * 4)
     folder = synthetic.generate(tmp_path, mice=1, seed=3, progress=False, **TINY)[0]
     for rel in _files(tiny[0]):
         if rel.endswith(("/all/median.npy", ".json")):
@@ -266,12 +269,12 @@ def test_streaming_paths_give_the_same_session(
     meta = json.loads((folder / native.SESSION_META_FILE).read_text())
     assert meta["shipped_statistics"]["median"] != "exact"
     # noiseless rates asked for before (or without) their trial: recomputed, identically
-    mouse = synthetic._Mouse(
+    mouse = Mouse(
         3,
         0,
         synthetic.SyntheticSizes(**TINY),
         synthetic.ModelParams(),
-        synthetic._shared_clips(3, synthetic.SyntheticSizes(**TINY)),
+        writer.shared_clips(3, synthetic.SyntheticSizes(**TINY)),
         False,
     )
     for trial in (0, N_TRIALS - 1):
@@ -309,7 +312,7 @@ def _sizes_argv() -> list[str]:
     return [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
 
 
-def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:
     from neurotwin.cli.data import main
 
     out = tmp_path / "out"
@@ -319,11 +322,14 @@ def test_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sessions = [p for p in out.iterdir()]
     assert len(sessions) == 1 and len(list((sessions[0] / "data/videos").iterdir())) == N_TRIALS
     assert str(out.resolve()) in caplog.text and sessions[0].name in caplog.text
-    with pytest.raises(SystemExit, match="already exists"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         main(argv + _sizes_argv())
+    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
     assert main(argv + _sizes_argv() + ["--overwrite"]) == 0
-    with pytest.raises(SystemExit, match="frames"):
+    with pytest.raises(SystemExit) as exit_:
         main(["synthetic", "--out", str(tmp_path / "x"), "--frames", "1", "--no_progress"])
+    assert exit_.value.code == 2 and "frames" in capsys.readouterr().err
 
 
 def test_ensure_synthetic(tmp_path: Path, tiny: list[Path], monkeypatch: pytest.MonkeyPatch):
@@ -337,7 +343,7 @@ def test_ensure_synthetic(tmp_path: Path, tiny: list[Path], monkeypatch: pytest.
         calls.append(kwargs)
         return real(out_dir, mice=2, seed=0, progress=False, **TINY)
 
-    monkeypatch.setattr(synthetic, "generate", fake)
+    monkeypatch.setattr(writer, "generate", fake)
     written = synthetic.ensure_synthetic(tmp_path / "data")
     assert len(written) == 2 and len(calls) == 1
     assert synthetic.ensure_synthetic(tmp_path / "data") == written and len(calls) == 1

@@ -402,7 +402,8 @@ def test_training_steps_read_nothing_back_from_the_device(data_dir, tmp_path, mo
         for name in READ_BACKS:
             m.setattr(torch.Tensor, name, forbidden(name))
         for batch in batches:
-            results.append((*trainer.train_step(session, batch), trainer.optimizer_step()))
+            step = trainer.train_step(session, batch)
+            results.append((step.value, step.count, trainer.optimizer_step()))
     for loss, elements, norm in results:
         assert loss.dtype == torch.float64 and loss.dim() == 0 and math.isfinite(float(loss))
         assert elements > 0 and norm.dim() == 0 and math.isfinite(float(norm))
@@ -435,23 +436,26 @@ def test_schedule_free_switches_to_eval_for_validation_and_checkpoints(data_dir,
         return save(best)
 
     trainer.validate, trainer.save = spy_validate, spy_save
-    trainer.fit()
+    after: list[tuple[bool, dict]] = []
+    trainer.fit(lambda e, t: after.append((t.optimizer.param_groups[0]["train_mode"], snapshot())))
     assert [s[:2] for s in seen] == [("validate", False), ("save", False)] * 2
-    assert trainer.optimizer.param_groups[0]["train_mode"] is True  # back to training
+    assert [a[0] for a in after] == [True, True]  # back to training after each epoch
     saved = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
     evaluated = seen[-1][2]
     for k, v in saved.items():
         assert torch.equal(v, evaluated[k]), k
     # the training point y differs from the averaged weights x that were evaluated and saved
-    train_weights = snapshot()
+    train_weights = after[-1][1]
     assert any(
         not torch.equal(train_weights[k], evaluated[k])
         for k in evaluated
         if k.startswith("core.") and evaluated[k].is_floating_point()
     )
-    trainer.optimizer.eval()
+    # the run ends with the evaluated weights of its best epoch (restore_best), as best.pt
+    assert trainer.optimizer.param_groups[0]["train_mode"] is False
+    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)["model"]
     for k, v in snapshot().items():
-        assert torch.allclose(v, evaluated[k], atol=1e-6), k
+        assert torch.equal(v, best[k]), k
 
 
 def test_bf16_autocast_on_cpu_when_enabled(data_dir, tmp_path):

@@ -1,9 +1,10 @@
 """The fused ViViT block (vivit_fused) against the unfused ParallelBlock.
 
 On a machine without CUDA the Triton kernels run under Triton's interpreter (TRITON_INTERPRET=1,
-set here before the kernels are first imported) at tiny sizes, in float32, so values and
-gradients must agree to float32 rounding (tolerances below). Without Triton those tests skip;
-the fallback test (CPU tensors take the unfused path) runs everywhere. The CUDA tests compare the
+set here before the kernels are first imported; vivit_fused.CPU_INTERPRETER, set per test, sends
+CPU tensors through it) at tiny sizes, in float32, so values and gradients must agree to float32
+rounding (tolerances below). Without Triton those tests skip; the fallback test (CPU tensors take
+the unfused path) and the tests of the core option core_fused_block run everywhere. The CUDA tests compare the
 bf16 path (autocast) to the unfused block under the same autocast, to bf16 tolerance.
 """
 
@@ -21,11 +22,12 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON and not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from neurotwin.models.cores import vivit  # noqa: E402
+from neurotwin.errors import ConfigError  # noqa: E402
+from neurotwin.models.cores import vivit, vivit_blocks  # noqa: E402
 from neurotwin.models.cores import vivit_fused as vf  # noqa: E402
 
 pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.usefixtures("one_thread", "cpu_interpreter"),
     # the interpreter's own numpy deprecation, once per program
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning"),
 ]
@@ -39,6 +41,20 @@ E, HEADS, HEAD_DIM, FF = 24, 2, 12, 40  # inner 24, FF 40: chunks of 16 with rag
 
 
 @pytest.fixture
+def cpu_interpreter(monkeypatch):
+    """CPU tensors through the fused kernels (Triton's interpreter), for this test only."""
+    monkeypatch.setattr(vf, "CPU_INTERPRETER", not HAS_CUDA and vf.interpreting())
+
+
+def core_options(**values) -> vivit.ViViTOptions:
+    """A tiny ViViT core's options (widths of the blocks here, unfused unless asked)."""
+    base = dict(core_emb_dim=E, core_num_heads=HEADS, core_head_dim=HEAD_DIM, core_ff_dim=FF,
+                core_spatial_depth=1, core_temporal_depth=1, core_spatial_patch_size=3,
+                core_spatial_patch_stride=2, core_fused_block=False)  # fmt: skip
+    return vivit.ViViTOptions(**{**base, **values})
+
+
+@pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles of 16 tokens and chunks of 16 columns, so tiny inputs span several tiles, chunks
     and weight-gradient groups (and the ragged edges of each)."""
@@ -49,12 +65,12 @@ def small_tiles(monkeypatch):
 def make_blocks(causal=False, activation="relu", p_mha=0.0, p_ff=0.0, drop_path=0.0, seed=0):
     """A ParallelBlock with non-trivial parameters (LN affine too) and its fused twin."""
     torch.manual_seed(seed)
-    ref = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
+    ref = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
                               False, causal)  # fmt: skip
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    fused = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
+    fused = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, activation, p_mha, p_ff, drop_path,
                                 False, causal)  # fmt: skip
     fused.load_state_dict(ref.state_dict())
     vf.use_fused_blocks(fused)
@@ -67,9 +83,7 @@ def rope_case(kind: str, regs: int):
     transformer with `regs` register tokens, or no RoPE."""
     if kind == "none":
         return regs + 9, None
-    core = vivit.ViViTCore(1, (7, 11), emb_dim=E, num_heads=HEADS, head_dim=HEAD_DIM,
-                           reg_tokens=regs, spatial_depth=1, temporal_depth=1,
-                           spatial_patch_size=3, spatial_patch_stride=2)  # fmt: skip
+    core = vivit.ViViTCore(1, (7, 11), core_options(core_reg_tokens=regs))
     if kind == "2d":
         return regs + core.grid[0] * core.grid[1], core._spatial_rope(regs, DEVICE)
     return regs + 7, core._temporal_rope(7, regs, DEVICE)
@@ -217,15 +231,17 @@ def test_whole_core_with_fused_blocks():
     """A ViViT core (registers, 2D and causal 1D RoPE) gives the same features and gradients
     with its blocks switched to the fused class; the state dict is unchanged."""
     torch.manual_seed(0)
-    kw = dict(emb_dim=E, num_heads=HEADS, head_dim=HEAD_DIM, ff_dim=FF, reg_tokens=2,
-              spatial_depth=1, temporal_depth=2, spatial_patch_size=3, spatial_patch_stride=2,
-              temporal_patch_size=3, p_dropout=0.0, mha_dropout=0.0, ff_dropout=0.0,
-              drop_path=0.0)  # fmt: skip
-    ref = vivit.ViViTCore(1, (7, 9), **kw).to(DEVICE)
-    fused = vivit.ViViTCore(1, (7, 9), **kw).to(DEVICE)
+    kw = dict(core_reg_tokens=2, core_temporal_depth=2, core_temporal_patch_size=3,
+              core_p_dropout=0.0, core_mha_dropout=0.0, core_ff_dropout=0.0,
+              core_drop_path=0.0)  # fmt: skip
+    ref = vivit.ViViTCore(1, (7, 9), core_options(**kw)).to(DEVICE)
+    fused = vivit.ViViTCore(1, (7, 9), core_options(**kw, core_fused_block=True)).to(DEVICE)
     fused.load_state_dict(ref.state_dict())
-    assert vf.use_fused_blocks(fused) == 3
-    assert fused.state_dict().keys() == ref.state_dict().keys()
+    blocks = [*fused.spatial.blocks, *fused.temporal.blocks]
+    assert len(blocks) == 3 and all(type(b) is vf.FusedParallelBlock for b in blocks)
+    assert {k: v.shape for k, v in fused.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }
     video = torch.randn(1, 1, 6, 7, 9, device=DEVICE)
     beh, pupil = torch.randn(1, 2, 6, device=DEVICE), torch.randn(1, 2, 6, device=DEVICE)
     outs = []
@@ -239,7 +255,7 @@ def test_whole_core_with_fused_blocks():
 def test_cpu_tensors_take_the_unfused_path(monkeypatch):
     """Without the interpreter, CPU inputs run ParallelBlock's own forward (bit-identical); a
     FusedParallelBlock runs it too where Triton is missing."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(vf, "CPU_INTERPRETER", False)
     ref, fused = make_blocks(True)
     ref, fused = ref.cpu(), fused.cpu()
     fused.__class__ = vf.FusedParallelBlock
@@ -251,26 +267,70 @@ def test_cpu_tensors_take_the_unfused_path(monkeypatch):
 def test_only_fusable_blocks_are_switched(monkeypatch):
     """use_fused_blocks leaves QK-norm blocks alone, and every block where Triton is missing."""
     blocks = torch.nn.ModuleList([
-        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False),
-        vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False),
+        vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False),
+        vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False),
     ])  # fmt: skip
     assert vf.use_fused_blocks(blocks) == int(HAS_TRITON)
-    assert type(blocks[1]) is vivit.ParallelBlock
+    assert type(blocks[1]) is vivit_blocks.ParallelBlock
     monkeypatch.setattr(vf, "HAS_TRITON", False)
-    again = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
+    again = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
     assert vf.use_fused_blocks(again) == 0 and "Triton" in vf.fused_block_reason(again)
 
 
 def test_unsupported_blocks_are_named():
     """QK-norm, sequential blocks and approximate GELU are not fused, with the reason given."""
     x = torch.randn(1, 3, E)
-    qk = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False)
-    seq = vivit.SequentialBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
+    qk = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, True, False)
+    seq = vivit_blocks.SequentialBlock(E, HEADS, HEAD_DIM, FF, "relu", 0, 0, 0, False, False)
     assert "QK-norm" in vf.fused_block_reason(qk, x)
     assert "parallel" in vf.fused_block_reason(seq, x)
-    gelu = vivit.ParallelBlock(E, HEADS, HEAD_DIM, FF, "gelu", 0, 0, 0, False, False)
+    gelu = vivit_blocks.ParallelBlock(E, HEADS, HEAD_DIM, FF, "gelu", 0, 0, 0, False, False)
     gelu.ff_out[0] = torch.nn.GELU(approximate="tanh")
     assert "GELU" in vf.fused_block_reason(gelu, x)
+
+
+def fused_blocks(core: vivit.ViViTCore) -> int:
+    return sum(type(b) is vf.FusedParallelBlock for b in core.modules())
+
+
+def test_core_fused_block_auto_false_and_true(monkeypatch):
+    """core_fused_block: auto switches every fusable block where Triton is installed (none
+    where it is not, or for QK-norm blocks), false none; true switches all or stops naming the
+    block and the reason. The state dict is the unfused core's either way."""
+    torch.manual_seed(0)
+    plain = vivit.ViViTCore(1, (7, 9), core_options())
+    auto = vivit.ViViTCore(1, (7, 9), core_options(core_fused_block="auto"))
+    assert fused_blocks(plain) == 0
+    assert fused_blocks(auto) == (2 if HAS_TRITON else 0)
+    assert list(auto.state_dict()) == list(plain.state_dict())
+    auto.load_state_dict(plain.state_dict())
+    video = torch.randn(1, 1, 4, 7, 9)
+    beh, pupil = torch.randn(1, 2, 4), torch.randn(1, 2, 4)
+    monkeypatch.setattr(vf, "CPU_INTERPRETER", False)  # CPU tensors: the unfused forward
+    assert torch.equal(auto.eval()(video, beh, pupil), plain.eval()(video, beh, pupil))
+    qk = vivit.ViViTCore(1, (7, 9), core_options(core_fused_block="auto", core_norm_qk=True))
+    assert fused_blocks(qk) == 0
+    with pytest.raises(ConfigError, match="spatial block 0 cannot be fused: QK-norm"):
+        vivit.ViViTCore(1, (7, 9), core_options(core_fused_block=True, core_norm_qk=True))
+    with pytest.raises(ConfigError, match="only parallel attention"):
+        opts = core_options(core_fused_block=True, core_parallel_attention=False)
+        vivit.ViViTCore(1, (7, 9), opts)
+    monkeypatch.setattr(vf, "HAS_TRITON", False)
+    assert fused_blocks(vivit.ViViTCore(1, (7, 9), core_options(core_fused_block="auto"))) == 0
+    with pytest.raises(ConfigError, match="Triton is not installed"):
+        vivit.ViViTCore(1, (7, 9), core_options(core_fused_block=True))
+
+
+def test_core_fused_block_is_a_flag():
+    """--core_fused_block reaches the vivit core's options (false, true, auto) and only its."""
+    from neurotwin.config import parse_config
+
+    assert parse_config(["--core", "vivit"]).model.core.core_fused_block == "auto"
+    for text, value in (("false", False), ("true", True), ("auto", "auto")):
+        config = parse_config(["--core", "vivit", "--core_fused_block", text])
+        assert config.model.core.core_fused_block == value
+    with pytest.raises(ConfigError, match="belongs to core vivit"):
+        parse_config(["--core", "conv3d", "--core_fused_block", "false"])
 
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA GPU and Triton")

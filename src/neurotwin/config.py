@@ -1,7 +1,7 @@
 """The config tree: YAML <-> dataclasses, checked; each model part's options live with the part.
 
-A config is `Config(data, model, train, run)`. `data`, `train` and `run` are dataclasses of this
-module. `model` holds five part slots (core, readout, shifter, output_activation, modulator); a slot holds
+A config is `Config(data, model, train, run)`. `data`, `train` (`VideoTrainConfig`) and `run` are
+dataclasses of this module. `model` holds five part slots (core, readout, shifter, output_activation, modulator); a slot holds
 the options dataclass of the part chosen for it, declared beside the part's class and registered
 with it (see `neurotwin.registry`). Every option's flag is `--<field name>` (a slot's part is
 picked with `--<slot>`, e.g. `--core conv3d`); names are unique across the tree, except that an
@@ -16,6 +16,10 @@ a layer that picks another part drops the options the layers below gave the prev
 option that only another part owns is an error naming its owners. Saved configs carry
 `version: 2`; a config.yaml without it, holding the old release's flat core section (all its
 `core_*` fields whatever the core), loads with the other cores' fields dropped.
+
+The machinery (flags, layers, YAML) serves any tree of options dataclasses: another model family
+passes its own root (`cls=`, e.g. the spike family's `SpikeConfig`), whose `train` and `run` are
+`TrainConfig` (the shared loop's options, subclassed by a family for its own) and `RunConfig`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -61,6 +66,13 @@ def part(registry: Registry, default: str, help: str) -> Any:
     return field(default_factory=lambda: registry.options(default), metadata=metadata)
 
 
+def new_default(cls: type, name: str, default: Any) -> Any:
+    """Option `name` of the options dataclass `cls` with another default, its help kept: for a
+    subclass serving another family, e.g. `epochs: int = new_default(TrainConfig, "epochs", 200)`."""
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return option(default, f.metadata["help"])
+
+
 def require(condition: bool, flag: str, problem: str) -> None:
     """The range check of an option: ConfigError naming its flag unless `condition` holds."""
     if not condition:
@@ -81,7 +93,20 @@ class DataConfig(Options):
         None, "sessions to use, by folder name or short alias (none: every session found)"
     )
     generate_synthetic: bool = option(
-        False, "write the built-in synthetic dataset into data_dir first if it holds no session"
+        False,
+        "write the built-in synthetic dataset (3 mice) into data_dir first if it holds no "
+        "session; a --data_dir given on the command line turns a preset's true off (give "
+        "--generate_synthetic too to write there)",
+    )
+    check_data: Literal["full", "headers", "off"] = option(
+        "full",
+        "start-up check of every session the run reads: full (trial files, their .npy "
+        "headers' shapes and dtypes, tiers, and no NaN in the valid frames of training "
+        "trials; remembered per file size and time, so a second run takes seconds), headers "
+        "(all but the NaN pass), off (files are checked as they are first read)",
+    )
+    recompute_statistics: bool = option(
+        False, "compute the statistics of the training tier again instead of reading the cache"
     )
     train_tier: str = option("train", "tier the model is trained on")
     val_tier: str = option("oracle", "tier used for validation and early stopping")
@@ -141,24 +166,23 @@ class ModelConfig(Options):
 
 @dataclass
 class TrainConfig(Options):
-    """Loss, optimiser, schedule, and the numerics of a training step."""
+    """What the training loop does the same way for every model family: optimiser, schedule,
+    early stopping and the numerics of a step (a family adds its own options in a subclass)."""
 
     epochs: int = option(400, "maximum epochs")
-    criterion: Literal["poisson"] = option(
-        "poisson", "loss: poisson (summed over neurons and frames, averaged over trials)"
-    )
-    ds_scale: bool = option(
-        True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
-    )
     lr: float = option(0.0048, "learning rate")
-    core_lr: float | None = option(None, "learning rate of the core (none: lr)")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    core_weight_decay: float | None = option(
-        None, "AdamW weight decay of the core (none: weight_decay)"
-    )
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(1e-8, "Adam epsilon")
+    optimizer: Literal["adamw", "lbfgs"] = option(
+        "adamw",
+        "adamw: a step per batch (or per accumulate_sessions batches); lbfgs: full-batch "
+        "L-BFGS, one step of lbfgs_iterations iterations per epoch on the mean objective of all "
+        "training batches, strong Wolfe line search from step size 1 (for deterministic "
+        "objectives; lr, schedule_free and clipping are not used)",
+    )
+    lbfgs_iterations: int = option(20, "lbfgs: iterations per epoch")
     schedule_free: bool = option(
         False,
         "schedule-free AdamW (package schedulefree): no LR reductions; training stops after "
@@ -186,6 +210,11 @@ class TrainConfig(Options):
     lr_factor: float = option(0.3, "plateau schedule: factor applied to the LR")
     max_reduce: int = option(2, "plateau schedule: reductions before early stopping")
     min_epochs: int = option(0, "never stop before this many epochs")
+    restore_best: bool = option(
+        True,
+        "end with the weights of the best validation epoch (best.pt); false: keep the last "
+        "weights (last.pt), e.g. for a model fitted to convergence",
+    )
     grad_norm: float | None = option(None, "clip gradients to this norm (none: off)")
     autoclip_percentile: float | None = option(
         None, "AutoClip: clip to this percentile of past gradient norms (overrides grad_norm)"
@@ -198,8 +227,9 @@ class TrainConfig(Options):
     )
     grad_checkpointing: Literal[0, 1, "auto"] | None = option(
         None,
-        "gradient checkpointing of core blocks: 0, 1, auto (on CUDA: off unless one trial does "
-        "not fit without it; off elsewhere), or none (on for CUDA)",
+        "gradient checkpointing of the core's blocks: 0 off, 1 on, auto (on a GPU: on only "
+        "when one trial does not fit without it; off elsewhere) (none: on for CUDA, off "
+        "elsewhere)",
     )
     compile: Literal[False, True, "auto"] = option(
         False, "torch.compile the core: true, false, or auto (on for CUDA devices)"
@@ -215,7 +245,6 @@ class TrainConfig(Options):
         require(self.min_epochs >= 0, "min_epochs", f"must be >= 0, got {self.min_epochs}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.core_lr is None or self.core_lr > 0, "core_lr", f"must be > 0, got {self.core_lr}")  # fmt: skip
         require(0 < self.lr_factor < 1, "lr_factor", f"must be in (0, 1), got {self.lr_factor}")
         require(self.lr_patience >= 1, "lr_patience", f"must be >= 1, got {self.lr_patience}")
         require(self.max_reduce >= 0, "max_reduce", f"must be >= 0, got {self.max_reduce}")
@@ -230,6 +259,12 @@ class TrainConfig(Options):
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+        n = self.lbfgs_iterations
+        require(n >= 1, "lbfgs_iterations", f"must be >= 1, got {n}")
+        if self.optimizer == "lbfgs":
+            require(not self.schedule_free, "optimizer", "lbfgs cannot be schedule-free")
+            clipping = self.grad_norm is not None or self.autoclip_percentile is not None
+            require(not clipping, "optimizer", "lbfgs takes unclipped steps; leave out grad_norm and autoclip_percentile")  # fmt: skip
 
     def _check_schedule(self) -> None:
         cosine, w = self.lr_schedule == "cosine", self.warmup_epochs
@@ -244,6 +279,26 @@ class TrainConfig(Options):
         require(d is None or 0 < d < 1, "ema_decay", f"must be in (0, 1) or none, got {d}")
         require(d is None or not self.schedule_free, "ema_decay",
                 "and --schedule_free exclude each other (schedule-free AdamW averages the weights itself)")  # fmt: skip
+
+
+@dataclass
+class VideoTrainConfig(TrainConfig):
+    """The loop's options, and the video model's loss and its core's own optimiser settings."""
+
+    criterion: Literal["poisson"] = option(
+        "poisson", "loss: poisson (summed over neurons and frames, averaged over trials)"
+    )
+    ds_scale: bool = option(
+        True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
+    )
+    core_lr: float | None = option(None, "learning rate of the core (none: lr)")
+    core_weight_decay: float | None = option(
+        None, "AdamW weight decay of the core (none: weight_decay)"
+    )
+
+    def check(self) -> None:
+        super().check()
+        require(self.core_lr is None or self.core_lr > 0, "core_lr", f"must be > 0, got {self.core_lr}")  # fmt: skip
 
 
 @dataclass
@@ -271,7 +326,7 @@ class Config(Options):
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -380,6 +435,17 @@ def part_fields(registry: Registry, name: str) -> dict[str, tuple[dataclasses.Fi
     return {f.name: (f, tp) for f, tp in _fields(registry.options_class(name))}
 
 
+def current_name(registry: Registry, key: str) -> str:
+    """The option's name now, for a name some part of `registry` had before (`renamed`)."""
+    if registry.owners(key):
+        return key
+    for name in registry.names():
+        new = registry.options_class(name).renamed.get(key)
+        if new is not None:
+            return new
+    return key
+
+
 def _option_type(registry: Registry, key: str) -> Any:
     """The type of option `key` in any part of `registry` (None if no part has it)."""
     for name in registry.owners(key):
@@ -397,7 +463,7 @@ FLAGS = "flags"  # the source name of the command-line layer
 def _where(source: str, path: tuple[str, ...]) -> str:
     """How an error names a value: `--flag` for flags, `file: a.b.c` for YAML."""
     if source == FLAGS:
-        return f"--{path[-2] if path[-1] == 'name' and len(path) > 2 else path[-1]}"
+        return f"--{path[-2] if path[-1] == 'name' and len(path) >= 2 else path[-1]}"
     return f"{source}: {'.'.join(path)}"
 
 
@@ -458,6 +524,7 @@ def _merge_slot(slot, values, registry, source, path, origins) -> None:
                 del slot[key]
         slot["name"] = name
     for key, value in values.items():
+        key = current_name(registry, key)
         tp = _option_type(registry, key)
         if tp is None:
             known = sorted({f for n in registry.names() for f in part_fields(registry, n)})
@@ -574,6 +641,7 @@ def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
             continue
         name = section.get("name", default)
         own = set(part_fields(registry, name)) if name in registry else set()
+        own |= set(registry.options_class(name).renamed) if name in registry else set()
         model[slot] = {k: v for k, v in section.items() if k not in LEGACY_FIELDS[slot] or k in own}
     out["version"] = CONFIG_VERSION
     return out
@@ -602,13 +670,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(yaml_problem(path, text, e)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(values).__name__}")
     return values
+
+
+def yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column, PyYAML's problem, and the
+    line it is on."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None:
+        problem += f" ({context} that began at line {start.line + 1}, column {start.column + 1})"
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"{where}: not valid YAML: {problem}" + (f": {shown!r}" if shown else "")
 
 
 def load_yaml(path: str | Path) -> Config:
@@ -643,7 +728,9 @@ class Flag:
 
 
 def flags(cls: type = Config, path: tuple[str, ...] = ()) -> list[Flag]:
-    """Every flag of the tree under `cls`, in help order (parts are looked up now)."""
+    """Every flag of the tree under `cls` (any tree of options dataclasses), in help order
+    (parts are looked up now). A section's `name` field is the flag of the section's name, as a
+    slot's part is (`model.name` -> `--model`)."""
     out: list[Flag] = []
     for f, tp in _fields(cls):
         here = (*path, f.name)
@@ -655,7 +742,8 @@ def flags(cls: type = Config, path: tuple[str, ...] = ()) -> list[Flag]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             group = f"{path[0]} options" if path else "options"
-            out.append(Flag(f.name, here, tp, f.metadata.get("help", ""), {"": default}, group))
+            name = path[-1] if f.name == "name" and path else f.name
+            out.append(Flag(name, here, tp, f.metadata.get("help", ""), {"": default}, group))
     names = [x.name for x in out]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:  # pragma: no cover - guards the declarations of options
@@ -704,6 +792,18 @@ def _default_text(flag: Flag) -> str:
     return "default: " + ", ".join(f"{_show(v)} ({n})" for n, v in flag.defaults.items())
 
 
+_SAYS_NONE = re.compile(r"(\(|; )none: ")
+
+
+def help_text(flag: Flag) -> str:
+    """The help of a flag with its default said once: a help that already says what none
+    means ("(none: every session found)") gets "(default: none = every session found)"."""
+    values = list(flag.defaults.values())
+    if all(v is None for v in values) and _SAYS_NONE.search(flag.help):
+        return _SAYS_NONE.sub(lambda m: f"{m.group(1)}default: none = ", flag.help, count=1)
+    return f"{flag.help} ({_default_text(flag)})"
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -712,23 +812,26 @@ def _show(value: Any) -> str:
     return str(value) if value != "" else '""'
 
 
-def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
-    """Add `--config` and one `--flag` per option, grouped by section and part; only flags given
-    on the command line are set (the others are absent from the parsed namespace)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, exclude: Sequence[str] = (), cls: type = Config
+) -> None:
+    """Add `--config` and one `--flag` per option of the tree `cls`, grouped by section and
+    part; only flags given on the command line are set (the others are absent from the parsed
+    namespace)."""
     parser.add_argument(
         "--config", type=str, default=None, help="YAML preset to start from (default: none)"
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag in flags():
+    for flag in flags(cls):
         if flag.name in exclude:
             continue
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)
         optional, inner = _is_optional(flag.type)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": flag.name}
-        help_text = f"{flag.help} ({_default_text(flag)})"
+        text = help_text(flag)
         if get_origin(inner) is Literal:
-            help_text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
+            text += f" choices: {' | '.join(_show(c) for c in get_args(inner))}"
         if inner is bool or (
             get_origin(inner) is Literal and any(c is True for c in get_args(inner))
         ):
@@ -737,12 +840,13 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
             kwargs.update(nargs="+", metavar="VALUE")
         else:
             kwargs.update(metavar=flag.name.upper())
-        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=help_text, **kwargs)
+        groups[flag.group].add_argument(f"--{flag.name}", type=str, help=text, **kwargs)
 
 
-def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given on a command line as a nested dict (a layer for `merge_layers`)."""
-    by_name = {flag.name: flag for flag in flags()}
+def flag_layer(args: argparse.Namespace, cls: type = Config) -> dict[str, Any]:
+    """The flags of the tree `cls` given on a command line as a nested dict (a layer for
+    `merge_layers`)."""
+    by_name = {flag.name: flag for flag in flags(cls)}
     layer: dict[str, Any] = {}
     for name, value in vars(args).items():
         flag = by_name.get(name)
@@ -755,13 +859,16 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
-def resolve(args: argparse.Namespace, base: Sequence[tuple[str, dict[str, Any]]] = ()) -> Config:
-    """`base` layers (e.g. a saved run's config), the YAML preset (if any), then the flags."""
+def resolve(
+    args: argparse.Namespace, base: Sequence[tuple[str, dict[str, Any]]] = (), cls: type = Config
+) -> Any:
+    """A `cls` (default: Config) from `base` layers (e.g. a saved run's config), the YAML
+    preset (if any), then the flags."""
     layers = list(base)
     if getattr(args, "config", None):
         layers.append((str(args.config), read_yaml(args.config)))
-    layers.append((FLAGS, flag_layer(args)))
-    return build(Config, merge_layers(layers))
+    layers.append((FLAGS, flag_layer(args, cls)))
+    return build(cls, merge_layers(layers, cls))
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:

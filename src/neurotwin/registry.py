@@ -44,10 +44,12 @@ class Options:
 @dataclasses.dataclass
 class PartOptions(Options):
     """Base of a registered part's options. Registration sets `name` (the part's name, e.g.
-    "conv3d") and `kind` (e.g. "core") on the options class."""
+    "conv3d") and `kind` (e.g. "core") on the options class. `renamed` maps names an option
+    had in earlier releases to its name now; configs (YAML, saved runs) may use either."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    renamed: ClassVar[dict[str, str]] = {}
 
 
 class Registry:
@@ -147,3 +149,4 @@ READOUTS = Registry("readout", package="neurotwin.models.readouts")
 SHIFTERS = Registry("shifter", package="neurotwin.models.shifter")
 ACTIVATIONS = Registry("output activation", package="neurotwin.models.activations")
 MODULATORS = Registry("modulator", package="neurotwin.models.modulators")
+SPIKE_MODELS = Registry("spike model", package="neurotwin.models.spikes")  # glm, glm_vae, vae

@@ -60,14 +60,40 @@ class RunFolder:
         """Whether training wrote here already (a last checkpoint exists)."""
         return (self.checkpoints / "last.pt").is_file()
 
+    def never_saved(self) -> bool:
+        """A run that started (config.yaml written) but stopped before its first checkpoint:
+        nothing to resume, and a new training into it starts it over."""
+        return self.config_file.is_file() and not self.holds_a_run()
+
     def checkpoint(self, which: str | Path = "best") -> Path:
         """`best` / `last` -> RUN/checkpoints/{which}.pt; anything else is a path. The file
         must exist (CheckpointError)."""
         name = str(which)
-        path = self.checkpoints / f"{name}.pt" if name in CHECKPOINT_NAMES else Path(name)
+        if name in CHECKPOINT_NAMES:
+            path = self.checkpoints / f"{name}.pt"
+            if not path.is_file():
+                raise CheckpointError(self.no_checkpoint(path))
+            return path
+        path = Path(name)
         if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
+            choices = " | ".join(CHECKPOINT_NAMES)
+            what = "a folder" if path.is_dir() else "no such file"
+            raise CheckpointError(
+                f"--checkpoint {name}: expected {choices} or the path of a checkpoint file ({what})"
+            )
         return path
+
+    def no_checkpoint(self, path: Path) -> str:
+        """The message for a missing checkpoint `path` of this run."""
+        if self.never_saved():
+            log = self.path / "train.log"
+            seen = f"; see {log}" if log.is_file() else ""
+            return (
+                f"{self.path}: this run never saved a checkpoint (it stopped before its first "
+                f"epoch ended{seen}): nothing to resume or predict; train again with "
+                f"--output_dir {self.path} to start it over"
+            )
+        return f"{path}: checkpoint file not found"
 
     def load_config(self) -> Config:
         """The run's resolved config (ConfigError if this is not a run folder)."""
@@ -91,6 +117,9 @@ def find_checkpoint(path: str | Path, which: str = "last") -> Path:
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint")
+    run = RunFolder(path.parent if path.name == CHECKPOINT_DIR else path)
+    if run.never_saved():
+        raise CheckpointError(run.no_checkpoint(run.checkpoints / f"{which}.pt"))
     raise CheckpointError(f"{path}: no {CHECKPOINT_DIR}/{which}.pt in this folder")
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
-from neurotwin.cli import data_allen, data_synthetic
+from neurotwin.cli import data_allen, data_spikes, data_synthetic
 from neurotwin.errors import NeurotwinError
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
-SUBCOMMANDS = (data_synthetic, data_allen)
+SUBCOMMANDS = (data_synthetic, data_allen, data_spikes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NeurotwinError as e:
-        raise SystemExit(f"neurotwin-data {args.command}: error: {e}") from None
+        print(f"neurotwin-data {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None  # as train.py and predict.py, and argparse's errors
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
     neurotwin-data synthetic --out data/synthetic --mice 3 --preset small --seed 0
     neurotwin-data synthetic --out data/synthetic_full --preset sensorium --mice 5
+    neurotwin-data synthetic --out data/synthetic_hard --variant gaze_shifts slow_drifts
+    neurotwin-data synthetic --out data/synthetic_s --param surround_fraction=0.3
 
-Size flags override the preset (e.g. `--neurons 200 --frames 150`).
+Size flags override the preset (e.g. `--neurons 200 --frames 150`); `--variant` adds harder
+options that real data has (see `neurotwin.data.synthetic.VARIANTS`), `--param NAME=VALUE` sets
+any generator parameter (a field of `ModelParams`; pairs as `NAME=A,B`). Later ones win: preset,
+variants in order, params, size flags.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neurotwin.errors import NeurotwinError
+from neurotwin.errors import ConfigError, NeurotwinError
 
 logger = logging.getLogger("neurotwin.data")
 
@@ -34,7 +40,7 @@ _SIZE_HELP = {
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from neurotwin.data.synthetic import PRESETS, SyntheticSizes
+    from neurotwin.data.synthetic import PRESETS, VARIANTS, SyntheticSizes
 
     parser.add_argument(
         "--out", type=Path, default=Path("data/synthetic"), help="folder for the session folders"
@@ -51,7 +57,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace session folders that already exist"
     )
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bars (there are none off a terminal)",
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        default=[],
+        choices=sorted(VARIANTS),
+        metavar="NAME",
+        help="harder options that real data has, applied in order: "
+        + "; ".join(f"{name}: {v.help}" for name, v in VARIANTS.items()),
+    )
+    parser.add_argument(
+        "--param",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set generator parameters (fields of ModelParams, e.g. surround_fraction=0.3, "
+        "running_gain=0.5,0.2)",
+    )
     sizes = parser.add_argument_group("sizes (default: the preset's)")
     for f in dataclasses.fields(SyntheticSizes):
         sizes.add_argument(
@@ -78,7 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from neurotwin.data import synthetic
 
-    sizes = {f: getattr(args, f) for f in _SIZE_HELP if getattr(args, f, None) is not None}
+    sizes = _parse_params(args.param)
+    sizes.update({f: getattr(args, f) for f in _SIZE_HELP if getattr(args, f, None) is not None})
     start = time.perf_counter()
     folders = synthetic.generate(
         args.out,
@@ -86,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars on terminals only
+        variants=args.variant,
         **sizes,
     )
     logger.info(
@@ -99,6 +128,23 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(f.name for f in folders),
     )
     return 0
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, object]:
+    """NAME=VALUE pairs -> {name: int | float | tuple}; ConfigError on a malformed one."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
+        try:
+            numbers = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"--param {item!r}: expected numbers, got {value!r}") from None
+        ints = [int(v) for v in numbers if v.is_integer()]
+        one = ints[0] if len(ints) == 1 and "." not in value else numbers[0]
+        out[name] = tuple(numbers) if len(numbers) > 1 else one
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except NeurotwinError as e:
-        raise SystemExit(f"neurotwin-data synthetic: error: {e}") from None
+        print(f"neurotwin-data synthetic: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

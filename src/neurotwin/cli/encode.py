@@ -57,7 +57,7 @@ def _backbone_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
 
     out: dict[str, tuple[dataclasses.Field, Any]] = {}
     for name in BACKBONES.names():
-        cls = BACKBONES.get(name).options
+        cls = BACKBONES.options_class(name)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name != "weights" and f.name not in out:

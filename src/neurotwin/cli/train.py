@@ -33,9 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> cfg.Config:
-    """The run's config: defaults < YAML < flags, or, when restoring, saved < YAML < flags."""
-    config = cfg.resolve(args)
+def resolve_config(args: argparse.Namespace, cls: type = cfg.Config) -> Any:
+    """The run's config (a `cls`, the tree the flags were made from): defaults < YAML < flags,
+    or, when restoring, saved < YAML < flags. Every family's training command resolves so.
+
+    A --data_dir given on the command line is never filled with synthetic mice because a
+    preset (or the restored config) asks for them: only --generate_synthetic beside it does."""
+    config = _layered_config(args, cls)
+    data = config.data
+    if hasattr(data, "generate_synthetic") and "data_dir" in vars(args):
+        if "generate_synthetic" not in vars(args):
+            data.generate_synthetic = False
+    return config
+
+
+def _layered_config(args: argparse.Namespace, cls: type) -> Any:
+    config = cfg.resolve(args, cls=cls)
     if not config.run.restore:
         return config
     checkpoint = find_checkpoint(config.run.restore, "last")
@@ -45,7 +58,7 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
         saved, source = cfg.read_yaml(saved_file), str(saved_file)
     else:
         saved, source = load_checkpoint(checkpoint)["config"], f"{checkpoint} [config]"
-    merged = cfg.resolve(args, base=[(source, saved)])
+    merged = cfg.resolve(args, base=[(source, saved)], cls=cls)
     merged.run.restore = str(config.run.restore)
     yaml_run = cfg.read_yaml(args.config).get("run", {}) if getattr(args, "config", None) else {}
     if "output_dir" not in vars(args) and "output_dir" not in (yaml_run or {}):
@@ -57,6 +70,7 @@ def resolve_config(args: argparse.Namespace) -> cfg.Config:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config = None
     try:
         config = resolve_config(args)
         from neurotwin.training.video import train  # here: --help needs no data stack
@@ -67,11 +81,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(
-            f"{parser.prog}: interrupted; resume with --restore <output_dir>",
-            file=sys.stderr,
-        )
+        print(f"{parser.prog}: interrupted{_how_to_go_on(config)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _how_to_go_on(config: cfg.Config | None) -> str:
+    """What an interrupted run's folder allows: resume it, start it over, or nothing."""
+    if config is None:
+        return ""
+    run = RunFolder(config.run.output_dir)
+    if run.holds_a_run():
+        return f"; resume with --restore {run.path}"
+    if run.never_saved():
+        return f" before the first checkpoint; train again with --output_dir {run.path}"
+    return ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,6 +113,13 @@ class InputTransform:
             self.scale[name] = torch.as_tensor(scale, dtype=torch.float32).reshape(shape)
         self._np = {k: (v.numpy(), (1 / self.scale[k]).numpy()) for k, v in self.shift.items()}
 
+    def pixel_range(self) -> tuple[float, float]:
+        """Black and white (native.PIXEL_RANGE) after the video transform: the range of grey
+        levels in the units the model sees (standardised: ((0 - mean) / std, (255 - mean) /
+        std)); a pretrained image network maps it back to its own input range."""
+        lo, hi = (float(v) for v in self(native.VIDEOS, torch.tensor(native.PIXEL_RANGE)).flatten())
+        return lo, hi
+
     def apply_(self, name: str, x: np.ndarray) -> np.ndarray:
         """In place on a float32 numpy array (the Dataset's fast path)."""
         if self.mode:

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from neurotwin.config import DataConfig
 from neurotwin.data import native
 from neurotwin.data.cutmix import CutMix
-from neurotwin.data.dataset import OutputTransform, SessionDataset
+from neurotwin.data.dataset import InputTransform, OutputTransform, SessionDataset
 from neurotwin.data.native import NativeSession, find_sessions
+from neurotwin.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,11 @@ def open_sessions(data_config: DataConfig) -> list[NativeSession]:
 
 
 def _statistics(session: NativeSession, data_config: DataConfig):
-    return session.statistics(shipped=data_config.shipped_statistics, tier=data_config.train_tier)
+    return session.statistics(
+        shipped=data_config.shipped_statistics,
+        tier=data_config.train_tier,
+        recompute=data_config.recompute_statistics,
+    )
 
 
 def build_loaders(
@@ -139,15 +144,22 @@ def build_loaders(
                 pin_memory=pin_memory,
                 drop_last=False,
             )
-    _share_crop_length(cropped)
+    _share_crop_length(cropped, data_config.crop_frame)
     return out
 
 
-def _share_crop_length(datasets: list[SessionDataset]) -> None:
+def _share_crop_length(datasets: list[SessionDataset], asked: int) -> None:
     """One crop length for every session (the shortest any session allows), so that training
-    batches of all sessions have the same shape: a compiled core then never recompiles."""
+    batches of all sessions have the same shape: a compiled core then never recompiles. A crop
+    longer than every training trial of every session is an error, not silently shortened."""
     if not datasets:
         return
+    longest = max(int(d.lengths.max()) for d in datasets if len(d.lengths))
+    if asked > longest:
+        raise ConfigError(
+            f"--crop_frame {asked}: longer than every training trial (the longest has "
+            f"{longest} frames); give at most {longest}, or -1 for whole trials"
+        )
     common = min(d.crop_frame for d in datasets)
     for d in datasets:
         if d.crop_frame != common:
@@ -304,7 +316,9 @@ def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
-    output space, "unit_ids" (N,), "opto_channels"}} for building a model's per-session parts."""
+    output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video),
+    "opto_channels"}} for building a model's per-session parts (and telling its core what its
+    input is)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -317,6 +331,9 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "coordinates": session.coordinates,
             "mean_response": transform.transform_mean(mean),
             "unit_ids": session.unit_ids,
+            "pixel_range": InputTransform(
+                stats, data_config.transform_input, session.path
+            ).pixel_range(),
             "opto_channels": session.opto_channels,
         }
     return specs

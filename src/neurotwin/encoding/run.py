@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from neurotwin.config import option
-from neurotwin.data.sensorium import SensoriumSession
+from neurotwin.data.native import NativeSession
 from neurotwin.encoding import figures, tables
 from neurotwin.encoding.analysis import analyse
 from neurotwin.encoding.embeddings import (
@@ -167,7 +167,7 @@ def run_encoding(settings: EncodeSettings) -> dict[str, Any]:
     stim = settings.stimuli
     parts, analysed = [], []
     for path in session_paths(stim):
-        session = SensoriumSession(path, limit_neurons=stim.limit_neurons)
+        session = NativeSession(path, limit_neurons=stim.limit_neurons)
         present = [t for t in stim.tiers if t in session.tier_counts]
         for t in sorted(set(stim.tiers) - set(present)):
             log.warning("%s: no %s trials: skipped", session.name, t)

@@ -1,6 +1,6 @@
 """Stimuli and responses of native-layout sessions, arranged for encoding models.
 
-A tier of a session (read with `SensoriumSession`) becomes a `TierData`: its clips (trials with
+A tier of a session (read with `NativeSession`) becomes a `TierData`: its clips (trials with
 identical valid video frames are repeats of one clip, found by `metrics.video_hash`), each with
 its frames and its responses per repeat. Two kinds of target:
 
@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 
 from neurotwin.config import option
-from neurotwin.data import layout
-from neurotwin.data.sensorium import SensoriumSession, find_sessions
+from neurotwin.data import native
+from neurotwin.data.native import NativeSession, find_sessions
 from neurotwin.errors import ConfigError, DataFormatError
 from neurotwin.metrics import video_hash
 
@@ -56,9 +56,9 @@ class StimulusOptions:
             raise ConfigError(
                 f"lags and skip_frames must be >= 0, got {self.lags}, {self.skip_frames}"
             )
-        unknown = [t for t in self.tiers if t not in layout.TIERS]
+        unknown = [t for t in self.tiers if t not in native.TIERS]
         if unknown or not self.tiers:
-            raise ConfigError(f"tiers must be among {list(layout.TIERS)}, got {self.tiers}")
+            raise ConfigError(f"tiers must be among {list(native.TIERS)}, got {self.tiers}")
 
 
 @dataclass
@@ -98,7 +98,7 @@ def session_paths(options: StimulusOptions) -> list[Path]:
     return find_sessions(options.data_dir, options.mouse_ids)
 
 
-def _areas(session: SensoriumSession) -> np.ndarray:
+def _areas(session: NativeSession) -> np.ndarray:
     path = session.path / AREA_FILE
     if not path.is_file():
         return np.full(session.n_neurons, "all", dtype=object)
@@ -112,14 +112,14 @@ def _areas(session: SensoriumSession) -> np.ndarray:
     return np.where(np.char.strip(areas) == "", "unknown", areas).astype(object)
 
 
-def per_presentation(session: SensoriumSession, targets: str) -> bool:
+def per_presentation(session: NativeSession, targets: str) -> bool:
     """True when each trial is one presentation (Allen scenes and gratings)."""
     if targets != "auto":
         return targets == "presentations"
     return session.meta.get("responses_per") == "presentation"
 
 
-def read_tier(session: SensoriumSession, tier: str, targets: str = "auto") -> TierData | None:
+def read_tier(session: NativeSession, tier: str, targets: str = "auto") -> TierData | None:
     """The clips of `tier` (None, with a warning, when its responses are hidden)."""
     trials = session.trial_ids(tier)
     if session.responses_hidden(tier):
@@ -131,16 +131,16 @@ def read_tier(session: SensoriumSession, tier: str, targets: str = "auto") -> Ti
     for trial in trials:
         data = session.load_trial(int(trial))
         length = session.trial_length(int(trial))
-        key = video_hash(data[layout.VIDEOS], length)
-        resp = np.asarray(data[layout.RESPONSES][:, :length], np.float32)
+        key = video_hash(data[native.VIDEOS], length)
+        resp = np.asarray(data[native.RESPONSES][:, :length], np.float32)
         if not np.isfinite(resp).all():
             raise DataFormatError(
-                session.path / "data" / layout.RESPONSES / f"{int(trial)}.npy",
+                session.path / "data" / native.RESPONSES / f"{int(trial)}.npy",
                 f"NaN responses within the {length} valid frames of a {tier} trial",
-                layout.RESPONSES,
+                native.RESPONSES,
             )
         if key not in groups:
-            video = np.asarray(data[layout.VIDEOS][..., :length], np.float32)
+            video = np.asarray(data[native.VIDEOS][..., :length], np.float32)
             groups[key] = ([], np.moveaxis(video, -1, 0), [])
         groups[key][0].append(int(trial))
         groups[key][2].append(resp)

@@ -13,6 +13,7 @@ from torch import nn
 from neurotwin.config import ModelConfig
 from neurotwin.errors import ConfigError
 from neurotwin.models.activations import build_activation
+from neurotwin.models.cores.base import VideoInput
 from neurotwin.registry import CORES, MODULATORS, READOUTS, SHIFTERS
 
 
@@ -114,6 +115,17 @@ class NeuralPredictor(nn.Module):
             core.set_grad_checkpointing(enabled)
 
 
+def video_input(sessions: Mapping[str, Mapping[str, Any]]) -> VideoInput:
+    """The core's VideoInput from the sessions' "pixel_range" (black, white after each
+    session's video transform), averaged over sessions: the core is shared, and each session
+    standardises its video by its own statistics. Without ranges: untransformed frames."""
+    ranges = [s["pixel_range"] for s in sessions.values() if s.get("pixel_range") is not None]
+    if not ranges:
+        return VideoInput()
+    lo, hi = np.asarray(ranges, dtype=np.float64).reshape(-1, 2).mean(axis=0)
+    return VideoInput((float(lo), float(hi)))
+
+
 def build_model(
     model_config: ModelConfig,
     sessions: Mapping[str, Mapping[str, Any]],
@@ -121,9 +133,10 @@ def build_model(
     frame_shape: tuple[int, int] = (36, 64),
 ) -> NeuralPredictor:
     """Build the model of `model_config` for the sessions given as
-    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), ...}}: each part is
-    the registered class of the name its slot's options carry, made with those options. A spec's
-    "opto_channels" (optogenetic input channels of its videos) add to `in_channels`."""
+    {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), "pixel_range":
+    (black, white), ...}}: each part is the registered class of the name its slot's options
+    carry, made with those options. A spec's "opto_channels" (optogenetic input channels of its
+    videos) add to `in_channels`."""
     core_cls = CORES.get(model_config.core.name)
     readout_cls = READOUTS.get(model_config.readout.name)
     if not sessions:
@@ -136,7 +149,10 @@ def build_model(
             "has no positions to shift; use --shifter_mode 0"
         )
     frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
-    core = core_cls(in_channels, frame_shape, model_config.core)
+    extra = (
+        {"video": video_input(sessions)} if getattr(core_cls, "takes_video_input", False) else {}
+    )
+    core = core_cls(in_channels, frame_shape, model_config.core, **extra)
     in_shape = (core.out_channels, *core.out_shape(frame_shape))
 
     readouts, shifters, activations, modulators = {}, {}, {}, {}

@@ -3,6 +3,7 @@ that the config can name them); `Registry(kind)` makes a registry for another ki
 
 from neurotwin.registry import ACTIVATIONS, CORES, READOUTS, SHIFTERS, PartOptions, Registry
 
-BACKBONES = Registry("backbone source")  # pretrained image networks, by source (models/backbones)
+# pretrained image networks, by source (one module each in models/backbones)
+BACKBONES = Registry("backbone source", package="neurotwin.models.backbones")
 
 __all__ = ["ACTIVATIONS", "BACKBONES", "CORES", "READOUTS", "SHIFTERS", "PartOptions", "Registry"]

@@ -23,6 +23,7 @@ from neurotwin.files import write_text
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
+LOG_ONLY = 99  # a `print` level that no verbosity reaches: train.log only
 
 
 def _fmt(value: Any) -> str:

@@ -10,13 +10,15 @@ the loss of a batch and its validation. The loop does the rest, the same way for
   task scales each part's loss by m / B, so the accumulated gradient is the full batch's);
   gradients are accumulated over as many batches as there are groups (`accumulate_sessions`),
   then clipped (fixed norm or AutoClip) and applied. No host read-back per step: loss sums and
-  gradient norms stay on the device and are read once per epoch.
+  gradient norms stay on the device and are read once per epoch. With `--optimizer lbfgs`
+  (full-batch L-BFGS) an epoch is one optimiser step on the mean objective of all its batches.
 - Validation after every epoch (schedule-free optimisers switched to their averaged weights for
   it and for the checkpoints, and so is the EMA of the weights, `ema_decay`); the plateau
   schedule watches the task's score: LR reductions that restore the best weights, early
   stopping; or a warm-up + cosine schedule stepped every optimiser step (`lr_schedule cosine`).
 - Checkpoints (`best.pt` when the score improved, `last.pt` every epoch, written atomically),
   resume, progress bars, metrics.csv, train.log, wandb; DistributedDataParallel under torchrun.
+  The run ends with the best epoch's weights in the model (`restore_best`; false: the last).
 - Numerics: bf16 autocast (the task's forward passes run in `runtime.precision()`), gradient
   checkpointing, torch.compile, and the memory probe (neurotwin.training.memory).
 """
@@ -31,6 +33,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ from neurotwin.training.checkpoint import (
     set_rng_state,
 )
 from neurotwin.training.ema import WeightEMA
-from neurotwin.training.logging import RunLogger
+from neurotwin.training.logging import LOG_FILE, LOG_ONLY, RunLogger
 from neurotwin.training.memory import Checkpointing, MemoryProbe, fits_in_memory
 from neurotwin.training.optim import (
     GradClipper,
@@ -62,7 +65,7 @@ from neurotwin.training.optim import (
     is_schedule_free,
     set_optimizer_mode,
 )
-from neurotwin.training.task import Batch, Runtime, TrainingTask, Validation
+from neurotwin.training.task import Batch, Runtime, StepLoss, TrainingTask, Validation
 
 
 def check_run(config: Any) -> None:
@@ -74,6 +77,14 @@ def check_run(config: Any) -> None:
             "--wandb: wandb is not installed; install it with `pip install neurotwin[wandb]` "
             "or leave out --wandb"
         )
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file holds; None if it is missing or unreadable."""
+    try:
+        return int(load_checkpoint(path)["epoch"]) if path.is_file() else None
+    except CheckpointError:
+        return None
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -93,6 +104,31 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
         for k, v in batch.items()
     }
+
+
+@dataclass
+class EpochSums:
+    """What an epoch's batches added up to, kept on the device (read back once per epoch)."""
+
+    loss: dict[str, torch.Tensor]  # per group
+    elements: dict[str, int]
+    objective: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    items: int = 0
+    norms: list[torch.Tensor] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, groups: list[str], device: torch.device) -> EpochSums:
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return cls({g: zero for g in groups}, {g: 0 for g in groups}, zero)
+
+    def add(self, group: str, step: StepLoss, items: int) -> None:
+        self.loss[group] = self.loss[group] + step.value
+        self.elements[group] += step.count
+        self.objective = self.objective + step.objective.double()
+        for name, value in step.parts.items():
+            self.parts[name] = self.parts[name] + value if name in self.parts else value
+        self.items += items
 
 
 class Trainer:
@@ -127,7 +163,7 @@ class Trainer:
         task.build(self.runtime)
         self.model = task.model
         self._check_shares()
-        self.optimizer = build_optimizer(self.model, t)
+        self.optimizer = build_optimizer(task.parameter_groups(t), t)
         plateau = (t.lr_patience, t.lr_factor, t.max_reduce, t.min_epochs)
         on_plateau = t.lr_schedule == "plateau"
         self.plateau = Plateau(
@@ -149,17 +185,21 @@ class Trainer:
             config=cfg.to_dict(config),
             resume_epoch=self.epoch if restore_state is not None else None,
         )
-        if self.is_main:
-            cfg.save_yaml(config, self.run.config_file)
-        self._setup_numerics()
-        self.ddp_model: nn.Module = self.model
-        if self.info.enabled:
-            self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=False,
-            )
-        self._announce(restore_state)
+        try:
+            if self.is_main:
+                cfg.save_yaml(config, self.run.config_file)
+            self._setup_numerics()
+            self.ddp_model: nn.Module = self.model
+            if self.info.enabled:
+                self.ddp_model = nn.parallel.DistributedDataParallel(
+                    self.model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=False,
+                )
+            self._announce(restore_state)
+        except BaseException as e:
+            self._log_failure(e)
+            raise
 
     @property
     def use_autocast(self) -> bool:
@@ -184,13 +224,44 @@ class Trainer:
                     f"--output_dir: {self.output_dir} already holds a run; resume it with "
                     f"--restore {self.output_dir}, or start over with --clear_output_dir true"
                 )
+            self.starts_over = not resume and self.run.never_saved()
         distributed.barrier(self.info)
 
     def _make_output_dir(self) -> None:
-        """Created only once data and model are built, so that bad input leaves nothing."""
+        """Created only once data and model are built, so that bad input leaves nothing. A
+        run that stopped before its first checkpoint is started over (its log too); the
+        temporaries killed writers left in the run folder are removed."""
         if self.is_main:
+            if getattr(self, "starts_over", False):
+                (self.output_dir / LOG_FILE).unlink(missing_ok=True)
+                self.notes.append(
+                    f"{self.output_dir} held a run that stopped before its first checkpoint: "
+                    "starting it over"
+                )
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.ckpt_dir)
+            for folder in (self.output_dir, self.ckpt_dir):
+                self.notes += remove_stale_temporaries(folder).lines()
+
+    def _log_failure(self, error: BaseException) -> None:
+        """The error that stops the run, in train.log (the console has it already), and what
+        the run folder is good for now."""
+        if not getattr(self, "logger", None) or not self.is_main:
+            return
+        if isinstance(error, KeyboardInterrupt):
+            line = "interrupted"
+        elif isinstance(error, NeurotwinError):
+            line = f"error: {' '.join(str(error).split())}"
+        else:
+            line = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
+        if self.run.holds_a_run():
+            then = f"resume with --restore {self.output_dir}"
+        else:
+            then = (
+                f"no checkpoint was saved: nothing to resume; training again with --output_dir "
+                f"{self.output_dir} starts this run over"
+            )
+        self.logger.print(f"{line}; {then}", level=LOG_ONLY)
+        self.logger.close(exit_code=1)
 
     def _cosine_schedule(self) -> WarmupCosine | None:
         """The warm-up + cosine schedule over every optimiser step of the run (None: plateau)."""
@@ -303,17 +374,35 @@ class Trainer:
         self.epoch = int(state["epoch"])
         if "rng" in state:
             set_rng_state(state["rng"])
-        best = Path(path).with_name("best.pt")
-        if best.is_file():
-            self.best_state = load_checkpoint(best)["model"]
+        self.best_state = self._restored_best(state, Path(path).with_name("best.pt"))
         # checkpoints are written with the optimiser in eval mode: back to training
         set_optimizer_mode(self.optimizer, "train")
 
+    def _restored_best(self, last: dict[str, Any], best: Path) -> dict[str, Any] | None:
+        """The best weights as of the restored epoch. `last.pt` is written before `best.pt`:
+        if the run was killed between the two, `best.pt` is older than the plateau state says
+        (or damaged) and the best weights are last.pt's own; best.pt is rewritten from it."""
+        best_epoch = self.plateau.best_epoch
+        if best_epoch == int(last["epoch"]) and best_epoch > 0:
+            if self.is_main and _epoch_of(best) != best_epoch:
+                save_checkpoint(best, {k: v for k, v in last.items() if k != "_path"})
+                self.notes.append(f"{best}: rewritten from {last['_path']} (epoch {best_epoch})")
+            return last["model"]
+        if not best.is_file():
+            return None
+        state = load_checkpoint(best)
+        if int(state["epoch"]) != best_epoch:
+            self.notes.append(
+                f"{best} holds epoch {state['epoch']}, not the best epoch {best_epoch} that "
+                f"{last['_path']} names (a run of an earlier release killed between its two "
+                "checkpoint writes?): its weights are the best ones until the run improves"
+            )
+        return state["model"]
+
     def _announce(self, restore_state: dict[str, Any] | None) -> None:
-        log = self.logger.print
+        log, t = self.logger.print, self.config.train
         for line in self.task.describe():
             log(line)
-        t = self.config.train
         ranks = (
             f" x {self.info.world_size} ranks ({self.info.backend})" if self.info.enabled else ""
         )
@@ -322,7 +411,7 @@ class Trainer:
             f"{self.micro_batch_size}), bf16 autocast {'on' if self.use_autocast else 'off'}, "
             f"grad checkpointing {'on' if self.grad_checkpointing else 'off'}, "
             f"compile {'on' if self.compiled else 'off'}, "
-            f"optimizer {'schedule-free AdamW' if t.schedule_free else 'AdamW'}, "
+            f"optimizer {self._optimizer_name()}, "
             f"lr schedule {t.lr_schedule if not t.schedule_free else 'none'}"
             + (f", EMA of the weights (decay {t.ema_decay})" if self.ema is not None else "")
         )
@@ -332,43 +421,49 @@ class Trainer:
             log(f"resuming from {restore_state['_path']} after epoch {self.epoch}")
         log(f"outputs go to {self.output_dir.resolve()} (config.yaml, checkpoints/, metrics.csv)")
 
+    def _optimizer_name(self) -> str:
+        t = self.config.train
+        if t.optimizer == "lbfgs":
+            return f"full-batch L-BFGS ({t.lbfgs_iterations} iterations per epoch)"
+        return "schedule-free AdamW" if t.schedule_free else "AdamW"
+
     # -- one step --------------------------------------------------------------------------------
     def _forward_backward(
-        self, group: str, batch: Batch, batch_size: int, sync: bool
-    ) -> tuple[torch.Tensor, int]:
-        """The task's loss of (part of) a batch, and its backward pass (gradients synchronised
-        over ranks only when `sync`). Returns the loss sum (detached, on the device) and the
-        number of elements it covers."""
+        self, group: str, batch: Batch, batch_size: int, sync: bool, weight: float = 1.0
+    ) -> StepLoss:
+        """The task's loss of (part of) a batch, and the backward pass of its objective times
+        `weight` (gradients synchronised over ranks only when `sync`). Returns the StepLoss, its
+        objective detached and weighted."""
         model = self.ddp_model if hasattr(self, "ddp_model") else self.model
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         ctx = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
         with ctx:
             loss = self.task.loss(model, group, batch, batch_size)
-            objective = loss.objective
+            objective = loss.objective * weight if weight != 1.0 else loss.objective
             if ddp and sync:
                 # every parameter takes part in the synchronising backward, so that gradients
                 # accumulated under no_sync (other groups' parts) are averaged too
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 objective = objective + sum(p.sum() for p in params) * 0.0
             objective.backward()
-        return loss.value, loss.count
+        return StepLoss(objective.detach(), loss.value, loss.count, loss.parts)
 
-    def train_step(self, group: str, batch: Batch, sync: bool = True) -> tuple[torch.Tensor, int]:
-        """Forward and backward of one batch in micro-batches (no optimiser step).
-
-        Returns the summed loss (a 0-dim float64 tensor on the device) and its elements."""
+    def train_step(
+        self, group: str, batch: Batch, sync: bool = True, weight: float = 1.0
+    ) -> StepLoss:
+        """Forward and backward of one batch in micro-batches (no optimiser step), the
+        objective times `weight`. Returns the batch's StepLoss: the sums over its micro-batches
+        (value a 0-dim float64 tensor on the device)."""
         b = self.task.count(batch)
         m = self.micro_batch_size if self.micro_batch_size > 0 else b
         starts = list(range(0, b, m))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        elements = 0
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = StepLoss(zero, zero, 0)
         for i, start in enumerate(starts):
             part = self.task.split(batch, start, min(start + m, b))
             last = i == len(starts) - 1
-            value, n = self._forward_backward(group, part, b, sync=sync and last)
-            loss_sum = loss_sum + value
-            elements += n
-        return loss_sum, elements
+            total = total.plus(self._forward_backward(group, part, b, sync and last, weight))
+        return total
 
     def optimizer_step(self) -> torch.Tensor | None:
         """Clip, step and zero the gradients; returns the norm before clipping (a 0-dim tensor
@@ -388,55 +483,78 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         set_optimizer_mode(self.optimizer, "train")
-        groups = self.task.groups
-        every = len(groups) if self.config.train.accumulate_sessions else 1
-        total = sum(self.task.batch_counts().values())
-        loss_sum = {g: torch.zeros((), dtype=torch.float64, device=self.device) for g in groups}
-        elements = {g: 0 for g in groups}
-        items = 0
-        norms: list[torch.Tensor] = []
         self.optimizer.zero_grad(set_to_none=True)
-        bar = self.logger.progress(
-            self.task.batches(epoch), total=total, desc=f"epoch {epoch} train"
-        )
-        for i, (group, batch) in enumerate(bar):
-            batch = to_device(batch, self.device)
-            sync = (i + 1) % every == 0 or i + 1 == total
-            value, n = self.train_step(group, batch, sync=sync)
-            loss_sum[group] = loss_sum[group] + value
-            elements[group] += n
-            items += self.task.count(batch)
-            if sync:
-                norm = self.optimizer_step()
-                if norm is not None:
-                    norms.append(norm)
+        if self.config.train.optimizer == "lbfgs":
+            return self._full_batch_epoch(epoch)
+        sums = self._pass(epoch, steps=True)
         # a last partial accumulation (if the iterator gave fewer batches than announced)
         if any(p.grad is not None for p in self.model.parameters()):
             self.optimizer_step()
-        return self._epoch_stats(loss_sum, elements, items, norms)
+        return self._epoch_stats(sums)
 
-    def _epoch_stats(
-        self,
-        loss_sum: dict[str, torch.Tensor],
-        elements: dict[str, int],
-        items: int,
-        norms: list[torch.Tensor],
-    ) -> dict[str, Any]:
-        """The epoch's training numbers, summed over ranks: the one read-back of the epoch."""
+    def _pass(self, epoch: int, steps: bool, weight: float = 1.0, desc: str = "") -> EpochSums:
+        """Forward and backward over the epoch's batches; with `steps`, an optimiser step after
+        every batch (or as many as there are groups, `accumulate_sessions`), else gradients
+        accumulated over all of them (objectives times `weight`)."""
         groups = self.task.groups
+        every = len(groups) if (steps and self.config.train.accumulate_sessions) else 1
+        total = sum(self.task.batch_counts().values())
+        sums = EpochSums.empty(groups, self.device)
+        bar = self.logger.progress(
+            self.task.batches(epoch), total=total, desc=desc or f"epoch {epoch} train"
+        )
+        for i, (group, batch) in enumerate(bar):
+            batch = to_device(batch, self.device)
+            last = i + 1 == total
+            sync = last or (steps and (i + 1) % every == 0)
+            sums.add(group, self.train_step(group, batch, sync, weight), self.task.count(batch))
+            if steps and sync:
+                norm = self.optimizer_step()
+                if norm is not None:
+                    sums.norms.append(norm)
+        return sums
+
+    def _full_batch_epoch(self, epoch: int) -> dict[str, Any]:
+        """L-BFGS: one optimiser step per epoch on the mean objective of all the epoch's batches
+        (a function of the weights only: the task's batches repeat for the same epoch), which
+        the closure evaluates as often as the iterations and line search ask."""
+        weight = 1.0 / max(sum(self.task.batch_counts().values()), 1)
+        passes: list[EpochSums] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            desc = f"epoch {epoch} L-BFGS evaluation {len(passes) + 1}"
+            passes.append(self._pass(epoch, steps=False, weight=weight, desc=desc))
+            objective = passes[-1].objective.clone()
+            distributed.all_reduce_sum(objective, self.info)  # the same on every rank
+            return objective / self.info.world_size
+
+        self.optimizer.step(closure)
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._epoch_stats(passes[-1])  # the last evaluation's training loss
+
+    def _epoch_stats(self, sums: EpochSums) -> dict[str, Any]:
+        """The epoch's training numbers, summed over ranks: the one read-back of the epoch."""
+        groups, names = self.task.groups, sorted(sums.parts)
+        n = len(groups)
         stats = torch.tensor(
-            [[0.0, elements[g]] for g in groups] + [[items, 0]], dtype=torch.float64
+            [[0.0, sums.elements[g]] for g in groups] + [[sums.items, 0]] + [[0.0, 0]] * len(names),
+            dtype=torch.float64,
         ).to(self.device)
-        stats[:-1, 0] += torch.stack([loss_sum[g] for g in groups])
+        stats[:n, 0] += torch.stack([sums.loss[g] for g in groups])
+        for i, name in enumerate(names):
+            stats[n + 1 + i, 0] += sums.parts[name].double()
         distributed.all_reduce_sum(stats, self.info)
         stats = stats.cpu()
+        norms = sums.norms
         mean_norm = float(np.mean(torch.stack(norms).double().cpu().numpy())) if norms else None
         per_group = {g: float(stats[i, 0] / max(stats[i, 1], 1)) for i, g in enumerate(groups)}
-        total_elements = float(stats[:-1, 1].sum())
+        elements = max(float(stats[:n, 1].sum()), 1)
         return {
-            "loss": float(stats[:-1, 0].sum() / max(total_elements, 1)),
+            "loss": float(stats[:n, 0].sum() / elements),
             "loss_per_session": per_group,
-            "trials": int(stats[-1, 0]),
+            "parts": {name: float(stats[n + 1 + i, 0]) / elements for i, name in enumerate(names)},
+            "trials": int(stats[n, 0]),
             "grad_norm": mean_norm,
         }
 
@@ -477,13 +595,15 @@ class Trainer:
         }
 
     def save(self, best: bool) -> None:
-        """best.pt (when improved) then last.pt; call with the optimiser in eval mode."""
+        """last.pt then (when improved) best.pt; call with the optimiser in eval mode. In this
+        order a run killed between the two writes resumes with the right best weights (see
+        `_restored_best`)."""
         if not self.is_main:
             return
         state = self.state()
+        save_checkpoint(self.ckpt_dir / "last.pt", state)
         if best:
             save_checkpoint(self.ckpt_dir / "best.pt", state)
-        save_checkpoint(self.ckpt_dir / "last.pt", state)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, on_epoch_end: Callable[[int, Trainer], None] | None = None) -> dict[str, Any]:
@@ -498,6 +618,7 @@ class Trainer:
                 epoch = self.epoch + 1
                 seed_everything(epoch_seed(self.config.run.seed, epoch, self.info.rank))
                 tic = time.time()
+                self.task.start_epoch(epoch)
                 train_result = self.train_epoch(epoch)
                 train_seconds = time.time() - tic
                 distributed.broadcast_buffers(self.model, self.info)
@@ -514,13 +635,14 @@ class Trainer:
                     if self.ema is not None:  # the training weights restart from the best too
                         self.ema.reset(self.model)
                 self.epoch = epoch
-                self.save(best=decision == "improved")
-                self.averaged_weights(False)
                 seconds = time.time() - tic
-
                 row = self._row(epoch, train_result, val, seconds, train_seconds)
                 self.history.append(row)
+                # the row first: a run killed while saving resumes from the previous
+                # checkpoint, and metrics.csv drops the rows after it
                 self.logger.log_metrics(row, step=epoch)
+                self.save(best=decision == "improved")
+                self.averaged_weights(False)
                 log(self._epoch_line(epoch, train_result, val, seconds, train_seconds, decision))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, self)
@@ -531,17 +653,19 @@ class Trainer:
                 if decision == "stop":
                     stopped = "early stopping"
                     break
-        except BaseException:
-            self.logger.close(exit_code=1)
+        except BaseException as e:
+            self._log_failure(e)
             raise
         diff = distributed.max_parameter_difference(self.model, self.info)
         if self.info.enabled:
             log(f"ranks in sync: max parameter difference across ranks {diff:.3g}")
+        weights_epoch = self._final_weights()
         elapsed = time.time() - start
         log(
             f"done ({stopped}) after {self.epoch} epochs in {elapsed:.1f}s: best validation "
             f"{self.task.score_title} {self.plateau.best_value:.4f} at epoch "
-            f"{self.plateau.best_epoch}; checkpoints in {self.ckpt_dir}"
+            f"{self.plateau.best_epoch}; the model holds the weights of epoch {weights_epoch}; "
+            f"checkpoints in {self.ckpt_dir}"
         )
         self.logger.close()
         return {
@@ -549,16 +673,29 @@ class Trainer:
             "epochs": self.epoch,
             "best_value": self.plateau.best_value,
             "best_epoch": self.plateau.best_epoch,
+            "weights_epoch": weights_epoch,
             "stopped": stopped,
             "seconds": elapsed,
             "history": self.history,
             "max_rank_difference": diff,
         }
 
+    def _final_weights(self) -> int:
+        """Leave the model with the weights the checkpoints hold (schedule-free: the averaged
+        ones): the best epoch's (`restore_best`, when one improved), else the last; returns
+        their epoch."""
+        self.averaged_weights(True)
+        if self.config.train.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            return self.plateau.best_epoch
+        return self.epoch
+
     def _row(
         self, epoch: int, tr: dict[str, Any], val: Validation, seconds: float, train_s: float
     ) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], **val.columns}
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"]}
+        row.update({f"train_{name}": value for name, value in tr.get("parts", {}).items()})
+        row.update(val.columns)
         row["lr"] = current_lr(self.optimizer)
         row["grad_norm"] = tr["grad_norm"] if tr["grad_norm"] is not None else ""
         row["seconds"] = seconds

@@ -1,7 +1,8 @@
 """Optimisers, the plateau LR schedule with early stopping, and gradient clipping (incl. AutoClip).
 
-- `build_optimizer`: AdamW, or schedule-free AdamW (package `schedulefree`), with the core in its own
-  parameter group (`core_lr`, `core_weight_decay`, as ViV1T).
+- `build_optimizer`: AdamW, schedule-free AdamW (package `schedulefree`) or full-batch L-BFGS over
+  the parameter groups a model family gives (`TrainingTask.parameter_groups`); the video model's
+  put the core in its own group (`parameter_groups`: `core_lr`, `core_weight_decay`, as ViV1T).
 - `set_optimizer_mode`: schedule-free optimisers keep two sets of weights; `eval` puts the averaged
   weights into the model (for validation and checkpoints), `train` puts the training point back.
   Plain optimisers ignore it.
@@ -25,11 +26,11 @@ import schedulefree
 import torch
 from torch import nn
 
-from neurotwin.config import TrainConfig
+from neurotwin.config import TrainConfig, VideoTrainConfig
 from neurotwin.errors import ConfigError
 
 
-def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, config: VideoTrainConfig) -> list[dict[str, Any]]:
     """Two groups: the shared core and everything else (readouts, shifters, activation)."""
     core = getattr(model, "core", None)
     core_ids = {id(p) for p in core.parameters()} if isinstance(core, nn.Module) else set()
@@ -65,10 +66,20 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or schedule-free AdamW over `parameter_groups(model)` (the values are checked by
-    TrainConfig.check)."""
-    groups = parameter_groups(model, config)
+def build_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or schedule-free AdamW over `groups` (each with its lr and weight_decay), or L-BFGS
+    over all their parameters in one group (it takes no per-group options); the values are
+    checked by TrainConfig.check."""
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(
+            [p for group in groups for p in group["params"]],
+            lr=1.0,
+            max_iter=config.lbfgs_iterations,
+            history_size=50,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            line_search_fn="strong_wolfe",
+        )
     betas = (config.adam_beta1, config.adam_beta2)
     if config.schedule_free:
         optimizer = schedulefree.AdamWScheduleFree(

@@ -5,8 +5,10 @@ per-epoch seeds, gradient accumulation over batches and micro-batches, clipping,
 and its plateau schedule with early stopping, the memory probe, checkpoints and bit-identical
 resume, progress bars, metrics.csv, wandb and DistributedDataParallel. A family supplies its
 data and model (`build`), its training batches (`batches`), the loss of a batch (`loss`), and
-its validation (`validate`, whose `score` early stopping maximises). The video model's task is
-`neurotwin.training.video.VideoTask`; docs/architecture.md shows a family plugging in.
+its validation (`validate`, whose `score` early stopping maximises); optionally its optimiser's
+parameter groups (`parameter_groups`) and what changes with the epoch (`start_epoch`). The
+video model's task is `neurotwin.training.video.VideoTask`, the spike models'
+`neurotwin.training.spikes.SpikeTask`; docs/architecture.md shows a family plugging in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurotwin.errors import ConfigError
 from neurotwin.run import autocast
 from neurotwin.training.distributed import DistInfo
 
@@ -33,6 +36,21 @@ class StepLoss:
     objective: torch.Tensor  # what backward() runs on: scaled for the batch, regularisers included
     value: torch.Tensor  # the loss summed over the part, detached, 0-dim on the device
     count: int  # the elements `value` sums over: train loss = sum(value) / sum(count)
+    # terms of the loss to log, summed over the part like `value` (detached, 0-dim, on the
+    # device): metrics.csv gets train_{name} = sum over the epoch / sum(count)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def plus(self, other: StepLoss) -> StepLoss:
+        """The loss of both parts together (objectives detached)."""
+        parts = dict(self.parts)
+        for name, value in other.parts.items():
+            parts[name] = parts[name] + value if name in parts else value
+        return StepLoss(
+            self.objective.detach() + other.objective.detach(),
+            self.value + other.value,
+            self.count + other.count,
+            parts,
+        )
 
 
 @dataclass
@@ -75,6 +93,10 @@ class TrainingTask(ABC):
     def build(self, runtime: Runtime) -> None:
         """Open the data and build `self.model` on `runtime.device` (seeded by the loop)."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called before training epoch `epoch` (1-based), e.g. for a weight that warms up."""
+        return None
+
     @abstractmethod
     def batches(self, epoch: int) -> Iterable[tuple[str, Batch]]:
         """This rank's training batches of `epoch` as (group, batch), in training order (a
@@ -107,6 +129,16 @@ class TrainingTask(ABC):
     def probe_batch(self) -> tuple[str, Batch]:
         """The training batch the memory probe tries (default: the first of epoch 1)."""
         return next(iter(self.batches(1)))
+
+    def parameter_groups(self, train: Any) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups, each {"name", "params", "lr", "weight_decay"}
+        (default: every trainable parameter in one group at `train.lr`, `train.weight_decay`)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters")
+        return [
+            {"name": "all", "params": params, "lr": train.lr, "weight_decay": train.weight_decay}
+        ]
 
     def compile_target(self) -> nn.Module:
         """The module `--compile` compiles (default: the whole model)."""

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +25,13 @@ from torch import nn
 
 from neurotwin.config import Config
 from neurotwin.data import loaders, native, synthetic
-from neurotwin.errors import CheckpointError, ConfigError
+from neurotwin.errors import CheckpointError, ConfigError, DataFormatError, NeurotwinError
 from neurotwin.metrics import CorrelationAccumulator, frames_to_skip
 from neurotwin.models import build_model, summary
 from neurotwin.training import distributed
 from neurotwin.training.loop import Trainer, to_device
 from neurotwin.training.losses import align, dataset_scale, get_criterion
+from neurotwin.training.optim import parameter_groups
 from neurotwin.training.task import Batch, Runtime, StepLoss, TrainingTask, Validation
 
 
@@ -50,13 +53,13 @@ class VideoTask(TrainingTask):
         self.model = build_model(
             self.config.model, self.specs, in_channels=1, frame_shape=self.frame_shape
         ).to(runtime.device)
+        core_lr = self.config.train.core_lr  # the core's rate; pretrained weights train with one
+        self.model.core.set_fine_tuning(core_lr is not None and core_lr > 0)
 
     def _open_data(self) -> None:
         data, info = self.config.data, self.runtime.info
-        if data.generate_synthetic:
-            if info.is_main:
-                synthetic.ensure_synthetic(data.data_dir)
-            distributed.barrier(info)
+        self._prepare_data_dir()
+        self.check = self._check_data()
         pin = self.runtime.device.type == "cuda"
         built = loaders.build_loaders(
             data,
@@ -88,6 +91,56 @@ class VideoTask(TrainingTask):
         # trials per session in the whole training set (samplers shard it), for ds_scale
         self.n_train_trials = {s: len(self.train_loaders[s].dataset) for s in self.groups}
 
+    def _prepare_data_dir(self) -> None:
+        """Synthetic mice are written only when asked (`generate_synthetic`), with a line that
+        says where; otherwise the data folder must exist."""
+        data, info = self.config.data, self.runtime.info
+        folder = Path(data.data_dir)
+        if not data.generate_synthetic:
+            if not folder.is_dir():
+                raise DataFormatError(
+                    folder,
+                    "data folder not found (to write the built-in synthetic mice into it, "
+                    "add --generate_synthetic)",
+                    "data_dir",
+                )
+            return
+        if info.is_main:
+            empty = not folder.is_dir() or not any(
+                native.is_session_folder(p) for p in folder.iterdir()
+            )
+            if empty and self.config.run.verbose:
+                print(
+                    f"no session in {folder.resolve()}: writing the built-in synthetic "
+                    "dataset there (generate_synthetic)",
+                    flush=True,
+                )
+            synthetic.ensure_synthetic(folder, progress=sys.stderr.isatty())
+        distributed.barrier(info)
+
+    def _check_data(self) -> native.check.CheckReport:
+        """The start-up check of every session the run reads (rank 0; every rank stops with
+        the same error)."""
+        data, info = self.config.data, self.runtime.info
+        report, error = native.check.CheckReport(data.check_data), None
+        if info.is_main:
+            try:
+                report = native.check.check_sessions(
+                    data.data_dir,
+                    data.mouse_ids,
+                    tiers=(data.train_tier, data.val_tier),
+                    train_tier=data.train_tier,
+                    mode=data.check_data,
+                )
+            except NeurotwinError as e:
+                error = e
+        messages = distributed.all_gather_object(None if error is None else str(error), info)
+        if error is not None:
+            raise error
+        if messages[0] is not None:
+            raise NeurotwinError(messages[0])
+        return report
+
     @property
     def session_names(self) -> list[str]:
         return self.groups
@@ -117,6 +170,10 @@ class VideoTask(TrainingTask):
         if regularizer is not None:
             objective = objective + regularizer(group) * (self.count(batch) / batch_size)
         return StepLoss(objective, loss.detach().double(), target.numel())
+
+    def parameter_groups(self, train: Any) -> list[dict[str, Any]]:
+        """The core in its own group (core_lr, core_weight_decay), the rest in another."""
+        return parameter_groups(self.model, train)
 
     def probe_batch(self) -> tuple[str, Batch]:
         """A training batch of the session with the most neurons."""
@@ -194,6 +251,7 @@ class VideoTask(TrainingTask):
             summary(self.model),
             f"data: {d.data_dir}, {len(self.groups)} session(s), training trials {trials}, "
             f"validation tier {d.val_tier!r}",
+            self.check.line(),
         ]
 
 

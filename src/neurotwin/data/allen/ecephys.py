@@ -25,11 +25,8 @@ through pynwb:
   when present, else a templates file (`natural_movie_<n>.h5` from EcephysProjectCache, which is
   an .npy, or any NWB/HDF5 with stimulus/templates, e.g. an ophys experiment file).
 
-Units are kept as allensdk's get_units does by default (allensdk.brain_observatory.ecephys
-UNIT_FILTER_DEFAULTS and probes.Probes.get_units_table): quality == "good", peak channel
-valid_data and inside the brain, amplitude_cutoff <= 0.1, presence_ratio >= 0.95,
-isi_violations <= 0.5. Responses are exact spike counts per unit in each displayed frame's
-[start_time, stop_time).
+Units are kept by allensdk's default quality filters (`neurotwin.data.allen.units`). Responses
+are exact spike counts per unit in each displayed frame's [start_time, stop_time).
 """
 
 from __future__ import annotations
@@ -43,22 +40,24 @@ import numpy as np
 
 from neurotwin.data.allen import nwb, presentations, trials
 from neurotwin.data.allen.resample import area_resize, count_in_intervals, fill_nan, interval_mean
+from neurotwin.data.allen.units import (
+    AMPLITUDE_CUTOFF_MAXIMUM,
+    ISI_VIOLATIONS_MAXIMUM,
+    PRESENCE_RATIO_MINIMUM,
+    read_channels,
+    read_units,
+    select_units,
+    unit_filter_meta,
+)
 from neurotwin.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 
-UNITS = "units"
-ELECTRODES = "general/extracellular_ephys/electrodes"
 INTERVALS = "intervals"
 RUNNING = "processing/running/running_speed"
 GAZE_MODULES = ("processing/filtered_gaze_mapping", "processing/raw_gaze_mapping")
 TEMPLATES = "stimulus/templates"
 ECEPHYS_MOVIES = ("natural_movie_one", "natural_movie_three")
-
-# allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS
-AMPLITUDE_CUTOFF_MAXIMUM = 0.1
-PRESENCE_RATIO_MINIMUM = 0.95
-ISI_VIOLATIONS_MAXIMUM = 0.5
 
 
 def convert_ecephys(
@@ -128,13 +127,12 @@ def convert_ecephys(
         "session_type": session_type,
         "areas": areas_found,
         "area_filter": list(areas) if areas else None,
-        "unit_filters": {
-            "quality": "good" if filter_by_validity else None,
-            "valid_data_and_in_brain": filter_by_validity,
-            "amplitude_cutoff_maximum": amplitude_cutoff_maximum,
-            "presence_ratio_minimum": presence_ratio_minimum,
-            "isi_violations_maximum": isi_violations_maximum,
-        },
+        "unit_filters": unit_filter_meta(
+            amplitude_cutoff_maximum,
+            presence_ratio_minimum,
+            isi_violations_maximum,
+            filter_by_validity,
+        ),
         "n_units_in_file": int(units["id"].size),
         "n_units_kept": int(len(keep)),
         "responses": "spike counts",
@@ -153,107 +151,6 @@ def convert_ecephys(
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def _table_column(f: h5py.File, table: str, column: str, n: int, numeric: bool = True):
-    path = f"{table}/{column}"
-    if numeric:
-        value = nwb.read(f, path, ndim=1, what=f"column {column!r}")
-    else:
-        value = nwb.read_strings(f, path)
-    if value.shape[0] != n:
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"column has {value.shape[0]} rows, table has {n} (length of {table}/id)",
-            path,
-        )
-    return value
-
-
-def _units(f: h5py.File) -> dict:
-    nwb.group(f, UNITS, "units table")
-    ids = nwb.read(f, f"{UNITS}/id", ndim=1, what="unit ids")
-    out: dict = {"id": ids}
-    spike_times = nwb.RaggedColumn(f, f"{UNITS}/spike_times", f"{UNITS}/spike_times_index")
-    if len(spike_times) != ids.size:
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"{len(spike_times)} spike trains for {ids.size} units",
-            f"{UNITS}/spike_times_index",
-        )
-    out["spike_times"] = spike_times
-    for col in ("peak_channel_id", "isi_violations", "amplitude_cutoff", "presence_ratio"):
-        out[col] = _table_column(f, UNITS, col, ids.size)
-    for col in ("firing_rate",):
-        if nwb.has(f, f"{UNITS}/{col}"):
-            out[col] = _table_column(f, UNITS, col, ids.size)
-    if nwb.has(f, f"{UNITS}/quality"):
-        out["quality"] = _table_column(f, UNITS, "quality", ids.size, numeric=False)
-    return out
-
-
-def _channels(f: h5py.File) -> dict:
-    nwb.group(f, ELECTRODES, "electrodes (channels) table")
-    ids = nwb.read(f, f"{ELECTRODES}/id", ndim=1, what="channel ids")
-    out: dict = {"id": ids, "row": {int(c): i for i, c in enumerate(ids)}}
-    out["location"] = _table_column(f, ELECTRODES, "location", ids.size, numeric=False)
-    for col in (
-        "x",
-        "y",
-        "z",
-        "probe_vertical_position",
-        "probe_horizontal_position",
-        "probe_id",
-        "valid_data",
-    ):
-        if nwb.has(f, f"{ELECTRODES}/{col}"):
-            out[col] = _table_column(f, ELECTRODES, col, ids.size)
-    for col in ("probe_vertical_position", "probe_horizontal_position"):
-        if col not in out:
-            raise DataFormatError(
-                nwb.file_path(f), "missing dataset (channel position)", f"{ELECTRODES}/{col}"
-            )
-    return out
-
-
-def _select_units(f, units, channels, areas, amp_max, pr_min, isi_max, by_validity):
-    n = units["id"].size
-    keep = np.ones(n, bool)
-    rows = np.full(n, -1)
-    for i, c in enumerate(units["peak_channel_id"].astype(np.int64)):
-        rows[i] = channels["row"].get(int(c), -1)
-    if np.any(rows < 0):
-        bad = units["peak_channel_id"][rows < 0][:5].tolist()
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"peak channel(s) {bad} not in {ELECTRODES}/id",
-            f"{UNITS}/peak_channel_id",
-        )
-    location = np.asarray([str(v) for v in channels["location"][rows]], dtype=object)
-    in_brain = ~np.isin(location, ["", "None", "none", "nan"])
-    if by_validity:
-        if "valid_data" in channels:
-            keep &= channels["valid_data"][rows].astype(bool)
-        keep &= in_brain
-        if "quality" in units:
-            keep &= units["quality"] == "good"
-    with np.errstate(invalid="ignore"):
-        keep &= units["amplitude_cutoff"] <= (amp_max if amp_max is not None else np.inf)
-        keep &= units["presence_ratio"] >= (pr_min if pr_min is not None else -np.inf)
-        keep &= units["isi_violations"] <= (isi_max if isi_max is not None else np.inf)
-    if areas:
-        keep &= np.isin(location, list(areas))
-    idx = np.flatnonzero(keep)
-    if idx.size == 0:
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"no unit passes the filters (areas={list(areas) if areas else 'all'}, "
-            f"amplitude_cutoff <= {amp_max}, presence_ratio >= {pr_min}, isi_violations <= "
-            f"{isi_max}; areas in file: {sorted(set(location[in_brain]))})",
-            UNITS,
-        )
-    unit_channel = units["peak_channel_id"][idx].astype(np.int64)
-    return idx, location[idx].tolist(), unit_channel
 
 
 def _coordinates(channels: dict, unit_channel: np.ndarray) -> tuple[np.ndarray, str]:
@@ -400,7 +297,7 @@ def read_template_file(path: str | Path, movie: str) -> np.ndarray:
 def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
     table = f"{INTERVALS}/{movie}_presentations"
     start = nwb.read(f, f"{table}/start_time", ndim=1, what="presentation start (s)")
-    stop = _table_column(f, table, "stop_time", start.size)
+    stop = nwb.table_column(f, table, "stop_time", start.size)
     frame = _frames_column(f, f"{table}/frame", start.size)
     order = np.argsort(start, kind="stable")
     start, stop, frame = start[order], stop[order], frame[order]
@@ -436,8 +333,8 @@ def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
 def _kept_units(f: h5py.File, areas, amp_max, pr_min, isi_max, by_validity):
     """The units and channels tables, the units kept by the quality filters, their area and
     peak channel, and their sorted spike times."""
-    units, channels = _units(f), _channels(f)
-    keep, unit_area, unit_channel = _select_units(
+    units, channels = read_units(f), read_channels(f)
+    keep, unit_area, unit_channel = select_units(
         f, units, channels, areas, amp_max, pr_min, isi_max, by_validity
     )
     spikes = [np.sort(units["spike_times"][i]) for i in keep]

@@ -112,6 +112,23 @@ def read_strings(f: h5py.File, path: str) -> np.ndarray:
     return np.asarray([decode(v) for v in np.asarray(raw).reshape(-1)], dtype=object)
 
 
+def table_column(f: h5py.File, table: str, column: str, n: int, numeric: bool = True) -> np.ndarray:
+    """Column `column` of the DynamicTable `table` (numbers, or strings), which must have the
+    table's `n` rows (the length of its id column)."""
+    path = f"{table}/{column}"
+    if numeric:
+        value = read(f, path, ndim=1, what=f"column {column!r}")
+    else:
+        value = read_strings(f, path)
+    if value.shape[0] != n:
+        raise DataFormatError(
+            file_path(f),
+            f"column has {value.shape[0]} rows, table has {n} (length of {table}/id)",
+            path,
+        )
+    return value
+
+
 class RaggedColumn:
     """A ragged DynamicTable column read lazily: `col[i]` reads only row i's slice (the Neuropixels
     units table holds ~10^8 spike times; only the kept units are read)."""

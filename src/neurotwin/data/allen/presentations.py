@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -261,12 +261,12 @@ def build_session(
     test_tier: str = "final_test_main",
     extra_meta: Mapping[str, np.ndarray] | None = None,
     source: str | object = "allen",
-) -> layout.SessionArrays:
+) -> native.SessionArrays:
     """One trial per presentation of `pres`, in time order; tiers by held-out condition."""
     if not 0.0 <= test_fraction <= 1.0:
         raise DataFormatError(source, f"test_fraction must be in [0, 1], got {test_fraction}")
-    if test_tier not in layout.TIERS:
-        raise DataFormatError(source, f"test_tier must be one of {layout.TIERS}, got {test_tier}")
+    if test_tier not in native.TIERS:
+        raise DataFormatError(source, f"test_tier must be one of {native.TIERS}, got {test_tier}")
     order = np.argsort(pres.onsets, kind="stable")
     onsets, cond = pres.onsets[order], pres.condition[order]
     if onsets.size == 0:
@@ -281,25 +281,25 @@ def build_session(
     held = parse_heldout(heldout, pres.name, n_cond)
     videos = _videos(pres, starts, bin_s, frame_size)
     repeat = np.zeros(n, np.int64)
-    tiers = np.full(n, layout.TRAIN_TIER, dtype=object)
+    tiers = np.full(n, native.TRAIN_TIER, dtype=object)
     for k in np.unique(cond):
         idx = np.flatnonzero(cond == k)
         repeat[idx] = np.arange(len(idx))
         if int(k) in held:
             n_test = int(round(test_fraction * len(idx)))
-            tiers[idx] = layout.ORACLE_TIER
+            tiers[idx] = native.ORACLE_TIER
             if n_test:
                 tiers[idx[len(idx) - n_test :]] = test_tier
     trials = {
         i: {
-            layout.VIDEOS: videos[int(cond[i])],
-            layout.RESPONSES: resp[:, i].astype(np.float32),
-            layout.BEHAVIOR: beh[:, i].astype(np.float32),
-            layout.PUPIL_CENTER: eye[:, i].astype(np.float32),
+            native.VIDEOS: videos[int(cond[i])],
+            native.RESPONSES: resp[:, i].astype(np.float32),
+            native.BEHAVIOR: beh[:, i].astype(np.float32),
+            native.PUPIL_CENTER: eye[:, i].astype(np.float32),
         }
         for i in range(n)
     }
-    train = [trials[i] for i in range(n) if tiers[i] == layout.TRAIN_TIER] or list(trials.values())
+    train = [trials[i] for i in range(n) if tiers[i] == native.TRAIN_TIER] or list(trials.values())
     from neurotwin.data.allen.trials import training_statistics
 
     statistics = training_statistics(train)
@@ -312,7 +312,7 @@ def build_session(
     for key, per_condition in pres.parameters.items():
         meta[f"trials/{key}.npy"] = np.asarray(per_condition, np.float64)[cond]
     meta.update(extra_meta or {})
-    return layout.SessionArrays(
+    return native.SessionArrays(
         tiers=np.asarray(tiers, dtype=str),
         unit_ids=np.asarray(unit_ids, dtype=np.int64),
         coordinates=np.asarray(coordinates, dtype=np.float32),

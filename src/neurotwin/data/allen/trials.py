@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurotwin.data import layout
+from neurotwin.data import native
 from neurotwin.errors import DataFormatError
 from neurotwin.files import write_text
 
@@ -110,14 +110,14 @@ def build_session(
     test_tier: str = "final_test_main",
     extra_meta: Mapping[str, np.ndarray] | None = None,
     source: str | Path = "allen",
-) -> layout.SessionArrays:
+) -> native.SessionArrays:
     """Cut each movie repeat into clips (trials), assign tiers, compute training statistics."""
     if clip_length < 1:
         raise DataFormatError(source, f"clip_length must be >= 1, got {clip_length}")
     if not 0.0 <= test_fraction <= 1.0:
         raise DataFormatError(source, f"test_fraction must be in [0, 1], got {test_fraction}")
-    if test_tier not in layout.TIERS:
-        raise DataFormatError(source, f"test_tier must be one of {layout.TIERS}, got {test_tier}")
+    if test_tier not in native.TIERS:
+        raise DataFormatError(source, f"test_tier must be one of {native.TIERS}, got {test_tier}")
     heldout = parse_clip_specs(heldout_clips)
     known = {m.name for m in movies}
     for name, clip in sorted(heldout):
@@ -152,9 +152,9 @@ def build_session(
                 trial = len(tiers)
                 trials[trial] = _trial_arrays(movie, rep, a, b, clip_length)
                 if not is_heldout:
-                    tiers.append(layout.TRAIN_TIER)
+                    tiers.append(native.TRAIN_TIER)
                 else:
-                    tiers.append(test_tier if rep >= n_rep - n_test else layout.ORACLE_TIER)
+                    tiers.append(test_tier if rep >= n_rep - n_test else native.ORACLE_TIER)
                 info["movie"].append(movie.name)
                 info["clip"].append(clip)
                 info["repeat"].append(rep)
@@ -170,7 +170,7 @@ def build_session(
     if not trials:
         raise DataFormatError(source, "no complete movie repeat: nothing to write")
     tiers_arr = np.asarray(tiers)
-    train = [trials[i] for i in range(len(tiers)) if tiers[i] == layout.TRAIN_TIER]
+    train = [trials[i] for i in range(len(tiers)) if tiers[i] == native.TRAIN_TIER]
     if not train:
         log.warning(
             "%s: no training trial (every clip held out); statistics from all trials", source
@@ -185,7 +185,7 @@ def build_session(
         "trials/start_time.npy": np.asarray(info["start_time"], dtype=np.float64),
     }
     meta.update(extra_meta or {})
-    return layout.SessionArrays(
+    return native.SessionArrays(
         tiers=tiers_arr,
         unit_ids=np.asarray(unit_ids, dtype=np.int64),
         coordinates=np.asarray(coordinates, dtype=np.float32),
@@ -198,10 +198,10 @@ def build_session(
 def training_statistics(train: Sequence[Mapping[str, np.ndarray]]) -> dict:
     """The shipped statistics of a converted session: over the training trials and frames."""
     return {
-        layout.VIDEOS: layout.trial_statistics((t[layout.VIDEOS] for t in train), None),
-        layout.RESPONSES: layout.trial_statistics((t[layout.RESPONSES] for t in train), 0),
-        layout.BEHAVIOR: layout.trial_statistics((t[layout.BEHAVIOR] for t in train), 0),
-        layout.PUPIL_CENTER: layout.trial_statistics((t[layout.PUPIL_CENTER] for t in train), 0),
+        native.VIDEOS: native.trial_statistics((t[native.VIDEOS] for t in train), None),
+        native.RESPONSES: native.trial_statistics((t[native.RESPONSES] for t in train), 0),
+        native.BEHAVIOR: native.trial_statistics((t[native.BEHAVIOR] for t in train), 0),
+        native.PUPIL_CENTER: native.trial_statistics((t[native.PUPIL_CENTER] for t in train), 0),
     }
 
 
@@ -217,10 +217,10 @@ def _trial_arrays(movie: MovieRecording, rep: int, a: int, b: int, length: int) 
         return out
 
     return {
-        layout.VIDEOS: video,
-        layout.RESPONSES: pad(movie.responses[rep]),
-        layout.BEHAVIOR: pad(movie.behavior[rep]),
-        layout.PUPIL_CENTER: pad(movie.pupil_center[rep]),
+        native.VIDEOS: video,
+        native.RESPONSES: pad(movie.responses[rep]),
+        native.BEHAVIOR: pad(movie.behavior[rep]),
+        native.PUPIL_CENTER: pad(movie.pupil_center[rep]),
     }
 
 
@@ -245,11 +245,11 @@ def split_meta(
     }
 
 
-def write(folder: Path, session: layout.SessionArrays, meta: dict, overwrite: bool) -> Path:
+def write(folder: Path, session: native.SessionArrays, meta: dict, overwrite: bool) -> Path:
     """Write the session folder, then meta/neurotwin.json (temp name, then rename)."""
-    folder = layout.write_session(folder, session, overwrite=overwrite)
+    folder = native.write_session(folder, session, overwrite=overwrite)
     write_text(
-        folder / layout.SESSION_META_FILE, json.dumps(_jsonable(meta), indent=2, sort_keys=True)
+        folder / native.SESSION_META_FILE, json.dumps(_jsonable(meta), indent=2, sort_keys=True)
     )
     return folder
 

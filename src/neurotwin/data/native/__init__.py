@@ -2,10 +2,11 @@
 
 `layout` names its arrays, files and tiers; `reader` reads a session folder (`NativeSession`,
 `find_sessions`); `writer` writes one (`SessionArrays`, `write_session`); `statistics` computes
-the statistics of its arrays. Everything is importable from here: `native.NativeSession`,
-`native.VIDEOS`, `native.write_session`, ...
+the statistics of its arrays; `check` checks the trial files of the sessions a run reads.
+Everything is importable from here: `native.NativeSession`, `native.VIDEOS`, `native.check`, ...
 """
 
+from neurotwin.data.native import check
 from neurotwin.data.native.layout import *  # noqa: F403
 from neurotwin.data.native.reader import (
     SENSORIUM_2023_MICE,
@@ -22,6 +23,7 @@ __all__ = [  # noqa: F405
     "NativeSession",
     "RunningStatistics",
     "SessionArrays",
+    "check",
     "compute_statistics",
     "find_sessions",
     "is_session_folder",

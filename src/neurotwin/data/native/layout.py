@@ -17,6 +17,7 @@ RESPONSES = "responses"  # (N, T)
 BEHAVIOR = "behavior"  # (2, T): pupil dilation, running speed
 PUPIL_CENTER = "pupil_center"  # (2, T): gaze x, y
 TRIAL_ARRAYS = (VIDEOS, RESPONSES, BEHAVIOR, PUPIL_CENTER)
+PIXEL_RANGE = (0.0, 255.0)  # grey levels of the frames of data/videos (black, white)
 # Optional trial-wise array: (K, T) (or (T,) for one channel) optogenetic stimulation per frame,
 # spatially uniform (e.g. LED power); when data/opto/ exists every trial has its file.
 OPTO = "opto"
@@ -36,3 +37,4 @@ TIERS = (TRAIN_TIER, ORACLE_TIER, *TEST_TIERS, "none")
 SESSION_META_FILE = "meta/neurotwin.json"  # source, units, flags of converted/synthetic sessions
 NOISELESS = "noiseless_responses"  # synthetic only: data/noiseless_responses/{trial}.npy, (N, T)
 COMPUTED_STATISTICS_DIR = "meta/statistics_neurotwin"  # {tier}/: statistics neurotwin computed
+CHECK_CACHE_FILE = "meta/checked_neurotwin.json"  # the trial files the start-up check passed

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from neurotwin.data.native import layout
+from neurotwin.data.native.npy import why_unreadable
 from neurotwin.data.native.statistics import (
     CACHE_VERSION,
     compute_statistics,
@@ -158,10 +160,8 @@ def _load(path: Path, field: str | None = None, mmap: bool = False) -> np.ndarra
         raise DataFormatError(path, "file not found", field=field)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        raise DataFormatError(path, f"not a plain numpy array ({e})", field=field) from None
-    except OSError as e:
-        raise DataFormatError(path, f"cannot be read as .npy ({e})", field=field) from None
+    except (ValueError, OSError, EOFError) as e:
+        raise why_unreadable(path, field, e) from None
 
 
 def _first_nan(values: np.ndarray) -> int:
@@ -219,6 +219,16 @@ class NativeSession:
                 videos_dir, f"trial files must be named by integer trial index, got {bad[:3]}"
             )
         trials = sorted(int(n) for n in names)
+        missing = sorted(set(range(len(tiers))) - set(trials))
+        elsewhere = missing and (self.path / "data" / layout.RESPONSES / f"{missing[0]}.npy").is_file()  # fmt: skip
+        if elsewhere and set(trials) <= set(range(len(tiers))):
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataFormatError(
+                videos_dir / f"{missing[0]}.npy",
+                f"file not found{more} (trial {missing[0]} is in {layout.TIERS_FILE}, which "
+                f"names {len(tiers)} trials)",
+                layout.VIDEOS,
+            )
         if len(trials) != len(tiers) or (trials and trials[-1] != len(tiers) - 1):
             raise DataFormatError(
                 tiers_file,
@@ -488,6 +498,22 @@ class NativeSession:
                 out[array][stat] = np.asarray(value, dtype=np.float32)
         return out
 
+    def trial_files_signature(self, trials: Sequence[int]) -> str:
+        """A digest of the size and modification time of every trial file of `trials`: any
+        change to one of them (rewritten, damaged, replaced) changes it."""
+        digest = hashlib.sha1()
+        for name in layout.TRIAL_ARRAYS:
+            folder = self.path / "data" / name
+            try:
+                with os.scandir(folder) as entries:
+                    stats = {e.name: e.stat() for e in entries if e.name.endswith(".npy")}
+            except OSError:
+                stats = {}
+            for trial in trials:
+                s = stats.get(f"{int(trial)}.npy")
+                digest.update(f"{name}/{int(trial)}:{s.st_size if s else -1}:{s.st_mtime_ns if s else -1};".encode())  # fmt: skip
+        return digest.hexdigest()
+
     def _stats_key(self, tier: str, trials: np.ndarray) -> dict[str, Any]:
         digest = hashlib.sha1(np.ascontiguousarray(trials, dtype=np.int64).tobytes()).hexdigest()
         return {
@@ -495,6 +521,7 @@ class NativeSession:
             "tier": tier,
             "n_trials": int(len(trials)),
             "trials_sha1": digest,
+            "files_sha1": self.trial_files_signature(trials),
             "n_neurons": self.n_neurons_total,
             "frame_shape": list(self.frame_shape),
         }

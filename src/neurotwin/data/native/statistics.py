@@ -30,7 +30,7 @@ from neurotwin.files import staged_folder
 
 # Medians are exact up to this many values per channel, else taken from an even subsample.
 MEDIAN_BUDGET = 1 << 22
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key holds the trial files' sizes and times
 
 Statistics = dict[str, dict[str, np.ndarray]]
 

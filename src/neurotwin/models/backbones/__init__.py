@@ -3,9 +3,9 @@
     backbone = build_backbone("torchvision:resnet18", {"weights": "none", "layers": ["layer2"]})
     features = backbone(frames)  # frames (N, 1, H, W) -> {"layer2": (N, D)}
 
-Sources (`BACKBONES`, one file each): torchvision, timm, hf (transformers), mouse-vision,
-pixels. Importing this package registers them; their libraries are imported only when a
-network is built (`pip install 'neurotwin[encode]'`).
+Sources (`BACKBONES`, one file each, registered with their options dataclasses): torchvision,
+timm, hf (transformers), mouse-vision, pixels. Importing this package registers them; their
+libraries are imported only when a network is built (`pip install 'neurotwin[encode]'`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 
 from neurotwin.config import from_dict
 from neurotwin.errors import ConfigError
-from neurotwin.models.backbones import hf, mouse_vision, pixels, timm, torchvision  # noqa: F401
 from neurotwin.models.backbones.base import Backbone, BackboneOptions, InputSpec, read_state_dict
 from neurotwin.models.registry import BACKBONES
+from neurotwin.registry import import_submodules
+
+import_submodules(__name__, __path__)
 
 __all__ = [
     "BACKBONES",
@@ -47,7 +49,7 @@ def options_for(spec: str, values: Mapping[str, Any] | None = None) -> BackboneO
     """The source's options dataclass filled from `values` (keys it does not know are ignored,
     so one flat set of command-line values serves every source)."""
     source, _ = parse_spec(spec)
-    cls = BACKBONES.get(source).options
+    cls = BACKBONES.options_class(source)
     names = {f.name for f in dataclasses.fields(cls)}
     known = {k: v for k, v in (values or {}).items() if k in names and v is not None}
     return from_dict(known, f"backbone {spec}", cls)

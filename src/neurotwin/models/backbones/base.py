@@ -18,7 +18,8 @@ at once; the pass stops after the last one) and pools them:
 - ``flatten``: the whole map or patch grid as one vector (mouse-vision's and brainscore's
   features).
 
-Every source keeps its options in a dataclass beside it; the common ones are `BackboneOptions`.
+Every source is registered in `BACKBONES` with its options dataclass beside it, a subclass of
+`BackboneOptions` (the options every source takes), as every other part is.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurotwin.config import option
+from neurotwin.config import option, require
 from neurotwin.errors import CheckpointError, ConfigError
+from neurotwin.registry import PartOptions
 
 POOLINGS = ("none", "cls", "pooler", "mean", "avgpool", "flatten")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,8 +45,9 @@ EXTRA_HINT = "pip install 'neurotwin[encode]'"
 
 
 @dataclass
-class BackboneOptions:
-    """Options every backbone source takes (a source adds its own fields in a subclass)."""
+class BackboneOptions(PartOptions):
+    """Options every backbone source takes (each source registers a subclass, with its own
+    fields where it has any)."""
 
     weights: str = option(
         "none",
@@ -73,13 +76,20 @@ class BackboneOptions:
         False, "allow weights files that need full unpickling (only for files you trust)"
     )
 
-    def __post_init__(self) -> None:
-        if self.avgpool_size < 1:
-            raise ConfigError(f"avgpool_size must be >= 1, got {self.avgpool_size}")
-        if len(self.pixel_range) != 2 or not self.pixel_range[1] > self.pixel_range[0]:
-            raise ConfigError(f"pixel_range must be two numbers lo < hi, got {self.pixel_range}")
-        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
-            raise ConfigError(f"input_size must be two positive integers, got {self.input_size}")
+    def check(self) -> None:
+        require(self.avgpool_size >= 1, "avgpool_size", f"must be >= 1, got {self.avgpool_size}")
+        lo_hi = self.pixel_range
+        require(
+            len(lo_hi) == 2 and lo_hi[1] > lo_hi[0],
+            "pixel_range",
+            f"must be two numbers lo < hi, got {lo_hi}",
+        )
+        size = self.input_size
+        require(
+            size is None or (len(size) == 2 and min(size) >= 1),
+            "input_size",
+            f"must be two positive integers, got {size}",
+        )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,10 +119,13 @@ def _load(transformers, name: str, options: BackboneOptions):
     return net, config
 
 
-@BACKBONES.register("hf")
-class HFSource:
-    options = BackboneOptions  # no options of its own
+@dataclass
+class HFOptions(BackboneOptions):
+    """hf (transformers): the options every source takes (none of its own)."""
 
+
+@BACKBONES.register("hf", options=HFOptions)
+class HFSource:
     @staticmethod
     def build(name: str, options: BackboneOptions) -> Backbone:
         transformers = import_extra("transformers", "hf")

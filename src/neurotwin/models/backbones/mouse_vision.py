@@ -11,6 +11,8 @@ ones its paper reads (mouse_vision/models/model_layers.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from neurotwin.errors import ConfigError
@@ -27,10 +29,13 @@ from neurotwin.models.registry import BACKBONES
 EVAL_64 = InputSpec(resize_short=256, crop=(224, 224), size=(64, 64), interpolation="bilinear")
 
 
-@BACKBONES.register("mouse-vision")
-class MouseVisionSource:
-    options = BackboneOptions  # no options of its own
+@dataclass
+class MouseVisionOptions(BackboneOptions):
+    """mouse-vision: the options every source takes (none of its own)."""
 
+
+@BACKBONES.register("mouse-vision", options=MouseVisionOptions)
+class MouseVisionSource:
     @staticmethod
     def build(name: str, options: BackboneOptions) -> Backbone:
         key = ALIASES.get(name, name)

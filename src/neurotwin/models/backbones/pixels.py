@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from neurotwin.config import option
+from neurotwin.config import option, require
 from neurotwin.errors import ConfigError
 from neurotwin.models.backbones.base import Backbone, BackboneOptions, InputSpec
 from neurotwin.models.registry import BACKBONES
@@ -19,10 +19,14 @@ class PixelsOptions(BackboneOptions):
 
     pixels_size: list[int] = option([18, 32], "pixels: (height, width) the frames are averaged to")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.pixels_size) != 2 or min(self.pixels_size) < 1:
-            raise ConfigError(f"pixels_size must be two positive integers, got {self.pixels_size}")
+    def check(self) -> None:
+        super().check()
+        size = self.pixels_size
+        require(
+            len(size) == 2 and min(size) >= 1,
+            "pixels_size",
+            f"must be two positive integers, got {size}",
+        )
 
 
 class Pixels(nn.Module):
@@ -36,10 +40,8 @@ class Pixels(nn.Module):
         return self.pixels(x)
 
 
-@BACKBONES.register("pixels")
+@BACKBONES.register("pixels", options=PixelsOptions)
 class PixelsSource:
-    options = PixelsOptions
-
     @staticmethod
     def build(name: str, options: PixelsOptions) -> Backbone:
         if name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -40,10 +41,13 @@ def _pre_logits(net, x):
     return net.forward_head(net.forward_features(x), pre_logits=True)
 
 
-@BACKBONES.register("timm")
-class TimmSource:
-    options = BackboneOptions  # no options of its own
+@dataclass
+class TimmOptions(BackboneOptions):
+    """timm: the options every source takes (none of its own)."""
 
+
+@BACKBONES.register("timm", options=TimmOptions)
+class TimmSource:
     @staticmethod
     def build(name: str, options: BackboneOptions) -> Backbone:
         timm = import_extra("timm", "timm")

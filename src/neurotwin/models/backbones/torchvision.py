@@ -9,6 +9,7 @@ ImageNet mean/std). Vision transformers' token outputs become patch grids.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,10 +69,13 @@ def default_layers(net: nn.Module) -> list[str]:
     raise ConfigError("give --layers (dotted module names) for this network")
 
 
-@BACKBONES.register("torchvision")
-class TorchvisionSource:
-    options = BackboneOptions  # no options of its own
+@dataclass
+class TorchvisionOptions(BackboneOptions):
+    """torchvision: the options every source takes (none of its own)."""
 
+
+@BACKBONES.register("torchvision", options=TorchvisionOptions)
+class TorchvisionSource:
     @staticmethod
     def build(name: str, options: BackboneOptions) -> Backbone:
         tv = import_extra("torchvision", "torchvision")

@@ -3,14 +3,16 @@
 A core is built as `cls(in_channels, frame_shape, options)` with the options dataclass it was
 registered with (`CoreOptions` or a subclass). Its output frames align with the LAST T' input
 frames (T' <= T). `out_channels` and `out_shape(frame_shape)` let the readouts be built without
-running the core.
+running the core. A core that must know what its input video is (a pretrained image network
+maps grey levels back to its own input range) sets `takes_video_input` and receives a
+`VideoInput` from `build_model`, made from the data's session specs (models never read data).
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -60,12 +62,23 @@ class CoreOptions(PartOptions):
     )
 
 
+@dataclass(frozen=True)
+class VideoInput:
+    """What the data says about the video a core sees: `pixel_range`, black and white of the
+    raw frames (grey levels 0 and 255) in the units of the data's input transform (standardised:
+    ((0 - mean) / std, (255 - mean) / std)). The default is untransformed frames."""
+
+    pixel_range: tuple[float, float] = (0.0, 255.0)
+
+
 class Core(nn.Module, metaclass=ABCMeta):
-    """Base class: subclasses take `(in_channels, frame_shape, options)`, set `out_channels`,
-    and implement `out_shape` and `forward` (abstract: a core lacking one cannot be made)."""
+    """Base class: subclasses take `(in_channels, frame_shape, options)` (and `video=`, a
+    VideoInput, where `takes_video_input` is set), set `out_channels`, and implement
+    `out_shape` and `forward` (abstract: a core lacking one cannot be made)."""
 
     out_channels: int
     registered_name: str
+    takes_video_input: ClassVar[bool] = False
 
     def __init__(self, options: CoreOptions) -> None:
         super().__init__()
@@ -79,6 +92,10 @@ class Core(nn.Module, metaclass=ABCMeta):
     def set_grad_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in the backward pass where the core supports it."""
         self.grad_checkpointing = bool(enabled)
+
+    def set_fine_tuning(self, enabled: bool) -> None:
+        """Train the pretrained weights inside the core too (training gives a core_lr), or keep
+        them frozen (the default). Cores without pretrained weights have nothing to switch."""
 
     def regularizer(self) -> torch.Tensor:
         p = next(self.parameters(), None)

@@ -4,7 +4,7 @@
       -> scaled_dot_product_attention (cuDNN / flash: keeps the scores on chip)
       -> [post: LN -> MLP (FF-wide activation, dropout) and output projection (dropout), each
           branch times its drop-path factor, + x]
-The unfused block (vivit.ParallelBlock) writes the 704-wide fused projection, the rotated q/k,
+The unfused block (vivit_blocks.ParallelBlock) writes the 704-wide fused projection, the rotated q/k,
 the ReLU/dropout activations and masks and their gradients to memory; here only q, k, v and the
 attention output o (and their gradients) are, each once, in bf16. The backward recomputes the
 layer norm, the MLP activation and the dropout masks (Philox, keyed by a seed and the element's
@@ -13,9 +13,12 @@ token tiles. The attention itself stays PyTorch's SDPA (the fastest kernel at he
 bench/RESULTS.md), so its backward is the library's. Traffic counts: bench/fused_block.py.
 
 `FusedParallelBlock` has the parameters (and state dict) of `ParallelBlock` and the same math in
-training and eval mode; `use_fused_blocks(core)` switches the blocks that `fused_block_reason`
-accepts (parallel, no QK-norm, Triton installed); their forward takes the fused path for CUDA
-tensors (or CPU tensors under Triton's interpreter, for tests) and the unfused one elsewhere.
+training and eval mode. The vivit core's option `core_fused_block` (auto, true, false) decides at
+its construction: `use_fused_blocks(core)` switches (in place) the blocks that
+`fused_block_reason` accepts (parallel, no QK-norm, a fused activation, Triton installed). A
+switched block takes the fused path for CUDA tensors and its unfused forward elsewhere; tests
+and CPU smoke runs also send CPU tensors through Triton's interpreter (`CPU_INTERPRETER`, with
+TRITON_INTERPRET=1 set before the kernels, _vivit_fused_kernels.py, are first imported).
 Dropout masks differ from PyTorch's (another generator), with the same distribution.
 """
 
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neurotwin.models.cores.vivit import ParallelBlock
+from neurotwin.models.cores.vivit_blocks import ParallelBlock
 
 ACTIVATION_CODES = {nn.ReLU: 0, nn.GELU: 1, nn.SiLU: 2, nn.ELU: 3, nn.Tanh: 4}
 MAX_EMB_DIM = 256  # one token row of the residual stream is held in registers
@@ -64,13 +67,17 @@ def interpreting() -> bool:
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+# CPU tensors take the fused path (Triton's interpreter) only where this is set: by the tests
+# and bench/fused_block.py --device cpu, which set TRITON_INTERPRET=1 too. Everything else on
+# the CPU (training, prediction, the other tests) runs the unfused blocks.
+CPU_INTERPRETER = False
 
 
 @functools.cache
 def _kernels():
-    from neurotwin.models.cores import vivit_fused_kernels
+    from neurotwin.models.cores import _vivit_fused_kernels
 
-    return vivit_fused_kernels
+    return _vivit_fused_kernels
 
 
 def fused_block_reason(block: nn.Module, x: Tensor | None = None) -> str | None:
@@ -91,14 +98,14 @@ def fused_block_reason(block: nn.Module, x: Tensor | None = None) -> str | None:
     if not HAS_TRITON:
         return "Triton is not installed"
     if x is not None and not _runs_fused(x):
-        return "the fused kernels run on CUDA devices (or under TRITON_INTERPRET=1 on the CPU)"
+        return "the fused kernels run on CUDA devices (on the CPU only under Triton's interpreter)"
     return None
 
 
 def _runs_fused(x: Tensor) -> bool:
-    """CUDA inputs, or CPU inputs under the interpreter. Cheap and free of os/importlib calls
-    on the CUDA path, so that torch.compile traces it without a graph break."""
-    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+    """CUDA inputs, or CPU inputs where CPU_INTERPRETER is set (never without Triton). Cheap and
+    free of os/importlib calls, so that torch.compile traces it without a graph break."""
+    return HAS_TRITON and (x.is_cuda or (CPU_INTERPRETER and x.device.type == "cpu"))
 
 
 class FusedParallelBlock(ParallelBlock):
