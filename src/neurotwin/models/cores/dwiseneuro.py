@@ -36,7 +36,7 @@ from torch import nn
 from neurotwin.config import option, require
 from neurotwin.models.clips import Clips
 from neurotwin.models.cores.base import Core, CoreOptions, behavior_channels, concat_behavior
-from neurotwin.models.cores.vivit import drop_path
+from neurotwin.models.cores.vivit_blocks import drop_path
 from neurotwin.registry import CORES
 
 
