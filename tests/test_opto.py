@@ -65,6 +65,21 @@ def test_one_channel_files_and_bad_files(tmp_path):
         NativeSession(folder).load_trial(2)
 
 
+def test_the_start_up_data_check_reads_the_opto_files(tmp_path):
+    folder = write_native_session(tmp_path / "data" / "s", n_frames=24)
+    add_opto(folder, lambda t: np.zeros((1, 24), np.float32))
+    report = native.check.check_sessions(tmp_path / "data", tiers=("train", "oracle"))
+    n_trials = len(NativeSession(folder).tiers)
+    assert report.files == 5 * n_trials  # four trial files and the opto file of each trial
+    np.save(folder / "data" / native.OPTO / "3.npy", np.zeros((1, 23), np.float32))
+    with pytest.raises(DataFormatError, match="23 frames, but the trial's video has 24") as e:
+        native.check.check_sessions(tmp_path / "data", tiers=("train", "oracle"))
+    assert e.value.field == native.OPTO
+    np.save(folder / "data" / native.OPTO / "3.npy", np.zeros((3, 24), np.float32))
+    with pytest.raises(DataFormatError, match=r"expected shape \(1, 'T'\)"):
+        native.check.check_sessions(tmp_path / "data", tiers=("train", "oracle"))
+
+
 OPTO_GAIN = 2.0  # responses x (1 + gain x stimulation)
 
 
