@@ -160,7 +160,7 @@ class ModelConfig(Options):
     shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
     output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
     modulator: Any = part(
-        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout (none: off)"
+        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout, or none"
     )
 
 
