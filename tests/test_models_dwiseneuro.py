@@ -19,7 +19,10 @@ the distillation stage's: 3,075,736 + 5,402,624 = 8,478,360), and readouts 16,11
 neurons, 15,244,560 for 7440. Our core is their core + cortex. In the same session, with their
 weights copied into ours in state-dict order (the same order and shapes), their model and ours
 gave the same outputs in eval mode for a random 16-frame clip (max difference 1e-4 on values
-about 26, float32 rounding). Their code is not part of this repository.
+about 26, float32 rounding). Checked again on 2026-12-01 (same commit, torch 2.14.1): their
+DwiseNeuro with the ten mice's readouts has 170,656,070 parameters, and build_model of
+configs/dwiseneuro.yaml with the same neuron counts too (core 9,076,028 + readouts 161,580,042).
+Their code is not part of this repository.
 """
 
 from __future__ import annotations
