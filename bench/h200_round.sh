@@ -37,8 +37,8 @@ for p in "$@"; do
     anchor) part anchor 200 python3 .anchor/viv1t_bench.py --steps 30 --configs readme_b1_compile ;;
     fused_tests) part fused_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_vivit_fused.py ;;
     fused) part fused 260 python3 bench/fused_block.py --budget_s 240 ;;
-    spikes) part spikes 150 python3 bench/spikes_throughput.py --device cuda \
-        --data_dir .gpudata/spikes --epochs 2 --workers 16 --json "$OUT/spikes.json" ;;
+    spikes) part spikes 170 python3 bench/spikes_throughput.py --device cuda \
+        --data_dir .gpudata/spikes --epochs 1 --conv auto --workers 16 --json "$OUT/spikes.json" ;;
     encode) part encode 150 python3 bench/encode_throughput.py --network torchvision:vit_b_16 \
         --pooling cls --sessions 10 --frames_per_session 194000 --measure_frames 20000 \
         --batch_size 512 --neurons 8000 --train_stimuli 100000 --features 768 \
@@ -50,8 +50,11 @@ for p in "$@"; do
         part "preset_$c" 150 python3 bench/train_throughput.py --config "configs/$c.yaml" \
             --mode model --steps 10 --warmup 5 --batch_size 1 --json "$OUT/preset_$c.json"
     done ;;
-    predict) sens_data 20 && part predict 300 python3 bench/predict_throughput.py \
-        --data_dir .gpudata/sens --json "$OUT/predict.json" ;;
+    predict) part predict_data 240 python3 bench/predict_throughput.py --synthetic 10 \
+        --data_dir .gpudata/sens_predict --data_only
+        part predict 300 python3 bench/predict_throughput.py --synthetic 10 \
+        --data_dir .gpudata/sens_predict --config configs/viv1t.yaml --workdir .gpudata/predict \
+        --device cuda --batch_size 8 --num_workers 8 --repeats 1 --json "$OUT/predict.json" ;;
     fit_viv1t) sens_data 60 && part fit_viv1t 420 python3 bench/fit_quality.py \
         --config configs/viv1t.yaml --data_dir .gpudata/sens --minutes 6 \
         --output_dir .gpudata/fit_viv1t --json "$OUT/fit_viv1t.json" ;;
