@@ -342,8 +342,9 @@ def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
 
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
-    output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video)}}
-    for building a model's per-session parts (and telling its core what its input is)."""
+    output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video),
+    "opto_channels"}} for building a model's per-session parts (and telling its core what its
+    input is)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -359,5 +360,6 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "pixel_range": InputTransform(
                 stats, data_config.transform_input, session.path
             ).pixel_range(),
+            "opto_channels": session.opto_channels,
         }
     return specs
