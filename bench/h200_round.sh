@@ -44,7 +44,7 @@ for p in "$@"; do
         --batch_size 512 --neurons 8000 --train_stimuli 100000 --features 768 \
         --regressors ridge ridgecv --json "$OUT/encode.json" ;;
     analysis) part analysis 90 python3 bench/analysis_throughput.py --config configs/viv1t.yaml \
-        --device cuda --sessions 10 --neurons 8000 --arf_sessions 1 --noise_images 10000 \
+        --device cuda --sessions 10 --neurons 8000 --arf_sessions 1 --noise_images 4000 \
         --block_frames 30 --batch_size 16 --json "$OUT/analysis.json" ;;
     presets) for c in dwiseneuro sensorium_gru; do
         part "preset_$c" 90 python3 bench/train_throughput.py --config "configs/$c.yaml" \
