@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
-from neurotwin.errors import NeurotwinError
+from neurotwin.cli.exits import exit_on_error
 
 COMMON = ("output_dir", "checkpoint", "sessions", "neurons", "device", "batch_size", "data_dir")
 COMMON += ("truth", "verbose")
@@ -117,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {k: v for k, v in vars(args).items() if k not in COMMON and k != "analysis"}
     from neurotwin import analysis
 
-    try:
+    with exit_on_error(f"neurotwin-analyze {args.analysis}"):
         analysis.run(
             args.analysis,
             args.output_dir,
@@ -131,10 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=None if args.verbose else False,
             **options,
         )
-    except NeurotwinError as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"neurotwin-analyze {args.analysis}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
     return 0
 
 

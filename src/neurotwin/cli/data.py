@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
 from neurotwin.cli import data_allen, data_spikes, data_synthetic, data_table_video
-from neurotwin.errors import NeurotwinError
+from neurotwin.cli.exits import exit_on_error
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
@@ -28,11 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_error(f"neurotwin-data {args.command}"):
         return int(args.func(args) or 0)
-    except NeurotwinError as e:
-        print(f"neurotwin-data {args.command}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None  # as train.py and predict.py, and argparse's errors
 
 
 if __name__ == "__main__":

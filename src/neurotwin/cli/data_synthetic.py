@@ -21,7 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neurotwin.errors import ConfigError, NeurotwinError
+from neurotwin.cli.exits import exit_on_error
+from neurotwin.errors import ConfigError
 
 logger = logging.getLogger("neurotwin.data")
 
@@ -159,11 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_error("neurotwin-data synthetic"):
         return run(args)
-    except NeurotwinError as e:
-        print(f"neurotwin-data synthetic: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
-from neurotwin.errors import ConfigError, NeurotwinError
+from neurotwin.cli.exits import exit_on_error
+from neurotwin.errors import ConfigError
 
 EXTRA = "pip install 'neurotwin[encode]'"
 
@@ -158,15 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
+    with exit_on_error("neurotwin-encode"):
         require_extra()
         settings = settings_from(args)
         from neurotwin.encoding.run import run_encoding
 
         result = run_encoding(settings)
-    except NeurotwinError as e:
-        print(f"neurotwin-encode: error: {e}", file=sys.stderr)
-        return 2
     _report(result)
     return 0
 

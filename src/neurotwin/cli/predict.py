@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
+from neurotwin.cli.exits import exit_on_error
 from neurotwin.data import native
-from neurotwin.errors import NeurotwinError
 
 SCORE_SPACES = ("raw", "normalized")  # neurotwin.prediction.space (not imported: fast --help)
 
@@ -131,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         submission=not args.no_submission,
         verbose=args.verbose,
     )
-    try:
+    with exit_on_error("predict.py"):
         if args.ensemble_dir is not None:
             from neurotwin.ensemble import predict_ensemble
 
@@ -141,10 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for run in args.output_dir:
                 predict_run(run, **options)
-    except NeurotwinError as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"predict.py: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
     return 0
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurotwin.errors import NeurotwinError
+from neurotwin.cli.exits import exit_on_error
 
 PROG = "neurotwin-spikes"
 
@@ -93,16 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error(f"{PROG} {args.command}", _how_to_go_on):
         run_fit(args) if args.command == "fit" else run_predict(args)
-        return 0
-    except NeurotwinError as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; resume with fit --restore <output_dir>", file=sys.stderr)
-        raise SystemExit(130) from None
+    return 0
+
+
+def _how_to_go_on() -> str:
+    return "; resume with fit --restore <output_dir>"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,12 +12,11 @@ go to DIR unless `--output_dir` says otherwise. Bad options end with one line on
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from neurotwin import config as cfg
-from neurotwin.errors import NeurotwinError
+from neurotwin.cli.exits import exit_on_error
 from neurotwin.run import RunFolder, find_checkpoint
 from neurotwin.training.checkpoint import load_checkpoint
 
@@ -71,18 +70,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = None
-    try:
+    with exit_on_error(parser.prog, lambda: _how_to_go_on(config)):
         config = resolve_config(args)
         from neurotwin.training.video import train  # here: --help needs no data stack
 
         return train(config)
-    except NeurotwinError as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted{_how_to_go_on(config)}", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def _how_to_go_on(config: cfg.Config | None) -> str:
