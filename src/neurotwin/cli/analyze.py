@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
-from neurotwin.cli.exits import exit_on_error
-
-COMMON = ("output_dir", "checkpoint", "sessions", "neurons", "device", "batch_size", "data_dir")
-COMMON += ("truth", "verbose")
+from neurotwin.cli.console import exit_on_error, log_messages
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -110,25 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
-    )
-    options = {k: v for k, v in vars(args).items() if k not in COMMON and k != "analysis"}
+    log_messages(bool(args.verbose))
+    # the common flags and the analysis's options are run()'s keyword arguments of those names
+    given = {k: v for k, v in vars(args).items() if k not in ("analysis", "output_dir", "verbose")}
     from neurotwin import analysis
 
     with exit_on_error(f"neurotwin-analyze {args.analysis}"):
         analysis.run(
-            args.analysis,
-            args.output_dir,
-            checkpoint=args.checkpoint,
-            sessions=args.sessions,
-            neurons=args.neurons,
-            device=args.device,
-            batch_size=args.batch_size,
-            data_dir=args.data_dir,
-            truth=args.truth,
-            progress=None if args.verbose else False,
-            **options,
+            args.analysis, args.output_dir, progress=None if args.verbose else False, **given
         )
     return 0
 

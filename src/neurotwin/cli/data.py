@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 from neurotwin.cli import data_allen, data_spikes, data_synthetic, data_table_video
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error, log_messages
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_messages()
     args = build_parser().parse_args(argv)
     with exit_on_error(f"neurotwin-data {args.command}"):
         return int(args.func(args) or 0)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error, log_messages
 from neurotwin.errors import ConfigError
 
 logger = logging.getLogger("neurotwin.data")
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_messages()
     args = build_parser().parse_args(argv)
     with exit_on_error("neurotwin-data synthetic"):
         return run(args)

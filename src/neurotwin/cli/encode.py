@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error, log_messages
 from neurotwin.errors import ConfigError
 
 EXTRA = "pip install 'neurotwin[encode]'"
@@ -157,7 +156,7 @@ def _report(result: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    log_messages(not args.quiet)
     with exit_on_error("neurotwin-encode"):
         require_extra()
         settings = settings_from(args)

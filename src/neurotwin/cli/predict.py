@@ -15,10 +15,9 @@ ENSEMBLE_DIR/predictions/ in the same layout, each member's metrics beside the e
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error, log_messages
 from neurotwin.data import native
 
 SCORE_SPACES = ("raw", "normalized")  # neurotwin.prediction.space (not imported: fast --help)
@@ -111,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
-    )
+    log_messages(bool(args.verbose))
     for name in ("batch_size", "num_workers"):
         value, least = getattr(args, name), 1 if name == "batch_size" else 0
         if value is not None and value < least:

@@ -16,12 +16,11 @@ again from the same checkpoint. Bad options end with one line on stderr and exit
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error, log_messages
 
 PROG = "neurotwin-spikes"
 
@@ -89,7 +88,7 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_messages()
     parser = build_parser()
     args = parser.parse_args(argv)
     with exit_on_error(f"{PROG} {args.command}", _how_to_go_on):

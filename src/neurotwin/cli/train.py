@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from neurotwin import config as cfg
-from neurotwin.cli.exits import exit_on_error
+from neurotwin.cli.console import exit_on_error
 from neurotwin.run import RunFolder, find_checkpoint
 from neurotwin.training.checkpoint import load_checkpoint
 

@@ -1,13 +1,20 @@
-"""How every command ends on bad input: one line on stderr and status 2 (as argparse's own
-errors), and on Ctrl-C status 130 with how to go on, instead of a traceback."""
+"""How every command talks to the terminal: log lines as plain messages, and on bad input one
+line on stderr and status 2 (as argparse's own errors), on Ctrl-C status 130 with how to go on,
+instead of a traceback."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from neurotwin.errors import NeurotwinError
+
+
+def log_messages(verbose: bool = True) -> None:
+    """Log lines as bare messages on stderr: INFO and up when `verbose`, else warnings only."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
 def one_line(error: BaseException) -> str:
