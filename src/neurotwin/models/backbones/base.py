@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ from torch import nn
 from neurotwin.config import option, require
 from neurotwin.errors import CheckpointError, ConfigError
 from neurotwin.registry import PartOptions
+
+M = TypeVar("M", bound=nn.Module)
 
 POOLINGS = ("none", "cls", "pooler", "mean", "avgpool", "flatten")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -404,6 +406,21 @@ def load_weights(network: nn.Module, path: str | Path, trust: bool = False, stri
             f"{unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
     network.load_state_dict(state, strict=strict)
+
+
+def seeded(make: Callable[[], M], seed: int) -> M:
+    """The network `make()` builds, its random initial weights drawn from `seed`; the global
+    random state is left as it was, so that --seed alone decides a random backbone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def load_given_weights(network: nn.Module, options: BackboneOptions) -> None:
+    """Load the weights file --weights names into `network`; none (or empty) keeps the random
+    weights. "cache" is each source's own and is handled before this."""
+    if options.weights not in ("none", ""):
+        load_weights(network, options.weights, options.trust_weights)
 
 
 def import_extra(module: str, source: str):

@@ -19,8 +19,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from neurotwin.errors import CheckpointError, ConfigError
 from neurotwin.models.backbones.base import (
     IMAGENET_MEAN,
@@ -31,7 +29,8 @@ from neurotwin.models.backbones.base import (
     TokenLayout,
     geometry,
     import_extra,
-    load_weights,
+    load_given_weights,
+    seeded,
 )
 from neurotwin.models.registry import BACKBONES
 
@@ -111,11 +110,8 @@ def _load(transformers, name: str, options: BackboneOptions):
             return transformers.AutoModel.from_pretrained(name, **kwargs), config
         except (OSError, ValueError) as e:
             raise CheckpointError(f"hf:{name}: no weights beside its config: {e}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)
-        net = transformers.AutoModel.from_config(config)
-    if options.weights not in ("none", ""):
-        load_weights(net, options.weights, options.trust_weights)
+    net = seeded(lambda: transformers.AutoModel.from_config(config), options.seed)
+    load_given_weights(net, options)
     return net, config
 
 

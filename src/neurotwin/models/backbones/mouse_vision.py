@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from neurotwin.errors import ConfigError
 from neurotwin.models.backbones.base import (
     Backbone,
     BackboneOptions,
     InputSpec,
     geometry,
-    load_weights,
+    load_given_weights,
+    seeded,
 )
 from neurotwin.models.backbones.mouse_vision_archs import ALIASES, ARCHITECTURES
 from neurotwin.models.registry import BACKBONES
@@ -44,15 +43,12 @@ class MouseVisionSource:
                 f"mouse-vision has no network {name!r}; known: {sorted(ARCHITECTURES)}"
             )
         builder, layers, _ = ARCHITECTURES[key]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
-            net = builder()
         if options.weights == "cache":
             raise ConfigError(
                 "mouse-vision has no weights cache: give --weights PATH (its get_checkpoints.sh "
                 "saves model_ckpts/<name>.pt) or none"
             )
-        if options.weights not in ("none", ""):
-            load_weights(net, options.weights, options.trust_weights)
+        net = seeded(builder, options.seed)
+        load_given_weights(net, options)
         spec = geometry(EVAL_64, options.resize, options.input_size)
         return Backbone(net, options.layers or layers, spec, options, f"mouse-vision:{key}")

@@ -13,8 +13,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import torch
-
 from neurotwin.errors import ConfigError
 from neurotwin.models.backbones.base import (
     Backbone,
@@ -23,7 +21,8 @@ from neurotwin.models.backbones.base import (
     TokenLayout,
     geometry,
     import_extra,
-    load_weights,
+    load_given_weights,
+    seeded,
 )
 from neurotwin.models.registry import BACKBONES
 
@@ -69,11 +68,8 @@ class TimmSource:
                 else:
                     os.environ["HF_HUB_OFFLINE"] = saved
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(options.seed)
-                net = timm.create_model(name, pretrained=False)
-            if options.weights not in ("none", ""):
-                load_weights(net, options.weights, options.trust_weights)
+            net = seeded(lambda: timm.create_model(name, pretrained=False), options.seed)
+            load_given_weights(net, options)
         spec = geometry(_spec(timm, net), options.resize, options.input_size)
         tokens = None
         if hasattr(net, "patch_embed") and hasattr(net, "num_prefix_tokens"):

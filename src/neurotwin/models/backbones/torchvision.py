@@ -23,7 +23,9 @@ from neurotwin.models.backbones.base import (
     TokenLayout,
     geometry,
     import_extra,
+    load_given_weights,
     load_weights,
+    seeded,
 )
 from neurotwin.models.registry import BACKBONES
 
@@ -89,15 +91,13 @@ class TorchvisionSource:
             weights_enum = tv.models.get_model_weights(name)
         except (ValueError, KeyError):
             weights_enum = None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
-            net = builder(weights=None)
+        net = seeded(lambda: builder(weights=None), options.seed)
         if options.weights == "cache":
             if weights_enum is None:
                 raise ConfigError(f"torchvision:{name} has no published weights to read")
             load_weights(net, _cached_file(weights_enum, name))
-        elif options.weights not in ("none", ""):
-            load_weights(net, options.weights, options.trust_weights)
+        else:
+            load_given_weights(net, options)
         spec = (
             _spec(weights_enum)
             if weights_enum is not None
