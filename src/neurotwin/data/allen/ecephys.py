@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -85,64 +86,33 @@ def convert_ecephys(
     (used when the session file has no stimulus/templates).
     """
     nwb_path = Path(nwb_path)
+    filters = (amplitude_cutoff_maximum, presence_ratio_minimum, isi_violations_maximum)
     with nwb.open_nwb(nwb_path) as f:
-        session_id = nwb.read_str(f, "identifier")
-        session_type = nwb.read_str(f, "general/stimulus")  # nwbfile.stimulus_notes
-        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
-            f,
-            areas,
-            amplitude_cutoff_maximum,
-            presence_ratio_minimum,
-            isi_violations_maximum,
-            filter_by_validity,
-        )
-        unit_ids = units["id"][keep].astype(np.int64)
-        coords, coord_kind = _coordinates(channels, unit_channel)
-        running_t, running = _running(f)
-        eye = _gaze(f)
+        s = _read_session(f, areas, *filters, filter_by_validity)
         names = _movie_names(f, movies)
         recordings = [
-            _movie(f, m, spikes, running_t, running, eye, templates, frame_size) for m in names
+            _movie(f, m, s.spikes, s.running_t, s.running, s.eye, templates, frame_size)
+            for m in names
         ]
-    extra = _unit_meta(units, channels, keep, unit_area, unit_channel)
     session = trials.build_session(
         recordings,
-        unit_ids,
-        coords,
+        s.unit_ids,
+        s.coords,
         clip_length=clip_length,
         heldout_clips=heldout_clips,
         test_fraction=test_fraction,
         test_tier=test_tier,
-        extra_meta=extra,
+        extra_meta=s.unit_meta(),
         source=nwb_path,
     )
-    sid = int(session_id) if session_id and session_id.strip().isdigit() else session_id
-    folder = Path(out_dir) / (name or f"allen-ecephys-{sid if sid else nwb_path.stem}")
-    areas_found = sorted(set(unit_area))
+    folder = Path(out_dir) / (name or f"allen-ecephys-{s.sid if s.sid else nwb_path.stem}")
     json_meta = {
-        "source": "allen_visual_coding_neuropixels",
-        "modality": "Neuropixels extracellular electrophysiology",
-        "nwb_file": str(nwb_path.resolve()),
-        "ecephys_session_id": sid,
-        "session_type": session_type,
-        "areas": areas_found,
-        "area_filter": list(areas) if areas else None,
-        "unit_filters": unit_filter_meta(
-            amplitude_cutoff_maximum,
-            presence_ratio_minimum,
-            isi_violations_maximum,
-            filter_by_validity,
-        ),
-        "n_units_in_file": int(units["id"].size),
-        "n_units_kept": int(len(keep)),
-        "responses": "spike counts",
+        **s.meta(nwb_path, areas),
+        "unit_filters": unit_filter_meta(*filters, filter_by_validity),
         "response_units": "spikes per displayed movie frame",
         "alignment": "spikes in each displayed frame's [start_time, stop_time)",
         "behavior": ["pupil_area (pixels^2) or zeros", "running_speed (cm/s)"],
         "pupil_center": "screen_coordinates_spherical (degrees: azimuth x, altitude y)",
-        "has_eye_tracking": eye is not None,
-        "has_running_speed": running is not None,
-        "coordinates": coord_kind,
         **trials.split_meta(
             recordings, frame_size, clip_length, heldout_clips, test_fraction, test_tier
         ),
@@ -175,20 +145,6 @@ def _coordinates(channels: dict, unit_channel: np.ndarray) -> tuple[np.ndarray, 
     )
 
 
-def _running(f: h5py.File):
-    if not nwb.has(f, RUNNING):
-        log.warning("%s: no %s: running speed zeros", f.filename, RUNNING)
-        return None, None
-    v = nwb.read(f, f"{RUNNING}/data", ndim=1, what="running speed (cm/s)")
-    t = nwb.read(f, f"{RUNNING}/timestamps", ndim=1, what="running speed times")
-    if t.size != v.size:
-        raise DataFormatError(
-            nwb.file_path(f), f"{v.size} samples, {t.size} timestamps", f"{RUNNING}/timestamps"
-        )
-    v, ok = fill_nan(t, v)
-    return (t, v) if ok else (None, None)
-
-
 def _gaze(f: h5py.File):
     for module in GAZE_MODULES:
         area, coords = f"{module}/pupil_area", f"{module}/screen_coordinates_spherical"
@@ -214,25 +170,9 @@ def _gaze(f: h5py.File):
 
 
 def _movie_names(f: h5py.File, wanted: Sequence[str] | None) -> list[str]:
-    if not nwb.has(f, INTERVALS):
-        raise DataFormatError(nwb.file_path(f), "missing group (stimulus presentations)", INTERVALS)
     present = [m for m in trials.MOVIES if nwb.has(f, f"{INTERVALS}/{m}_presentations")]
-    if wanted:
-        missing = [m for m in wanted if m not in present]
-        if missing:
-            raise DataFormatError(
-                nwb.file_path(f), f"movie(s) {missing} not presented (found {present})", INTERVALS
-            )
-        present = [m for m in present if m in wanted]
-    if not present:
-        raise DataFormatError(
-            nwb.file_path(f),
-            "no natural movie stimulus: expected one of "
-            f"{[m + '_presentations' for m in ECEPHYS_MOVIES]} (found "
-            f"{sorted(f[INTERVALS].keys())})",
-            INTERVALS,
-        )
-    return present
+    expected = [m + "_presentations" for m in ECEPHYS_MOVIES]
+    return trials.pick_movies(f, INTERVALS, present, wanted, expected)
 
 
 def _frames_column(f: h5py.File, path: str, n: int) -> np.ndarray:
@@ -330,15 +270,70 @@ def _movie(f, movie, spikes, running_t, running, eye, templates, frame_size):
     return trials.movie_recording(movie, frames, frame, counts, pupil, run, center, start)
 
 
-def _kept_units(f: h5py.File, areas, amp_max, pr_min, isi_max, by_validity):
-    """The units and channels tables, the units kept by the quality filters, their area and
-    peak channel, and their sorted spike times."""
+@dataclass
+class _Session:
+    """What both conversions read from a session file: the units kept by the quality filters
+    (their tables, area, peak channel, sorted spike times, coordinates) and the behaviour."""
+
+    sid: int | str | None
+    session_type: str | None
+    units: dict
+    channels: dict
+    keep: np.ndarray
+    unit_area: list
+    unit_channel: np.ndarray
+    spikes: list[np.ndarray]
+    coords: np.ndarray
+    coord_kind: str
+    running_t: np.ndarray | None
+    running: np.ndarray | None
+    eye: tuple | None
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        return self.units["id"][self.keep].astype(np.int64)
+
+    def meta(self, nwb_path: Path, areas: Sequence[str] | None) -> dict:
+        """The meta/neurotwin.json entries both conversions write."""
+        return {
+            "source": "allen_visual_coding_neuropixels",
+            "modality": "Neuropixels extracellular electrophysiology",
+            "nwb_file": str(nwb_path.resolve()),
+            "ecephys_session_id": self.sid,
+            "session_type": self.session_type,
+            "areas": sorted(set(self.unit_area)),
+            "area_filter": list(areas) if areas else None,
+            "n_units_in_file": int(self.units["id"].size),
+            "n_units_kept": int(len(self.keep)),
+            "responses": "spike counts",
+            "has_eye_tracking": self.eye is not None,
+            "has_running_speed": self.running is not None,
+            "coordinates": self.coord_kind,
+        }
+
+    def unit_meta(self) -> dict:
+        return _unit_meta(self.units, self.channels, self.keep, self.unit_area, self.unit_channel)
+
+
+def _read_session(f: h5py.File, areas, amp_max, pr_min, isi_max, by_validity) -> _Session:
+    session_id = nwb.read_str(f, "identifier")
     units, channels = read_units(f), read_channels(f)
     keep, unit_area, unit_channel = select_units(
         f, units, channels, areas, amp_max, pr_min, isi_max, by_validity
     )
-    spikes = [np.sort(units["spike_times"][i]) for i in keep]
-    return units, channels, keep, unit_area, unit_channel, spikes
+    return _Session(
+        int(session_id) if session_id and session_id.strip().isdigit() else session_id,
+        nwb.read_str(f, "general/stimulus"),  # nwbfile.stimulus_notes
+        units,
+        channels,
+        keep,
+        unit_area,
+        unit_channel,
+        [np.sort(units["spike_times"][i]) for i in keep],
+        *_coordinates(channels, unit_channel),
+        *nwb.read_series(f, RUNNING, "running speed (cm/s)"),
+        _gaze(f),
+    )
 
 
 def _unit_meta(units: dict, channels: dict, keep, unit_area, unit_channel) -> dict:
@@ -393,8 +388,7 @@ def convert_ecephys_presentations(
         )
     window = tuple(window) if window is not None else presentations.DEFAULT_WINDOW[stimulus]
     with nwb.open_nwb(nwb_path) as f:
-        session_id = nwb.read_str(f, "identifier")
-        units, channels, keep, unit_area, unit_channel, spikes = _kept_units(
+        s = _read_session(
             f,
             areas,
             amplitude_cutoff_maximum,
@@ -402,46 +396,31 @@ def convert_ecephys_presentations(
             isi_violations_maximum,
             filter_by_validity,
         )
-        coords, coord_kind = _coordinates(channels, unit_channel)
-        running_t, running = _running(f)
-        eye = _gaze(f)
         pres = _presentations(f, stimulus, templates, frame_size)
-        unit_ids = units["id"][keep].astype(np.int64)
 
-    behavior, center = presentations.behavior_samplers(running_t, running, eye)
+    behavior, center = presentations.behavior_samplers(s.running_t, s.running, s.eye)
     session = presentations.build_session(
         pres,
-        lambda a, b: np.stack([count_in_intervals(s, a, b) for s in spikes]),
+        lambda a, b: np.stack([count_in_intervals(unit, a, b) for unit in s.spikes]),
         behavior,
         center,
-        unit_ids,
-        coords,
+        s.unit_ids,
+        s.coords,
         frame_size,
         window,
         bin_s,
         heldout_clips,
         test_fraction,
         test_tier,
-        _unit_meta(units, channels, keep, unit_area, unit_channel),
+        s.unit_meta(),
         nwb_path,
     )
-    sid = int(session_id) if session_id and session_id.strip().isdigit() else session_id
-    folder = Path(out_dir) / (name or f"allen-ecephys-{sid if sid else nwb_path.stem}-{stimulus}")
+    stem = s.sid if s.sid else nwb_path.stem
+    folder = Path(out_dir) / (name or f"allen-ecephys-{stem}-{stimulus}")
     json_meta = {
-        "source": "allen_visual_coding_neuropixels",
-        "modality": "Neuropixels extracellular electrophysiology",
-        "nwb_file": str(nwb_path.resolve()),
-        "ecephys_session_id": sid,
-        "areas": sorted(set(unit_area)),
-        "area_filter": list(areas) if areas else None,
-        "n_units_in_file": int(units["id"].size),
-        "n_units_kept": int(len(keep)),
-        "responses": "spike counts",
+        **s.meta(nwb_path, areas),
         "response_units": f"spikes per {bin_s * 1000:g} ms bin",
         "alignment": "spikes in each bin [onset + start, onset + start + bin) of the window",
-        "has_eye_tracking": eye is not None,
-        "has_running_speed": running is not None,
-        "coordinates": coord_kind,
         **presentations.split_meta(
             pres, frame_size, window, bin_s, heldout_clips, test_fraction, test_tier
         ),

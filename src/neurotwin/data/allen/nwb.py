@@ -7,13 +7,17 @@ pynwb is not needed: the converters read the HDF5 layout directly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from neurotwin.data.allen.resample import fill_nan
 from neurotwin.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 
 def open_nwb(path: str | Path) -> h5py.File:
@@ -86,6 +90,28 @@ def read(
             file_path(f), f"expected numbers{_what(what)}, got dtype {array.dtype}", path
         )
     return array
+
+
+def read_series(f: h5py.File, path: str, what: str, default_t: np.ndarray | None = None):
+    """(timestamps, values 1-d) of the TimeSeries at `path`, NaNs interpolated; (None, None)
+    when it is missing (logged: its samples are then zeros) or all NaN. `default_t`: the times
+    of a series stored without timestamps (ophys shares the 2-photon frame times)."""
+    if not has(f, path):
+        log.warning("%s: no %s (%s): zeros", f.filename, path, what)
+        return None, None
+    values = read(f, f"{path}/data", ndim=(1, 2), what=what)
+    if values.ndim == 2:  # ophys pipeline v0.9 stored (n, 1)
+        values = values[:, 0]
+    if default_t is None or has(f, f"{path}/timestamps"):
+        t = read(f, f"{path}/timestamps", ndim=(1, 2), what=f"{what} times").reshape(-1)
+    else:
+        t = default_t[: values.size]
+    if t.size != values.size:
+        raise DataFormatError(
+            file_path(f), f"{values.size} samples, {t.size} timestamps", f"{path}/timestamps"
+        )
+    values, ok = fill_nan(t, values)
+    return (t, values) if ok else (None, None)
 
 
 def read_str(f: h5py.File, path: str, default: str | None = None) -> str | None:

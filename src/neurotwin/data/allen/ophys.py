@@ -76,17 +76,12 @@ def convert_ophys(
 ) -> Path:
     """Convert one ophys experiment NWB file; returns the session folder written under out_dir."""
     nwb_path = Path(nwb_path)
-    if response not in ("dff", "events"):
-        raise DataFormatError(nwb_path, f"response must be 'dff' or 'events', got {response!r}")
-    if dff_offset not in ("shift", "clip", "none"):
-        raise DataFormatError(
-            nwb_path, f"dff_offset must be 'shift', 'clip' or 'none', got {dff_offset!r}"
-        )
+    _check_response(nwb_path, response, dff_offset)
     with nwb.open_nwb(nwb_path) as f:
         timestamps, traces, cell_ids, meta, centroids, centroid_units, coordinates, depth = _cells(
             f, nwb_path, response, events_path
         )
-        running_t, running = _series(f, RUNNING, timestamps, "running speed")
+        running_t, running = nwb.read_series(f, RUNNING, "running speed", timestamps)
         eye = _eye_tracking(f)
         names = _movie_names(f, movies)
         recordings = []
@@ -114,20 +109,10 @@ def convert_ophys(
     exp_id = meta.get("ophys_experiment_id")
     folder = Path(out_dir) / (name or f"allen-ophys-{exp_id if exp_id else nwb_path.stem}")
     json_meta = {
-        "source": "allen_brain_observatory_ophys",
-        "modality": "2-photon calcium imaging",
-        "nwb_file": str(nwb_path.resolve()),
-        "ophys_experiment_id": exp_id,
+        **_experiment_meta(nwb_path, meta, depth, response, dff_offset, eye, running),
         "experiment_container_id": meta.get("experiment_container_id"),
-        "session_type": meta.get("session_type"),
-        "targeted_structure": area,
-        "imaging_depth_um": depth,
-        "cre_line": meta.get("cre_line"),
         "genotype": meta.get("genotype"),
         "indicator": meta.get("indicator"),
-        "responses": response,
-        "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
-        "dff_offset": dff_offset if response == "dff" else None,
         "response_offset": "stored responses = dF/F - meta/neurons/response_offset.npy "
         "(shift: each cell's negative minimum, so responses are >= 0 for the Poisson loss)"
         if response == "dff" and dff_offset == "shift"
@@ -136,8 +121,6 @@ def convert_ophys(
         "nearest sample when empty",
         "behavior": ["pupil_size (pixels, area) or zeros", "running_speed (cm/s)"],
         "pupil_center": "pupil_location_spherical (degrees; columns as stored: x, y)",
-        "has_eye_tracking": eye is not None,
-        "has_running_speed": running is not None,
         "coordinates": f"ROI centroid x, y ({centroid_units}), imaging depth (um)",
         **trials.split_meta(
             recordings, frame_size, clip_length, heldout_clips, test_fraction, test_tier
@@ -171,14 +154,13 @@ def convert_ophys_presentations(
         raise DataFormatError(
             nwb_path, f"stimulus must be one of {presentations.STIMULI}, got {stimulus!r}"
         )
-    if response not in ("dff", "events") or dff_offset not in ("shift", "clip", "none"):
-        raise DataFormatError(nwb_path, f"bad response {response!r} or dff_offset {dff_offset!r}")
+    _check_response(nwb_path, response, dff_offset)
     window = tuple(window) if window is not None else presentations.DEFAULT_WINDOW[stimulus]
     with nwb.open_nwb(nwb_path) as f:
         timestamps, traces, cell_ids, meta, centroids, _, coordinates, depth = _cells(
             f, nwb_path, response, events_path
         )
-        running_t, running = _series(f, RUNNING, timestamps, "running speed")
+        running_t, running = nwb.read_series(f, RUNNING, "running speed", timestamps)
         eye = _eye_tracking(f)
         pres = _presentations(f, stimulus, timestamps, frame_size)
     traces = np.asarray(traces, np.float64)
@@ -213,27 +195,43 @@ def convert_ophys_presentations(
         name or f"allen-ophys-{exp_id if exp_id else nwb_path.stem}-{stimulus}"
     )
     json_meta = {
-        "source": "allen_brain_observatory_ophys",
-        "modality": "2-photon calcium imaging",
-        "nwb_file": str(nwb_path.resolve()),
-        "ophys_experiment_id": exp_id,
-        "session_type": meta.get("session_type"),
-        "targeted_structure": area,
-        "imaging_depth_um": depth,
-        "cre_line": meta.get("cre_line"),
-        "responses": response,
-        "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
-        "dff_offset": dff_offset if response == "dff" else None,
+        **_experiment_meta(nwb_path, meta, depth, response, dff_offset, eye, running),
         "alignment": "mean of the 2-photon samples in each bin after the onset (half a 2-photon "
         "frame before the frame the presentation starts in, so that 1/30 s bins hold one sample "
         "each); nearest sample when a bin holds none",
-        "has_eye_tracking": eye is not None,
-        "has_running_speed": running is not None,
         **presentations.split_meta(
             pres, frame_size, window, bin_s, heldout_clips, test_fraction, test_tier
         ),
     }
     return trials.write(folder, session, json_meta, overwrite)
+
+
+def _check_response(nwb_path: Path, response: str, dff_offset: str) -> None:
+    if response not in ("dff", "events"):
+        raise DataFormatError(nwb_path, f"response must be 'dff' or 'events', got {response!r}")
+    if dff_offset not in ("shift", "clip", "none"):
+        raise DataFormatError(
+            nwb_path, f"dff_offset must be 'shift', 'clip' or 'none', got {dff_offset!r}"
+        )
+
+
+def _experiment_meta(nwb_path: Path, meta: dict, depth, response, dff_offset, eye, running) -> dict:
+    """The meta/neurotwin.json entries both conversions write."""
+    return {
+        "source": "allen_brain_observatory_ophys",
+        "modality": "2-photon calcium imaging",
+        "nwb_file": str(nwb_path.resolve()),
+        "ophys_experiment_id": meta.get("ophys_experiment_id"),
+        "session_type": meta.get("session_type"),
+        "targeted_structure": meta.get("targeted_structure") or "",
+        "imaging_depth_um": depth,
+        "cre_line": meta.get("cre_line"),
+        "responses": response,
+        "response_units": "dF/F" if response == "dff" else "extracted events (a.u.)",
+        "dff_offset": dff_offset if response == "dff" else None,
+        "has_eye_tracking": eye is not None,
+        "has_running_speed": running is not None,
+    }
 
 
 def _presentations(f: h5py.File, stimulus: str, timestamps: np.ndarray, frame_size):
@@ -443,31 +441,10 @@ def _fov_scale(fov: str | None, shape: tuple[int, int] | None) -> tuple[float, f
     return float(um.group(1)) / w_px, float(um.group(2)) / h_px
 
 
-def _series(f: h5py.File, path: str, default_t: np.ndarray, what: str):
-    """(timestamps, values 1-d) of a TimeSeries, NaNs interpolated; (None, None) if missing."""
-    if not nwb.has(f, path):
-        log.warning("%s: no %s (%s): zeros", f.filename, path, what)
-        return None, None
-    values = nwb.read(f, f"{path}/data", ndim=(1, 2), what=what)
-    if values.ndim == 2:  # pipeline v0.9 stored (n, 1)
-        values = values[:, 0]
-    t = (
-        nwb.read(f, f"{path}/timestamps", ndim=(1, 2), what=f"{what} times").reshape(-1)
-        if nwb.has(f, f"{path}/timestamps")
-        else default_t[: values.size]
-    )
-    if t.size != values.size:
-        raise DataFormatError(
-            nwb.file_path(f), f"{values.size} samples, {t.size} timestamps", f"{path}/timestamps"
-        )
-    values, ok = fill_nan(t, values)
-    return (t, values) if ok else (None, None)
-
-
 def _eye_tracking(f: h5py.File):
     if not (nwb.has(f, PUPIL_SIZE) and nwb.has(f, PUPIL_LOCATION)):
         return None
-    size_t, size = _series(f, PUPIL_SIZE, np.zeros(0), "pupil size")
+    size_t, size = nwb.read_series(f, PUPIL_SIZE, "pupil size")
     loc = nwb.read(f, f"{PUPIL_LOCATION}/data", ndim=2, what="pupil location (n, 2)")
     loc_t = nwb.read(f, f"{PUPIL_LOCATION}/timestamps", ndim=(1, 2)).reshape(-1)
     if loc.shape[0] != loc_t.size and loc.shape[1] == loc_t.size:
@@ -486,31 +463,9 @@ def _eye_tracking(f: h5py.File):
 
 
 def _movie_names(f: h5py.File, wanted: Sequence[str] | None) -> list[str]:
-    if not nwb.has(f, PRESENTATION):
-        raise DataFormatError(
-            nwb.file_path(f), "missing group (stimulus presentations)", PRESENTATION
-        )
-    present = []
-    for movie in trials.MOVIES:
-        if _presentation_path(f, movie) is not None:
-            present.append(movie)
-    if wanted:
-        missing = [m for m in wanted if m not in present]
-        if missing:
-            raise DataFormatError(
-                nwb.file_path(f),
-                f"movie(s) {missing} not presented (found {present})",
-                PRESENTATION,
-            )
-        present = [m for m in present if m in wanted]
-    if not present:
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"no natural movie stimulus: expected one of {[m + '_stimulus' for m in trials.MOVIES]}"
-            f" (found {sorted(f[PRESENTATION].keys())})",
-            PRESENTATION,
-        )
-    return present
+    present = [m for m in trials.MOVIES if _presentation_path(f, m) is not None]
+    expected = [m + "_stimulus" for m in trials.MOVIES]
+    return trials.pick_movies(f, PRESENTATION, present, wanted, expected)
 
 
 def _presentation_path(f: h5py.File, movie: str) -> str | None:

@@ -79,6 +79,33 @@ def movie_recording(
     return rec
 
 
+def pick_movies(
+    f, group: str, present: Sequence[str], wanted: Sequence[str] | None, expected: Sequence[str]
+) -> list[str]:
+    """The movies to convert: those `wanted` (each must be among `present`, the movies the file
+    shows under `group`), else all present; DataFormatError naming `group` when there are none
+    (`expected`: the tables looked for)."""
+    path = Path(f.filename)
+    if group not in f:
+        raise DataFormatError(path, "missing group (stimulus presentations)", group)
+    present = list(present)
+    if wanted:
+        missing = [m for m in wanted if m not in present]
+        if missing:
+            raise DataFormatError(
+                path, f"movie(s) {missing} not presented (found {present})", group
+            )
+        present = [m for m in present if m in wanted]
+    if not present:
+        raise DataFormatError(
+            path,
+            f"no natural movie stimulus: expected one of {list(expected)} (found "
+            f"{sorted(f[group].keys())})",
+            group,
+        )
+    return present
+
+
 def parse_clip_specs(specs: Sequence[str], source: str = "heldout_clips") -> set[tuple[str, int]]:
     """["natural_movie_one:0", ...] -> {("natural_movie_one", 0), ...}."""
     out = set()
