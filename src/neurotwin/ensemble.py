@@ -28,7 +28,7 @@ import torch
 from neurotwin.data import native
 from neurotwin.errors import ConfigError
 from neurotwin.files import staged_folder
-from neurotwin.predict import load_run, predict_run
+from neurotwin.predict import PredictOptions, load_run, predict_run
 from neurotwin.prediction.engine import predict_plans
 from neurotwin.prediction.outputs import format_table, open_predictions, write_metrics
 from neurotwin.prediction.scoring import metrics_document
@@ -133,19 +133,13 @@ class AveragedRates:
 def predict_ensemble(
     runs: Sequence[str | os.PathLike],
     ensemble_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike = "best",
-    tiers: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    score_space: str = "raw",
-    compile: bool | None = None,
-    submission: bool = True,
     verbose: int = 1,
+    **options: Any,
 ) -> dict[str, Any]:
     """Predict the members (or reuse their predictions), then average, score and write the
-    ensemble into `ensemble_dir/predictions/`; returns its metrics (metrics.json)."""
+    ensemble into `ensemble_dir/predictions/`; returns its metrics (metrics.json).
+    `options`: the fields of PredictOptions, for the members and the ensemble alike."""
+    o = PredictOptions(**options)
     runs = [Path(r) for r in runs]
     out = Path(ensemble_dir)
     if len(runs) < 2:
@@ -155,18 +149,15 @@ def predict_ensemble(
         raise ConfigError(f"--output_dir: a run is given twice: {[str(r) for r in runs]}")
     if out.resolve() in resolved:
         raise ConfigError(f"--ensemble_dir: {out} is one of the members; give another folder")
-    config, _, _ = load_run(runs[0], checkpoint)
-    data = Path(data_dir) if data_dir is not None else Path(config.data.data_dir)
-    request = _request(tiers, score_space)
+    config, _, _ = load_run(runs[0], o.checkpoint)
+    data = Path(o.data_dir) if o.data_dir is not None else Path(config.data.data_dir)
+    request = _request(o.tiers, o.score_space)
     documents = []
     for run in runs:
-        document = reusable(run, checkpoint, data, request)
+        document = reusable(run, o.checkpoint, data, request)
         if document is None:
             log.info("predicting member %s", run)
-            document = predict_run(
-                run, checkpoint, tiers, data, device, batch_size, num_workers, score_space,
-                compile, submission, verbose=0,
-            )  # fmt: skip
+            document = predict_run(run, verbose=0, **{**vars(o), "data_dir": data})
         else:
             log.info("member %s: reusing its predictions", run)
         documents.append(document)
@@ -177,14 +168,14 @@ def predict_ensemble(
     for name, by_tier in documents[0]["sessions"].items():
         session = native.NativeSession(paths[name], limit_neurons=config.data.limit_neurons)
         plans += [TierPlan.of(session, tier) for tier in by_tier]
-    dev = pick_device(device)
+    dev = pick_device(o.device)
     source = AveragedRates(runs, plans, dev)
-    workers = config.data.num_workers if num_workers is None else num_workers
-    space = ScoreSpace(score_space)
+    workers = config.data.num_workers if o.num_workers is None else o.num_workers
+    space = ScoreSpace(o.score_space)
     with staged_folder(RunFolder(out).predictions) as tmp:
         results = predict_plans(
-            plans, source, tmp, space, dev, batch_size or ENSEMBLE_BATCH_SIZE, workers,
-            submission=submission, verbose=verbose,
+            plans, source, tmp, space, dev, o.batch_size or ENSEMBLE_BATCH_SIZE, workers,
+            submission=o.submission, verbose=verbose,
         )  # fmt: skip
         document = metrics_document(
             results,

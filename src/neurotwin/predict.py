@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,44 +236,54 @@ def checkpoint_record(path: Path, state: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class PredictOptions:
+    """How a run (or an ensemble of runs) is predicted: predict.py's flags, the keyword arguments
+    of `RunPredictor`, `predict_run` and `ensemble.predict_ensemble`."""
+
+    checkpoint: str | os.PathLike = "best"  # best | last | the path of a checkpoint
+    tiers: Sequence[str] | None = None  # default: every tier the sessions have except none
+    data_dir: str | os.PathLike | None = None  # default: the run's
+    device: str | None = None  # default: the run's, else the best available
+    batch_size: int | None = None  # trials per forward pass (default: the run's, >= 8 on a GPU)
+    num_workers: int | None = None  # reading processes (default: the run's)
+    score_space: str = "raw"  # raw | normalized
+    compile: bool | None = None  # the core compiled (default: as the run was trained)
+    submission: bool = True  # the competition's files for the test tiers
+
+    def __post_init__(self) -> None:
+        if self.score_space not in SCORE_SPACES:
+            raise ConfigError(
+                f"--score_space: {self.score_space!r} is not one of {list(SCORE_SPACES)}"
+            )
+
+
 class RunPredictor:
     """A run's model, data and options, ready to predict (`run()`); built once, so that a
-    benchmark can time `run()` after a warm-up without building or compiling again."""
+    benchmark can time `run()` after a warm-up without building or compiling again.
+    `options`: the fields of PredictOptions."""
 
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        checkpoint: str | os.PathLike = "best",
-        tiers: Sequence[str] | None = None,
-        data_dir: str | os.PathLike | None = None,
-        device: str | None = None,
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        score_space: str = "raw",
-        compile: bool | None = None,
-        submission: bool = True,
-    ) -> None:
-        if score_space not in SCORE_SPACES:
-            raise ConfigError(f"--score_space: {score_space!r} is not one of {list(SCORE_SPACES)}")
+    def __init__(self, output_dir: str | os.PathLike, **options: Any) -> None:
+        o = PredictOptions(**options)
         self.run_dir = Path(output_dir)
-        config, state, path = load_run(self.run_dir, checkpoint)
-        if data_dir is not None:
-            config.data.data_dir = str(data_dir)
+        config, state, path = load_run(self.run_dir, o.checkpoint)
+        if o.data_dir is not None:
+            config.data.data_dir = str(o.data_dir)
         config.data.generate_synthetic = False  # prediction never writes data
         self.config, self.checkpoint = config, checkpoint_record(path, state)
-        self.device = choose_device(device, config.run.device)
+        self.device = choose_device(o.device, config.run.device)
         use_autocast = autocast_enabled(config.train.autocast, self.device)
         log.info("checkpoint %s (epoch %s) on %s", path, state.get("epoch"), self.device)
         sessions = open_sessions(config, _trained_sessions(config, state), state)
-        self.plans = tier_plans(sessions, tiers)
-        self.tiers = None if tiers is None else list(dict.fromkeys(tiers))  # as asked
+        self.plans = tier_plans(sessions, o.tiers)
+        self.tiers = None if o.tiers is None else list(dict.fromkeys(o.tiers))  # as asked
         model = build(config, state, sessions, path).to(self.device).eval()
         on_gpu = self.device.type == "cuda"
         default_batch = max(config.data.batch_size, GPU_BATCH_SIZE if on_gpu else 1)
-        self.batch_size = batch_size or default_batch
-        self.num_workers = config.data.num_workers if num_workers is None else num_workers
+        self.batch_size = o.batch_size or default_batch
+        self.num_workers = config.data.num_workers if o.num_workers is None else o.num_workers
         run_compiled = config.train.compile is True or (config.train.compile == "auto" and on_gpu)
-        self.compiled = run_compiled if compile is None else bool(compile)
+        self.compiled = run_compiled if o.compile is None else bool(o.compile)
         if self.compiled:
             model.core.compile(dynamic=False)  # a graph per common trial length (padded batches)
         inputs, outputs = transforms(config, sessions)
@@ -292,8 +303,8 @@ class RunPredictor:
                 "compiled core: trials of %s frames in batches of %d; %d trials of other "
                 "lengths run eagerly", lengths or "no length", self.batch_size, eager,
             )  # fmt: skip
-        self.space = ScoreSpace(score_space)
-        self.submission = submission
+        self.space = ScoreSpace(o.score_space)
+        self.submission = o.submission
 
     def run(self, verbose: int = 1) -> dict[str, Any]:
         """Predict every plan, write `predictions/` (atomically), return the metrics."""
@@ -324,26 +335,7 @@ class RunPredictor:
         return document
 
 
-def predict_run(
-    output_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike = "best",
-    tiers: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    score_space: str = "raw",
-    compile: bool | None = None,
-    submission: bool = True,
-    verbose: int = 1,
-) -> dict[str, Any]:
+def predict_run(output_dir: str | os.PathLike, verbose: int = 1, **options: Any) -> dict[str, Any]:
     """Predict every trial of each session and tier, write `output_dir/predictions/`, return the
-    metrics dict (the content of metrics.json). `batch_size`: trials per forward pass (default:
-    the run's, at least 8 on a GPU); `num_workers`: reading processes (default: the run's);
-    `score_space`: raw | normalized; `compile`: the core compiled (default: as the run was);
-    `submission`: the competition's files for the test tiers."""
-    predictor = RunPredictor(
-        output_dir, checkpoint, tiers, data_dir, device, batch_size, num_workers,
-        score_space, compile, submission,
-    )  # fmt: skip
-    return predictor.run(verbose)
+    metrics dict (the content of metrics.json). `options`: the fields of PredictOptions."""
+    return RunPredictor(output_dir, **options).run(verbose)
