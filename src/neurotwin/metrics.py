@@ -362,9 +362,15 @@ def correlation_to_average(
     blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
+    r, p = _repeat_means(blocks)
+    return _mean(correlation(r, p, axis=1), per_neuron)
+
+
+def _repeat_means(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Responses and predictions averaged over the repeats of each clip: (N, stimuli) each."""
     r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)
     p = np.concatenate([b[1].mean(axis=0) for b in blocks], axis=1)
-    return _mean(correlation(r, p, axis=1), per_neuron)
+    return r, p
 
 
 def explainable_variance(
@@ -440,8 +446,7 @@ def normalized_correlation(
     blocks = _repeats(responses, predictions, groups, skip)
     if not blocks:
         return None
-    mean_r = np.concatenate([b[0].mean(axis=0) for b in blocks], axis=1)  # (N, stimuli)
-    mean_p = np.concatenate([b[1].mean(axis=0) for b in blocks], axis=1)
+    mean_r, mean_p = _repeat_means(blocks)
     cc_abs = correlation(mean_r, mean_p, axis=1)
     var_mean = mean_r.var(axis=1)
     # noise power left in the repeat average of each stimulus: var across repeats / repeats
