@@ -19,7 +19,7 @@ import torch
 
 from neurotwin.analysis import output
 from neurotwin.analysis.context import Context, SessionResult
-from neurotwin.analysis.gratings import GratingTiming, present_gratings
+from neurotwin.analysis.gratings import GratingTiming, factorial, present_gratings
 from neurotwin.analysis.registry import ANALYSES, Analysis
 from neurotwin.analysis.size import Targets, targets_from_tables
 from neurotwin.analysis.stimuli import disc, grating
@@ -68,20 +68,10 @@ class ContextualAnalysis(Analysis):
         contrasts = np.asarray(o.contrasts, dtype=np.float64)
         phases = np.arange(o.phases) * 2 * np.pi / o.phases
         n = len(targets.sf)
-        grid = np.meshgrid(
-            np.arange(n),
-            np.arange(len(contrasts)),
-            np.arange(3),
-            np.arange(len(phases)),
-            indexing="ij",
+        conditions = factorial(
+            neuron=np.arange(n), contrast=contrasts, kind=np.arange(3), phase=phases
         )
-        neuron, c_i, kind, p_i = (g.ravel() for g in grid)
-        conditions = {
-            "neuron": neuron,
-            "contrast": contrasts[c_i],
-            "kind": kind,
-            "phase": phases[p_i],
-        }
+        neuron = conditions["neuron"]
         dev = ctx.subject.device
 
         def make_block(c: dict, frames: int) -> torch.Tensor:

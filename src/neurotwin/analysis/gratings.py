@@ -49,6 +49,13 @@ class GratingTiming:
         )
 
 
+def factorial(**axes: np.ndarray) -> dict[str, np.ndarray]:
+    """Every combination of the axes' values (the first axis varies slowest), one flat array per
+    axis: the conditions of a factorial experiment, e.g. neuron x size x phase."""
+    grids = np.meshgrid(*(np.asarray(v) for v in axes.values()), indexing="ij")
+    return {name: grid.ravel() for name, grid in zip(axes, grids)}
+
+
 def present_gratings(
     ctx: Context,
     session: str,

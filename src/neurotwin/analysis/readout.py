@@ -95,13 +95,18 @@ def _truth_geometry(subject, session: str) -> dict[str, Any]:
         1,
     )
     cov = rot @ (np.stack([su**2, sv**2], 1)[:, :, None] * np.eye(2)) @ np.transpose(rot, (0, 2, 1))
+    return _geometry(center, cov, None, shift, probe.pupil_center, "ground truth")
+
+
+def _geometry(at_rest, cov, features, shift, pupil_center, kind: str) -> dict[str, Any]:
+    """readout_geometry's answer: positions at rest moved by the shift at the held gaze."""
     return {
-        "positions": center + shift(probe.pupil_center),
-        "positions_at_rest": center,
+        "positions": at_rest + shift(pupil_center),
+        "positions_at_rest": at_rest,
         "cov": cov,
-        "features": None,
+        "features": features,
         "shift": shift,
-        "kind": "ground truth",
+        "kind": kind,
     }
 
 
@@ -145,15 +150,8 @@ def readout_geometry(subject, session: str) -> dict[str, Any] | None:
             s = shifter(it(native.BEHAVIOR, beh.float()), it(native.PUPIL_CENTER, p))[0]
         return s.float().cpu().numpy() * a
 
-    at_rest = mu * a + b
-    return {
-        "positions": at_rest + shift(probe.pupil_center),
-        "positions_at_rest": at_rest,
-        "cov": cov,
-        "features": features,
-        "shift": shift,
-        "kind": "gaussian readout" + (" with shifter" if shifter is not None else ""),
-    }
+    kind = "gaussian readout" + (" with shifter" if shifter is not None else "")
+    return _geometry(mu * a + b, cov, features, shift, probe.pupil_center, kind)
 
 
 @ANALYSES.register("readout")

@@ -21,7 +21,7 @@ import torch
 
 from neurotwin.analysis import fitting, output
 from neurotwin.analysis.context import Context, SessionResult
-from neurotwin.analysis.gratings import GratingTiming, present_gratings
+from neurotwin.analysis.gratings import GratingTiming, factorial, present_gratings
 from neurotwin.analysis.registry import ANALYSES, Analysis
 from neurotwin.analysis.stimuli import disc, grating
 from neurotwin.analysis.tuning import DEFAULT_SF
@@ -93,16 +93,8 @@ class SizeAnalysis(Analysis):
         sizes = self.sizes(probe.frame_shape[1])
         phases = np.arange(o.phases) * 2 * np.pi / o.phases
         n = len(targets.sf)
-        grid = np.meshgrid(
-            np.arange(n), np.arange(len(sizes)), np.arange(2), np.arange(len(phases)), indexing="ij"
-        )
-        neuron, size_i, kind, phase_i = (g.ravel() for g in grid)
-        conditions = {
-            "neuron": neuron,
-            "size": sizes[size_i],
-            "inverse": kind,
-            "phase": phases[phase_i],
-        }
+        conditions = factorial(neuron=np.arange(n), size=sizes, inverse=np.arange(2), phase=phases)
+        neuron = conditions["neuron"]
         dev = ctx.subject.device
 
         def make_block(c: dict, frames: int) -> torch.Tensor:
@@ -134,9 +126,8 @@ class SizeAnalysis(Analysis):
         o, probe = self.options, ctx.subject.probe(session)
         sfs = np.asarray(o.patch_frequencies, dtype=np.float64)
         n = len(targets.sf)
-        grid = np.meshgrid(np.arange(n), np.arange(len(sfs)), np.arange(2), indexing="ij")
-        neuron, sf_i, flip = (g.ravel() for g in grid)
-        conditions = {"neuron": neuron, "sf": sfs[sf_i], "turn": 180.0 * flip}
+        conditions = factorial(neuron=np.arange(n), sf=sfs, turn=np.array([0.0, 180.0]))
+        neuron = conditions["neuron"]
         dev = ctx.subject.device
 
         def make_block(c: dict, frames: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from neurotwin.analysis import fitting, output
 from neurotwin.analysis.context import Context, SessionResult
-from neurotwin.analysis.gratings import GratingTiming, present_gratings
+from neurotwin.analysis.gratings import GratingTiming, factorial, present_gratings
 from neurotwin.analysis.registry import ANALYSES, Analysis
 from neurotwin.analysis.stimuli import grating
 from neurotwin.config import option
@@ -59,14 +59,7 @@ class TuningAnalysis(Analysis):
         directions = np.arange(o.directions) * 360.0 / o.directions
         sfs = np.asarray(o.spatial_frequencies, dtype=np.float64)
         phases = np.arange(o.phases) * 360.0 / o.phases
-        s_i, d_i, p_i = np.meshgrid(
-            np.arange(len(sfs)), np.arange(len(directions)), np.arange(len(phases)), indexing="ij"
-        )
-        conditions = {
-            "sf": sfs[s_i.ravel()],
-            "direction": directions[d_i.ravel()],
-            "phase": phases[p_i.ravel()],
-        }
+        conditions = factorial(sf=sfs, direction=directions, phase=phases)
         dev = ctx.subject.device
 
         def make_block(c: dict, frames: int) -> torch.Tensor:
