@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,15 +182,15 @@ def _check_ids(path: Path, table: pd.DataFrame, column: str, what: str) -> None:
 def _check_spikes(path: Path, spikes: pd.DataFrame, unit_ids: np.ndarray) -> np.ndarray:
     """Row -> index into `unit_ids`; unknown ids and unsorted times are errors."""
     times = spikes["time"].to_numpy(np.float64)
-    decreasing = np.flatnonzero(np.diff(times) < 0)
-    if decreasing.size:
-        k = int(decreasing[0])
-        raise DataFormatError(
-            path,
+    _first_bad_row(
+        path,
+        np.diff(times) < 0,
+        "time",
+        lambda k: (
             f"times must be sorted (non-decreasing): row {k + 1} ({times[k + 1]!r}) comes "
-            f"after row {k} ({times[k]!r})",
-            "time",
-        )
+            f"after row {k} ({times[k]!r})"
+        ),
+    )
     ids = spikes["unit_id"].to_numpy(np.int64)
     order = np.argsort(unit_ids, kind="stable")
     sorted_ids = unit_ids[order]
@@ -207,28 +207,35 @@ def _check_spikes(path: Path, spikes: pd.DataFrame, unit_ids: np.ndarray) -> np.
 def _check_trials(path: Path, trials: pd.DataFrame) -> pd.DataFrame:
     _check_ids(path, trials, "trial_id", "trial")
     start, stop = trials["start"].to_numpy(), trials["stop"].to_numpy()
-    empty = np.flatnonzero(stop <= start)
-    if empty.size:
-        k = int(empty[0])
-        raise DataFormatError(
-            path,
+    _first_bad_row(
+        path,
+        stop <= start,
+        "stop",
+        lambda k: (
             f"empty trial {int(trials['trial_id'].iloc[k])}: stop {stop[k]!r} is not after "
-            f"start {start[k]!r}",
-            "stop",
-        )
+            f"start {start[k]!r}"
+        ),
+    )
     trials = trials.sort_values("start", kind="stable").reset_index(drop=True)
     start, stop = trials["start"].to_numpy(), trials["stop"].to_numpy()
-    overlap = np.flatnonzero(start[1:] < stop[:-1] - OVERLAP_TOLERANCE_S)
-    if overlap.size:
-        k = int(overlap[0])
-        ids = trials["trial_id"].to_numpy()
-        raise DataFormatError(
-            path,
+    ids = trials["trial_id"].to_numpy()
+    _first_bad_row(
+        path,
+        start[1:] < stop[:-1] - OVERLAP_TOLERANCE_S,
+        "start",
+        lambda k: (
             f"trial {int(ids[k + 1])} (start {start[k + 1]!r}) overlaps trial {int(ids[k])} "
-            f"(stop {stop[k]!r})",
-            "start",
-        )
+            f"(stop {stop[k]!r})"
+        ),
+    )
     return trials
+
+
+def _first_bad_row(path: Path, bad: np.ndarray, field: str, problem: Callable[[int], str]) -> None:
+    """DataFormatError(path, problem(k), field) for the first row k where `bad` holds."""
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        raise DataFormatError(path, problem(int(rows[0])), field)
 
 
 def read_session(path: str | Path) -> SpikeSession:
