@@ -193,16 +193,8 @@ def _frames_column(f: h5py.File, path: str, n: int) -> np.ndarray:
 
 
 def _template(f: h5py.File, movie: str, templates) -> np.ndarray:
-    inside = f"{TEMPLATES}/{movie}_image_stack/data"
-    if nwb.has(f, inside):
-        template = nwb.dataset(f, inside, "movie frames (F, h, w)")
-        if template.ndim != 3 or not np.issubdtype(template.dtype, np.number):
-            raise DataFormatError(
-                nwb.file_path(f),
-                f"expected numeric frames (F, h, w), got {template.dtype} {template.shape}",
-                inside,
-            )
-        return template
+    if nwb.has(f, f"{TEMPLATES}/{movie}_image_stack/data"):
+        return nwb.movie_frames(f, movie)
     source = templates.get(movie) if isinstance(templates, Mapping) else templates
     if source is None:
         raise DataFormatError(

@@ -114,6 +114,20 @@ def read_series(f: h5py.File, path: str, what: str, default_t: np.ndarray | None
     return (t, values) if ok else (None, None)
 
 
+def movie_frames(f: h5py.File, movie: str) -> h5py.Dataset:
+    """stimulus/templates/<movie>_image_stack/data, the movie's frames (F, h, w) as stored (read
+    lazily); DataFormatError when it is not numeric and 3-d."""
+    path = f"stimulus/templates/{movie}_image_stack/data"
+    template = dataset(f, path, "movie frames (F, h, w)")
+    if template.ndim != 3 or not np.issubdtype(template.dtype, np.number):
+        raise DataFormatError(
+            file_path(f),
+            f"expected numeric frames (F, h, w), got {template.dtype} {template.shape}",
+            path,
+        )
+    return template
+
+
 def read_str(f: h5py.File, path: str, default: str | None = None) -> str | None:
     """A scalar (or 1-element) string dataset as str; `default` when it is missing."""
     if not has(f, path) or not isinstance(f[path], h5py.Dataset):

@@ -496,14 +496,7 @@ def _movie(f, movie, timestamps, traces, running_t, running, eye, frame_size):
             f"frame intervals must lie in [0, {n_t}] 2-photon frames with start <= end",
             f"{path}/frame_duration",
         )
-    template_path = f"{TEMPLATES}/{movie}_image_stack/data"
-    template = nwb.dataset(f, template_path, "movie frames (F, h, w)")
-    if template.ndim != 3 or not np.issubdtype(template.dtype, np.number):
-        raise DataFormatError(
-            nwb.file_path(f),
-            f"expected numeric frames (F, h, w), got {template.dtype} {template.shape}",
-            template_path,
-        )
+    template = nwb.movie_frames(f, movie)
     n_frames = template.shape[0]
     if frame.min() < 0 or frame.max() >= n_frames:
         raise DataFormatError(
