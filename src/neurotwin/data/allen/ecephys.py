@@ -193,7 +193,8 @@ def _frames_column(f: h5py.File, path: str, n: int) -> np.ndarray:
 
 
 def _template(f: h5py.File, movie: str, templates) -> np.ndarray:
-    if nwb.has(f, f"{TEMPLATES}/{movie}_image_stack/data"):
+    inside = f"{TEMPLATES}/{movie}_image_stack/data"
+    if nwb.has(f, inside):
         return nwb.movie_frames(f, movie)
     source = templates.get(movie) if isinstance(templates, Mapping) else templates
     if source is None:
