@@ -55,6 +55,19 @@ class VideoTask(TrainingTask):
         ).to(runtime.device)
         core_lr = self.config.train.core_lr  # the core's rate; pretrained weights train with one
         self.model.core.set_fine_tuning(core_lr is not None and core_lr > 0)
+        self.notes: list[str] = []
+        if getattr(self.config.model.readout, "readout_init_positions", False):
+            self._init_readout_positions()
+
+    def _init_readout_positions(self) -> None:
+        """Readout positions from the training data (readout_init_positions); a restored run
+        gets its checkpoint's instead, so nothing is estimated."""
+        if self.config.run.restore:
+            return
+        from neurotwin.training.readout_init import initialise_positions
+
+        datasets = {s: self.train_loaders[s].dataset for s in self.groups}
+        self.notes += initialise_positions(self.model, datasets, device=self.runtime.device)
 
     def _open_data(self) -> None:
         data, info = self.config.data, self.runtime.info
@@ -252,6 +265,7 @@ class VideoTask(TrainingTask):
             f"data: {d.data_dir}, {len(self.groups)} session(s), training trials {trials}, "
             f"validation tier {d.val_tier!r}",
             self.check.line(),
+            *self.notes,
         ]
 
 
