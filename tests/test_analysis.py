@@ -113,8 +113,8 @@ def test_outputs_are_atomic(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "s.json").read_text()) == {"v": 1.5, "n": None, "i": 2}
 
     class Broken:
-        def to_parquet(self, path, index=False):
-            Path(path).write_text("half")
+        def to_parquet(self, target, index=False):
+            target.write(b"half")  # a part is written, then the disk fills up
             raise OSError("disk full")
 
     with pytest.raises(OSError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,9 @@ def _sessions(run: dict) -> dict[str, NativeSession]:
 def test_metrics_json_shape(run):
     result = json.loads((run["run"] / "predictions" / "metrics.json").read_text())
     assert result == run["result"]
-    assert set(result) == {"sessions", "mean"}
+    assert set(result) == {"score_space", "checkpoint", "data_dir", "tiers", "sessions", "mean"}
+    assert result["score_space"] == "raw"
+    assert result["checkpoint"]["path"].endswith("best.pt")
     sessions = _sessions(run)
     assert set(result["sessions"]) == set(sessions)
     keys = {*P.METRIC_KEYS, "n_trials", "n_neurons"}
@@ -240,27 +243,52 @@ def test_predictions_are_the_model_output_in_original_units(run):
     assert not np.allclose(expected, rates[0].numpy())  # transform_output 1: r / std undone
 
 
-def test_submission_csv_layout(run):
-    path = run["run"] / "predictions" / "submission_live_test_main.csv"
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["mouse", "trial_indices", "prediction", "neuron_ids"]
+def test_submission_in_the_kit_format(run):
+    """The competition's files: one brotli parquet per test tier with the kit's columns and
+    types, rows in session and trial order, frames [50, loader frames) of each trial in the
+    normalized units (NeuroNormalizer's precision, computed here from the shipped std); the main
+    track's two files directly in one zip."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    folder = run["run"] / "predictions" / "submission"
     sessions = _sessions(run)
-    expected = [(n, int(t)) for n, s in sessions.items() for t in s.trial_ids("live_test_main")]
-    assert [(r["mouse"], int(r["trial_indices"])) for r in rows] == expected
-    for r in rows:
-        s = sessions[r["mouse"]]
-        trial = int(r["trial_indices"])
-        pred = np.array(json.loads(r["prediction"]))
-        assert pred.shape == (s.n_neurons, s.trial_length(trial) - M.SKIP_FRAMES)
-        assert json.loads(r["neuron_ids"]) == s.unit_ids.tolist()
-        z = np.load(run["run"] / "predictions" / r["mouse"] / "live_test_main.npz")
-        i = int(np.flatnonzero(z["trial_ids"] == trial)[0])
-        n = z["frame_counts"][i]
-        np.testing.assert_allclose(pred, z["predictions"][i, :, M.SKIP_FRAMES : n], rtol=1e-5)
-    # the hidden tier gets a submission file too
-    assert (run["run"] / "predictions" / "submission_final_test_main.csv").is_file()
-    assert not (run["run"] / "predictions" / "submission_oracle.csv").exists()
+    for tier, name in (
+        ("live_test_main", "predictions_live_main.parquet.brotli"),
+        ("final_test_main", "predictions_final_main.parquet.brotli"),
+    ):
+        path = folder / name
+        meta = pq.ParquetFile(path).metadata
+        assert meta.row_group(0).column(0).compression == "BROTLI"
+        schema = pq.read_schema(path)
+        assert schema.names == ["mouse", "trial_indices", "prediction", "neuron_ids"]
+        assert str(schema.field("trial_indices").type) == "int64"
+        assert str(schema.field("prediction").type.value_type.value_type) == "double"
+        assert str(schema.field("neuron_ids").type.value_type) == "uint32"
+        df = pd.read_parquet(path)
+        expected = [(n, int(t)) for n, s in sessions.items() for t in s.trial_ids(tier)]
+        assert [(m, int(t)) for m, t in zip(df["mouse"], df["trial_indices"])] == expected
+        for _, row in df.iterrows():
+            s = sessions[row["mouse"]]
+            trial = int(row["trial_indices"])
+            pred = np.stack(row["prediction"])
+            n = s.trial_length(trial)  # synthetic trials: every array ends with the video
+            assert pred.shape == (s.n_neurons, n - M.SKIP_FRAMES)
+            assert pred.dtype == np.float64
+            np.testing.assert_array_equal(row["neuron_ids"], s.unit_ids.astype(np.uint32))
+            z = np.load(run["run"] / "predictions" / row["mouse"] / f"{tier}.npz")
+            i = int(np.flatnonzero(z["trial_ids"] == trial)[0])
+            std = np.load(s.path / "meta/statistics/responses/all/std.npy").astype(np.float64)
+            threshold = 0.01 * np.nanmean(std)
+            precision = np.where(std > threshold, 1 / np.where(std > 0, std, 1), 1 / threshold)
+            want = z["predictions"][i, :, M.SKIP_FRAMES : n] * precision[:, M.SKIP_FRAMES : n]
+            np.testing.assert_allclose(pred, want, rtol=1e-6)
+    with zipfile.ZipFile(folder / "submission_main.zip") as zf:
+        assert sorted(zf.namelist()) == [
+            "predictions_final_main.parquet.brotli",
+            "predictions_live_main.parquet.brotli",
+        ]
+    assert not list(run["run"].glob("predictions/submission_*.csv"))  # the old CSV is gone
 
 
 def test_metrics_csv_rows(run):
@@ -442,3 +470,300 @@ def test_early_stopping_watches_the_score_predict_reports_on_short_trials(tmp_pa
     assert M.frames_to_skip([64, 48]) == M.SKIP_FRAMES
     reported = result["mean"]["oracle"]["single_trial_correlation"]
     assert reported == pytest.approx(summary["best_value"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Score space and breakdowns
+# ------------------------------------------------------------------------------------------------
+
+
+def _neuralpredictors_normalizer(std: np.ndarray):
+    """neuralpredictors 0.3.0's NeuroNormalizer on a session whose shipped response std is
+    `std`: its module imports `collections.Iterable` (gone since Python 3.10) and skimage (for
+    a transform not used here), both provided first."""
+    import collections
+    import collections.abc
+    import sys
+    import types
+
+    collections.Iterable = collections.abc.Iterable
+    if "skimage.transform" not in sys.modules:
+        skimage, transform = types.ModuleType("skimage"), types.ModuleType("skimage.transform")
+        transform.rescale = None
+        skimage.transform = transform
+        sys.modules.setdefault("skimage", skimage)
+        sys.modules.setdefault("skimage.transform", transform)
+    from neuralpredictors.data.transforms import NeuroNormalizer
+
+    class Data:
+        statistics = {
+            "inputs": {"all": {"mean": np.zeros(()), "std": np.ones(())}},
+            "responses": {"all": {"std": std}},
+        }
+        data_keys = ["inputs", "responses"]
+        _len = 10
+
+    return NeuroNormalizer(Data())
+
+
+def test_normalized_score_space_is_the_competition_loaders(run):
+    """--score_space normalized: the metrics equal those of responses and predictions both
+    multiplied by neuralpredictors' own NeuroNormalizer (the per-neuron, per-frame precision of
+    the shipped std), computed directly with neurotwin.metrics."""
+    from collections import namedtuple
+
+    out = _copy_run(run, "normalized")
+    result = P.predict_run(out, tiers=["oracle"], score_space="normalized", verbose=0)
+    assert result["score_space"] == "normalized"
+    Trial = namedtuple("Trial", ["inputs", "responses"])
+    for name, s in _sessions(run).items():
+        std = np.load(s.path / "meta/statistics/responses/all/std.npy")
+        assert std.shape == (s.n_neurons, s.n_frames)  # shipped per frame, as published
+        normalizer = _neuralpredictors_normalizer(std)
+        z = np.load(out / "predictions" / name / "oracle.npz")
+        resp, pred = [], []
+        for i, trial in enumerate(z["trial_ids"]):
+            full = s.load_trial(int(trial))
+            n = z["frame_counts"][i]
+            p = np.nan_to_num(z["predictions"][i], nan=0.0)  # NaN past the trial's end
+            resp.append(normalizer(Trial(full["videos"], full["responses"])).responses[:, :n])
+            pred.append(normalizer(Trial(full["videos"], p)).responses[:, :n])
+        groups = M.group_repeats(z["clip_ids"].tolist())
+        m = result["sessions"][name]["oracle"]
+        assert m["single_trial_correlation"] == pytest.approx(
+            M.single_trial_correlation(resp, pred), abs=1e-6
+        )
+        assert m["correlation_to_average"] == pytest.approx(
+            M.correlation_to_average(resp, pred, groups), abs=1e-6
+        )
+        assert m["feve"] == pytest.approx(M.feve(resp, pred, groups), abs=1e-6)
+        raw = run["result"]["sessions"][name]["oracle"]["single_trial_correlation"]
+        assert m["single_trial_correlation"] != pytest.approx(raw, abs=1e-3)  # not scale-free
+
+
+def test_loader_frames_cut_at_the_first_nan_of_any_array():
+    """The official loader (CutVideos, max_frame=None) keeps a trial up to the first frame where
+    any array holds a NaN; hidden responses (zeros or NaN) do not cut."""
+    from neurotwin.prediction.space import loader_frames
+
+    t = 60
+    arrays = {
+        "videos": np.ones((3, 4, t)),
+        "responses": np.ones((5, t)),
+        "behavior": np.ones((2, t)),
+        "pupil_center": np.ones((2, t)),
+    }
+    arrays["videos"][..., 58:] = np.nan
+    assert loader_frames(arrays, hidden=False) == 58
+    arrays["pupil_center"][1, 57:] = np.nan  # one array ends a frame early: T - 1 frames
+    assert loader_frames(arrays, hidden=False) == 57
+    arrays["responses"][:] = np.nan
+    assert loader_frames(arrays, hidden=True) == 57
+    assert loader_frames(arrays, hidden=False) == 0
+
+
+def _labelled_data(run: dict, root: Path) -> Path:
+    """A copy of the data with meta/neurons/area.npy and meta/trials/stimulus.npy, as the Allen
+    converters write them."""
+    if root.exists():
+        return root
+    shutil.copytree(run["data"], root)
+    rng = np.random.default_rng(0)
+    for s in sorted(root.iterdir()):
+        session = NativeSession(s)
+        areas = np.array(["VISl", "VISp"])[rng.permutation(session.n_neurons) % 2]
+        np.save(s / "meta/neurons/area.npy", areas)
+        kinds = np.array(["gratings", "natural"])[np.arange(session.n_trials) % 2]
+        np.save(s / "meta/trials/stimulus.npy", kinds)
+    return root
+
+
+def test_metrics_by_area_and_by_stimulus(run, capsys):
+    data = _labelled_data(run, run["root"] / "labelled")
+    out = _copy_run(run, "labelled_run")
+    result = P.predict_run(out, data_dir=data, tiers=["train", "oracle"], verbose=1)
+    table = capsys.readouterr().out
+    assert "area=VISp" in table and "stimulus=natural" in table
+    for name, by_tier in result["sessions"].items():
+        s = NativeSession(data / name)
+        areas = np.load(s.path / "meta/neurons/area.npy")
+        kinds = np.load(s.path / "meta/trials/stimulus.npy")
+        for tier, m in by_tier.items():
+            z = np.load(out / "predictions" / name / f"{tier}.npz")
+            lengths = z["frame_counts"]
+            resp = [
+                s.load_trial(int(t))["responses"][:, :n] for t, n in zip(z["trial_ids"], lengths)
+            ]
+            pred = [z["predictions"][i, :, :n] for i, n in enumerate(lengths)]
+            groups = M.group_repeats(z["clip_ids"].tolist())
+            per_neuron = M.single_trial_correlation(resp, pred, per_neuron=True)
+            for area in ("VISl", "VISp"):
+                mask = areas == area
+                entry = m["by_area"][area]
+                assert entry["n_neurons"] == mask.sum()
+                assert entry["single_trial_correlation"] == pytest.approx(
+                    per_neuron[mask].mean(), abs=1e-6
+                )
+                c2a = M.correlation_to_average([r[mask] for r in resp], [p[mask] for p in pred], groups)  # fmt: skip
+                assert entry["correlation_to_average"] == (
+                    None if c2a is None else pytest.approx(c2a, abs=1e-6)
+                )
+            for kind in sorted(set(kinds[z["trial_ids"]].tolist())):
+                sel = np.flatnonzero(kinds[z["trial_ids"]] == kind)
+                entry = m["by_stimulus"][kind]
+                assert entry["n_trials"] == len(sel)
+                assert entry["single_trial_correlation"] == pytest.approx(
+                    M.single_trial_correlation([resp[i] for i in sel], [pred[i] for i in sel]),
+                    abs=1e-6,
+                )
+    for area in ("VISl", "VISp"):
+        values = [b["oracle"]["by_area"][area]["feve"] for b in result["sessions"].values()]
+        values = [v for v in values if v is not None]
+        got = result["mean"]["oracle"]["by_area"][area]["feve"]
+        assert got == (pytest.approx(np.mean(values)) if values else None)
+    with open(out / "predictions" / "metrics.csv", newline="") as f:
+        groups_written = {r["group"] for r in csv.DictReader(f)}
+    assert {"all", "area=VISp", "area=VISl", "stimulus=natural"} <= groups_written
+
+
+def test_an_error_in_the_writer_threads_stops_prediction_and_leaves_nothing(run, monkeypatch):
+    from neurotwin.prediction import engine
+
+    out = _copy_run(run, "writer_error")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while finishing a tier")
+
+    monkeypatch.setattr(engine, "finish_tier", broken)
+    with pytest.raises(OSError, match="disk full"):
+        P.predict_run(out, verbose=0)
+    _no_leftovers(out)
+
+
+def test_workers_and_batches_change_nothing(run):
+    out = _copy_run(run, "workers")
+    result = P.predict_run(out, tiers=["oracle", "train"], num_workers=2, batch_size=4, verbose=0)
+    for name, by_tier in result["sessions"].items():
+        for tier, m in by_tier.items():
+            ref = run["result"]["sessions"][name][tier]
+            for k, v in m.items():
+                assert v == (None if ref[k] is None else pytest.approx(ref[k], abs=1e-6)), k
+            a = np.load(out / "predictions" / name / f"{tier}.npz")["predictions"]
+            b = np.load(run["run"] / "predictions" / name / f"{tier}.npz")["predictions"]
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_submission_leaves_out_the_mice_the_competition_did_not_score(run, tmp_path):
+    """Rows of the five mice published before the competition (A..E, test responses public) stay
+    out of the files; the competition's five (F..J) go in, under their folder names; the bonus
+    track's two files are zipped apart."""
+    import pandas as pd
+
+    from neurotwin.data.native import SENSORIUM_2023_MICE
+    from neurotwin.prediction.outputs import TierResult
+    from neurotwin.prediction.space import Precision
+    from neurotwin.prediction.submission import SubmissionWriter
+
+    name, session = next(iter(_sessions(run).items()))
+    npz = run["run"] / "predictions" / name / "live_test_main.npz"
+    z = np.load(npz)
+    writer = SubmissionWriter(tmp_path)
+    tiers = ("live_test_main", "live_test_bonus", "final_test_bonus")
+    for letter, tier in [(m, t) for m in "AF" for t in tiers]:
+        result = TierResult(
+            session=SENSORIUM_2023_MICE[letter],
+            tier=tier,
+            unit_ids=z["unit_ids"],
+            trial_ids=z["trial_ids"],
+            frame_counts=z["frame_counts"],
+            first_frames=np.zeros(len(z["trial_ids"]), dtype=np.int64),
+            clip_keys=[str(c) for c in z["clip_ids"]],
+            loader_frames=z["loader_frames"],
+            hidden=True,
+            metrics={},
+            npz=npz,
+        )
+        writer.add(result, Precision(session))
+    zips = writer.close()
+    folder = tmp_path / "submission"
+    for name in (
+        "predictions_live_main.parquet.brotli",
+        "predictions_live_test_bonus_ood.parquet.brotli",
+        "predictions_final_test_bonus_ood.parquet.brotli",
+    ):
+        df = pd.read_parquet(folder / name)
+        assert set(df["mouse"]) == {SENSORIUM_2023_MICE["F"]}
+        assert len(df) == len(z["trial_ids"])
+    # the bonus track: live and final each in a zip of its own, the file directly inside
+    contents = {p.name: zipfile.ZipFile(p).namelist() for p in zips}
+    assert contents == {
+        "submission_main.zip": ["predictions_live_main.parquet.brotli"],
+        "submission_live_bonus.zip": ["predictions_live_test_bonus_ood.parquet.brotli"],
+        "submission_final_bonus.zip": ["predictions_final_test_bonus_ood.parquet.brotli"],
+    }
+
+
+def test_precision_of_no_frames_past_the_shipped_statistics_is_empty(run):
+    """Trials no longer than the 50 skipped frames submit no frames: their empty range needs no
+    column of the shipped std; a range past its frames is an error naming the file."""
+    from neurotwin.prediction.space import Precision
+
+    session = next(iter(_sessions(run).values()))
+    precision = Precision(session)
+    n, frames = precision.values.shape
+    assert frames > 1
+    assert precision.apply(np.zeros((n, 0)), frames + 10, frames + 10).shape == (n, 0)
+    with pytest.raises(DataFormatError, match="std.npy"):
+        precision.apply(np.zeros((n, 2)), frames - 1, frames + 1)
+
+
+def test_lengths_to_compile_are_the_common_ones():
+    """A compiled graph for each length with at least a full batch of trials, the most common
+    first, at most `limit` of them; the odd lengths are left to the eager model."""
+    from types import SimpleNamespace
+
+    from neurotwin.prediction.engine import lengths_to_compile
+
+    plans = [
+        SimpleNamespace(lengths=np.array([300] * 9 + [250] * 4 + [251, 299])),
+        SimpleNamespace(lengths=np.array([300] * 3 + [250] * 2 + [120] * 4)),
+    ]
+    assert lengths_to_compile(plans, 4) == {300, 250, 120}
+    assert lengths_to_compile(plans, 4, limit=2) == {300, 250}
+    assert lengths_to_compile(plans, 7) == {300}
+    assert lengths_to_compile(plans, 13) == set()
+
+
+def test_a_compiled_core_runs_only_its_lengths_padded_and_the_rest_eagerly(run):
+    """With a compiled core, batches of the compiled lengths reach the graph padded to the batch
+    size, others run eagerly (no graph made for them); the predictions equal the eager run's."""
+    out = _copy_run(run, "compiled")
+    tiers = ["oracle", "live_test_main"]
+    predictor = P.RunPredictor(out, tiers=tiers, device="cpu", batch_size=4, compile=False)
+    shapes: list[tuple[int, ...]] = []
+
+    frame = (TINY["height"], TINY["width"])
+
+    def counting_backend(graph, example_inputs):  # the videos among the graph's inputs
+        shapes.extend(tuple(x.shape) for x in example_inputs if tuple(x.shape[-2:]) == frame)
+        return graph.forward
+
+    source = predictor.source
+    source.model.core.compile(backend=counting_backend, dynamic=False)
+    source.pad_to = 4
+    counts = {}
+    for plan in predictor.plans:
+        for n in plan.lengths.tolist():
+            counts[n] = counts.get(n, 0) + 1
+    common = max(counts, key=counts.get)
+    for compiled in (set(), {common}):
+        shapes.clear()
+        source.compiled_lengths = compiled
+        predictor.run(verbose=0)
+        assert {(s[0], s[2]) for s in shapes} == {(4, n) for n in compiled}  # B, T of each graph
+        for name in _sessions(run):
+            for tier in tiers:
+                got = np.load(out / "predictions" / name / f"{tier}.npz")["predictions"]
+                want = np.load(run["run"] / "predictions" / name / f"{tier}.npz")["predictions"]
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neurotwin import metrics
 from neurotwin.data import native, synthetic
 from neurotwin.data.synthetic import writer
 from neurotwin.data.synthetic.mouse import Mouse
@@ -50,6 +51,10 @@ def _tiers(folder: Path) -> np.ndarray:
 def _length(video: np.ndarray) -> int:
     nan = np.flatnonzero(np.isnan(video[0, 0]))
     return int(nan[0]) if nan.size else video.shape[-1]
+
+
+def _trial_ids(folder: Path, tier: str) -> np.ndarray:
+    return np.flatnonzero(_tiers(folder) == tier)
 
 
 def _files(folder: Path) -> list[str]:
@@ -194,6 +199,12 @@ def test_noiseless_rates_predict_responses(tiny: list[Path]) -> None:
         assert ceiling.mean() > 0.3 and (ceiling > 0).mean() > 0.9
         meta = json.loads((folder / native.SESSION_META_FILE).read_text())
         assert meta["ceiling_correlation"]["by_tier"]["train"]["mean"] > 0.3
+        # the ceilings in meta are the folder's, scored with the metrics' first-frames rule
+        for tier, recorded in meta["ceiling_correlation"]["by_tier"].items():
+            lengths = [_length(_load(folder, native.VIDEOS, t)) for t in _trial_ids(folder, tier)]
+            assert recorded["skip_frames"] == metrics.frames_to_skip(lengths), tier
+            again = synthetic.session_ceiling(folder, tiers=(tier,))
+            assert recorded["mean"] == pytest.approx(float(again.mean()), abs=1e-12), tier
     # shuffled in time, the noiseless rates predict nothing
     folder = tiny[0]
     trials = np.flatnonzero(_tiers(folder) == "train")
@@ -224,6 +235,24 @@ def test_ceiling_correlation_definition() -> None:
     np.testing.assert_allclose(skipped, [np.corrcoef(a[i, 5:], b[i, 5:])[0, 1] for i in range(2)])
     with pytest.raises(ValueError):
         synthetic.ceiling_correlation([a], [b, b])
+
+
+def test_ceiling_skips_like_the_metrics() -> None:
+    """By default the ceiling leaves out what validation and prediction leave out: the first 50
+    frames of every trial once a trial is longer than 50 valid frames, else nothing."""
+    rng = np.random.default_rng(1)
+    long, short = rng.random((2, 2, 70)), rng.random((2, 2, 70))
+    short[:, :, 40:] = np.nan  # a NaN-padded trial with 40 valid frames
+    skip = metrics.SKIP_FRAMES
+    expected = [
+        np.corrcoef(long[0, i, skip:], long[1, i, skip:])[0, 1] for i in range(2)
+    ]  # the short trial has no frame past the skip
+    got = synthetic.ceiling_correlation([long[0], short[0]], [long[1], short[1]])
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # only short trials: every valid frame counts
+    only_short = synthetic.ceiling_correlation([short[0]], [short[1]])
+    expected = [np.corrcoef(short[0, i, :40], short[1, i, :40])[0, 1] for i in range(2)]
+    np.testing.assert_allclose(only_short, expected, rtol=1e-10)
 
 
 def test_statistics_match_the_data(tiny: list[Path]) -> None:
@@ -300,7 +329,7 @@ def test_bad_arguments(tmp_path: Path, tiny: list[Path]) -> None:
 
 def test_presets() -> None:
     small, full = synthetic.PRESETS["small"], synthetic.PRESETS["sensorium"]
-    assert small.frames > synthetic.SKIP_FRAMES and 50 <= small.neurons <= 100
+    assert small.frames > metrics.SKIP_FRAMES and 50 <= small.neurons <= 100
     assert 40 <= small.train_trials <= 80 and small.oracle_repeats >= 4
     assert (full.height, full.width, full.frames) == (36, 64, 300)
     n_full = full.train_trials + full.oracle_clips * full.oracle_repeats

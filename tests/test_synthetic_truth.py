@@ -253,7 +253,7 @@ def test_slow_drift_is_a_smooth_gain_over_the_recording(tmp_path: Path) -> None:
     assert 0.05 < np.std(means) < 0.6  # of the order of the drift's s.d.
 
 
-def test_cli_variant_and_param(tmp_path: Path) -> None:
+def test_cli_variant_and_param(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from neurotwin.cli.data import main
 
     argv = ["synthetic", "--out", str(tmp_path), "--mice", "1", "--no_progress"]
@@ -264,8 +264,9 @@ def test_cli_variant_and_param(tmp_path: Path) -> None:
     assert meta["variants"] == ["surround"] and meta["params"]["surround_strength"] == [2.0, 2.0]
     strength = synthetic.read_rf_truth(folder)["surround_strength"]
     assert np.allclose(strength[synthetic.read_rf_truth(folder)["surround"] == "divisive"], 2.0)
-    with pytest.raises(SystemExit, match="NAME=VALUE"):
+    with pytest.raises(SystemExit) as stop:
         main(argv + ["--param", "surround_strength"])
+    assert stop.value.code == 2 and "NAME=VALUE" in capsys.readouterr().err
     assert (
         writer.session_names(1, 0, synthetic.SyntheticSizes(), synthetic.ModelParams())[0]
         == (synthetic.session_names(1, 0, synthetic.SyntheticSizes(), synthetic.ModelParams())[0])

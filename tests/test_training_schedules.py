@@ -149,11 +149,15 @@ def test_ema_weights_are_validated_and_saved(synthetic_mice, tmp_path):
     saved = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     for k, v in saved["model"].items():  # last.pt holds what was validated: the average
         assert torch.equal(v, seen[-1][k]), k
-        assert torch.equal(v, trainer.ema.average[k]), k
     trained = saved["ema"]["training_weights"]
     assert saved["ema"]["updates"] == trainer.ema.updates > 0
-    for k, v in trainer.model.state_dict().items():  # the model trains on its own weights
+    held = trainer.ema.training_weights(trainer.model)
+    for k, v in held.items():  # the model trained on its own weights, kept beside the average
         assert torch.equal(v, trained[k]), k
+    # the run ends with the checkpointed weights in the model: the best epoch's average
+    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)["model"]
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, best[k]), k
     assert any(
         not torch.equal(trained[k], saved["model"][k])
         for k in trained

@@ -131,6 +131,12 @@ class DataConfig(Options):
     )
     batch_size: int = option(8, "trials per optimisation step (per session)")
     num_workers: int = option(2, "DataLoader worker processes")
+    folds: int = option(
+        1,
+        "split each session's training trials into this many folds (fixed, whatever the seed) "
+        "and train on all but --fold (1: no split); validation stays on val_tier",
+    )
+    fold: int = option(0, "the fold left out of training when folds > 1 (0 .. folds - 1)")
     cutmix_prob: float = option(
         0.0,
         "CutMix: probability that a training trial gets a box of another trial of its batch "
@@ -146,6 +152,12 @@ class DataConfig(Options):
             f"must be >= 1 or -1 (whole trial), got {self.crop_frame}",
         )
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.folds >= 1, "folds", f"must be >= 1, got {self.folds}")
+        require(
+            0 <= self.fold < self.folds,
+            "fold",
+            f"must be in 0..{self.folds - 1} (--folds {self.folds}), got {self.fold}",
+        )
         p, a = self.cutmix_prob, self.cutmix_alpha
         require(0 <= p <= 1, "cutmix_prob", f"must be in [0, 1], got {p}")
         require(a > 0, "cutmix_alpha", f"must be > 0, got {a}")
@@ -160,7 +172,7 @@ class ModelConfig(Options):
     shifter: Any = part(SHIFTERS, "mlp", "the shifter of each session (shifter_mode 0: no shifter)")
     output_activation: Any = part(ACTIVATIONS, "elu1", "keeps rates positive")
     modulator: Any = part(
-        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout (none: off)"
+        MODULATORS, "none", "behaviour -> a gain per neuron on each session's readout, or none"
     )
 
 
@@ -291,14 +303,22 @@ class VideoTrainConfig(TrainConfig):
     ds_scale: bool = option(
         True, "scale each session's loss by sqrt(training trials / batch size), as ViV1T"
     )
-    core_lr: float | None = option(None, "learning rate of the core (none: lr)")
+    core_lr: float | None = option(
+        None, "learning rate of the core (none: lr; 0: the core is frozen, weights and mode)"
+    )
+    pretrained_core: str | None = option(
+        None,
+        "start from the core of this run (its folder or a checkpoint file; a folder gives its "
+        "best.pt); its core options and transform_input must equal this run's; readouts and "
+        "shifters of this run's sessions start fresh",
+    )
     core_weight_decay: float | None = option(
         None, "AdamW weight decay of the core (none: weight_decay)"
     )
 
     def check(self) -> None:
         super().check()
-        require(self.core_lr is None or self.core_lr > 0, "core_lr", f"must be > 0, got {self.core_lr}")  # fmt: skip
+        require(self.core_lr is None or self.core_lr >= 0, "core_lr", f"must be >= 0 (0: frozen), got {self.core_lr}")  # fmt: skip
 
 
 @dataclass

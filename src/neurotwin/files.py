@@ -184,25 +184,35 @@ def fsync_folder(folder: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside `path` for writers that take a name, not a file object;
+    when the block ends without error the file takes `path`'s place, on any error it is
+    deleted and `path` is left as it was. The name ends in `.tmp`: give the writer the format
+    (e.g. `savefig(..., format="png")`) rather than letting it guess from the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(
     path: str | Path, mode: str = "w", fsync: bool = False, **kwargs: Any
 ) -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces `path` (flushed, and with
     `fsync` synced to disk first); on any error it is deleted and `path` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(path)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
     if fsync:
         fsync_folder(path.parent)
 
@@ -211,6 +221,20 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to `path` atomically; returns `path`."""
     with atomic_file(path, "w", encoding=encoding) as f:
         f.write(text)
+    return Path(path)
+
+
+def write_parquet(table: Any, path: str | Path) -> Path:
+    """Write a pandas DataFrame to `path` as parquet (no index column) atomically."""
+    with atomic_file(path, "wb") as f:
+        table.to_parquet(f, index=False)
+    return Path(path)
+
+
+def write_png(figure: Any, path: str | Path, dpi: int = 110, **savefig: Any) -> Path:
+    """Write a matplotlib figure to `path` as PNG atomically (`savefig` options passed on)."""
+    with atomic_file(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=dpi, **savefig)
     return Path(path)
 
 

@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurotwin import files
 from neurotwin.config import from_dict, read_yaml
 from neurotwin.data.spikes.loader import SPLITS
-from neurotwin.files import atomic_file, write_text
+from neurotwin.files import write_parquet, write_text
 from neurotwin.metrics import PoissonScores, pooled_bits
 from neurotwin.models.spikes import figures
 from neurotwin.models.spikes.information import CouplingInformation
@@ -52,16 +53,9 @@ FIGURES_DIR = "figures"
 Z = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def write_parquet(table: pd.DataFrame, path: Path) -> Path:
-    with atomic_file(path, "wb") as f:
-        table.to_parquet(f, index=False)
-    return path
-
-
 def write_png(figure: Any, path: Path) -> Path:
     """Write a matplotlib figure as PNG atomically, then close it."""
-    with atomic_file(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=110)
+    files.write_png(figure, path)
     figures.pyplot().close(figure)
     return path
 

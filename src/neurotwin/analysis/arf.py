@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from neurotwin import metrics
 from neurotwin.analysis import fitting, output
 from neurotwin.analysis.context import Context, SessionResult
 from neurotwin.analysis.registry import ANALYSES, Analysis
@@ -125,12 +126,8 @@ def _smooth(maps: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarra
 
 
 def _half_agreement(halves: np.ndarray) -> np.ndarray:
-    """Per neuron, the correlation of its two half maps (2, N, P)."""
-    a = halves[0] - halves[0].mean(1, keepdims=True)
-    b = halves[1] - halves[1].mean(1, keepdims=True)
-    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(1) / denom, 0.0)
+    """Per neuron, the correlation of its two half maps (2, N, P); 0 for a flat map."""
+    return np.asarray(metrics.correlation(halves[0], halves[1], axis=1))
 
 
 def _bilinear(image: np.ndarray, x: float, y: float) -> float:

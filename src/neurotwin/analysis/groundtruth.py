@@ -73,12 +73,17 @@ def compare(truth, arf=None, tuning=None, size=None) -> Any:
 
 
 def prediction_quality(
-    subject, session: str, tier: str = native.ORACLE_TIER, skip: int = M.SKIP_FRAMES
+    subject, session: str, tier: str = native.ORACLE_TIER, skip: int | None = None
 ):
     """Per neuron: the model's single-trial correlation on `tier` (real behaviour and gaze, as in
-    prediction) and the ceiling (the noiseless rates' correlation with the same responses)."""
+    prediction) and the ceiling (the noiseless rates' correlation with the same responses),
+    over the frames prediction scores: all but the first `skip` of every trial (None: the
+    metrics' rule, `metrics.frames_to_skip` of the tier's valid lengths)."""
     probe = subject.probe(session)
     s = probe.session
+    trials = [int(trial) for trial in s.trial_ids(tier)]
+    lengths = [s.trial_length(trial) for trial in trials]
+    skip = M.frames_to_skip(lengths) if skip is None else int(skip)
     model_acc, ceiling_acc = M.CorrelationAccumulator(), M.CorrelationAccumulator()
     dev = subject.device
 
@@ -86,17 +91,17 @@ def prediction_quality(
         return torch.as_tensor(np.ascontiguousarray(a)[None], device=dev).float()
 
     with torch.inference_mode():
-        for trial in s.trial_ids(tier).tolist():
-            d = s.load_trial(int(trial))
-            n = s.trial_length(int(trial))
+        for trial, n in zip(trials, lengths):
+            if n <= skip:
+                continue  # no scored frame (as in prediction)
+            d = s.load_trial(trial)
             video = t(np.moveaxis(d[native.VIDEOS][..., :n], -1, 0))
             behavior, pupil = t(d[native.BEHAVIOR][:, :n]), t(d[native.PUPIL_CENTER][:, :n])
             r = subject.respond(session, video, behavior, pupil)
             r = r[0].float().cpu().numpy()
-            start = min(skip, n - 1) if n > skip else 0
-            resp = d[native.RESPONSES][:, start:n]
-            model_acc.add(resp, r[:, start:n])
-            ceiling_acc.add(resp, s.load_noiseless(int(trial))[:, start:n])
+            resp = d[native.RESPONSES][:, skip:n]
+            model_acc.add(resp, r[:, skip:n])
+            ceiling_acc.add(resp, s.load_noiseless(trial)[:, skip:n])
     return model_acc.result().cpu().numpy(), ceiling_acc.result().cpu().numpy()
 
 

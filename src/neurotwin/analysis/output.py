@@ -1,50 +1,40 @@
 """Writing analysis outputs: tables (parquet), arrays (npz), figures (PNG), videos (GIF/MP4) and
-summary.json, each to a temporary name beside its place, then renamed (never half-written)."""
+summary.json, each to a temporary name beside its place, then renamed (never half-written:
+`neurotwin.files`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from neurotwin import files
+from neurotwin.files import atomic_file, atomic_path, write_parquet, write_text
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file name beside `path` (same suffix), renamed onto `path` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_parquet(table: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        table.to_parquet(tmp, index=False)
-    return path
+# write_parquet: neurotwin.files', used here as by every other writer of tables
+__all__ = [
+    "figure",
+    "grid_shape",
+    "write_json",
+    "write_npz",
+    "write_parquet",
+    "write_png",
+    "write_video",
+]
 
 
 def write_npz(arrays: Mapping[str, np.ndarray], path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the name
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    with atomic_file(path, "wb") as f:  # a file object: numpy appends no ".npz" to the name
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
 
 def write_png(figure: Any, path: Path, dpi: int = 110) -> Path:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
+    return files.write_png(figure, path, dpi=dpi, bbox_inches="tight")
 
 
 def write_video(frames: np.ndarray, path: Path, fps: float, scale: int = 4) -> Path:
@@ -81,9 +71,7 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(obj: Mapping[str, Any], path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text(path, json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n")
 
 
 def figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (3.0, 2.4), **kw):

@@ -82,6 +82,30 @@ def open_sessions(data_config: DataConfig) -> list[NativeSession]:
     ]
 
 
+FOLD_SEED = 20231015  # folds are fixed: members of an ensemble with other seeds share them
+
+
+def fold_trials(trial_ids: np.ndarray, fold: int, folds: int) -> np.ndarray:
+    """The trials kept for training when `trial_ids` are split into `folds` folds and `fold`
+    is left out: each trial's fold is its place in a permutation drawn from (FOLD_SEED, folds,
+    number of trials), modulo `folds`, so the folds are equal in size (within one), disjoint,
+    and the same whatever the run's seed. folds=1 keeps every trial."""
+    trial_ids = np.asarray(trial_ids, dtype=np.int64)
+    if folds == 1:
+        return trial_ids
+    order = np.random.default_rng([FOLD_SEED, folds, len(trial_ids)]).permutation(len(trial_ids))
+    fold_of = np.empty(len(trial_ids), dtype=np.int64)
+    fold_of[order] = np.arange(len(trial_ids)) % folds
+    return trial_ids[fold_of != fold]
+
+
+def _training_trials(session: NativeSession, tier: str, data_config: DataConfig, seed: int):
+    """The training trials of a session: at most limit_data of the tier (a random subset drawn
+    with `seed`), without the left-out fold (--folds/--fold)."""
+    ids = session.trial_ids(tier, limit=data_config.limit_data, seed=seed)
+    return fold_trials(ids, data_config.fold, data_config.folds)
+
+
 def _statistics(session: NativeSession, data_config: DataConfig):
     return session.statistics(
         shipped=data_config.shipped_statistics,
@@ -100,9 +124,9 @@ def build_loaders(
 ) -> dict[str, dict[str, DataLoader]]:
     """{split: {session name: DataLoader}} for `splits` (split name -> tier).
 
-    The split named "train" gets random crops of `crop_frame` frames, shuffling, and
-    `limit_data` (a random subset, seeded by `seed`, of at most that many trials per session);
-    the others give whole trials in order.
+    The split named "train" gets random crops of `crop_frame` frames, shuffling, its fold
+    (`folds`/`fold`, see `fold_trials`) and `limit_data` (a random subset, seeded by `seed`, of
+    at most that many trials per session); the others give whole trials in order.
     """
     sessions = open_sessions(data_config)
     out: dict[str, dict[str, DataLoader]] = {split: {} for split in splits}
@@ -112,8 +136,10 @@ def build_loaders(
         stats = _statistics(session, data_config) if needs_stats else None
         for split, tier in splits.items():
             training = split == TRAIN_SPLIT
-            limit = data_config.limit_data if training else None
-            trial_ids = session.trial_ids(tier, limit=limit, seed=seed)
+            if training:
+                trial_ids = _training_trials(session, tier, data_config, seed)
+            else:
+                trial_ids = session.trial_ids(tier)
             dataset = SessionDataset(
                 session,
                 tier,

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 from contextlib import nullcontext
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from neurotwin.config import option
 from neurotwin.errors import ConfigError
+from neurotwin.files import atomic_file, write_text
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -115,14 +115,9 @@ class EmbeddingCache:
         return array.astype(np.float32)
 
     def save(self, path: Path, array: np.ndarray, info: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
-        meta = path.with_suffix(".json")
-        tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp_meta, meta)
+        with atomic_file(path, "wb") as f:  # a file object: numpy adds no ".npy" to the name
+            np.save(f, array)
+        write_text(path.with_suffix(".json"), json.dumps(info, indent=1, default=str))
 
 
 def _autocast_dtype(options: EmbeddingOptions, device: torch.device):

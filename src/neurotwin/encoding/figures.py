@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neurotwin.encoding.tables import best_layers, layer_order
+from neurotwin.files import write_png
 
 AREA_ORDER = ["VISp", "VISl", "VISrl", "VISal", "VISpm", "VISam"]  # mouse-vision's hierarchy
 
@@ -139,11 +140,8 @@ def scatter(scores: pd.DataFrame, table: pd.DataFrame, tier: str, path: Path) ->
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    write_png(fig, path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
-    tmp.replace(path)
     return path
 
 

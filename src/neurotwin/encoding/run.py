@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from neurotwin.encoding.stimuli import (
     session_paths,
 )
 from neurotwin.errors import ConfigError
+from neurotwin.files import write_parquet, write_text
 from neurotwin.models.backbones import build_backbone, options_for, parse_spec
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,8 @@ def run_encoding(settings: EncodeSettings) -> dict[str, Any]:
     scores = tables.merge_scores(out / "scores.parquet", pd.concat(parts, ignore_index=True))
     table = tables.predictivity(scores)
     paths = {
-        "scores": tables.write_parquet(scores, out / "scores.parquet"),
-        "predictivity": tables.write_parquet(table, out / "predictivity.parquet"),
+        "scores": write_parquet(scores, out / "scores.parquet"),
+        "predictivity": write_parquet(table, out / "predictivity.parquet"),
     }
     paths["figures"] = figures.all_figures(scores, table, out / "figures")
     summary = _summary(settings, networks, analysed, table, paths, time.time() - start)
@@ -261,8 +261,4 @@ def _summary(settings, networks, sessions, table, paths, seconds) -> dict[str, A
 
 
 def _write_json(path: Path, value: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(value, indent=1, default=str))

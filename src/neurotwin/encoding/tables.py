@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,14 +145,6 @@ def best_layers(table: pd.DataFrame, tier: str, area: str = "all") -> dict[str, 
         )
         out[model] = str(group.loc[group[key].fillna(-np.inf).idxmax(), "layer"])
     return out
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 def layer_order(table: pd.DataFrame, model: str) -> Sequence[str]:

@@ -33,6 +33,7 @@ from neurotwin.training.loop import Trainer, to_device
 from neurotwin.training.losses import align, dataset_scale, get_criterion
 from neurotwin.training.optim import parameter_groups
 from neurotwin.training.task import Batch, Runtime, StepLoss, TrainingTask, Validation
+from neurotwin.training.transfer import freeze, load_pretrained_core
 
 
 class VideoTask(TrainingTask):
@@ -53,8 +54,15 @@ class VideoTask(TrainingTask):
         self.model = build_model(
             self.config.model, self.specs, in_channels=1, frame_shape=self.frame_shape
         ).to(runtime.device)
-        core_lr = self.config.train.core_lr  # the core's rate; pretrained weights train with one
-        self.model.core.set_fine_tuning(core_lr is not None and core_lr > 0)
+        t = self.config.train
+        self.pretrained = None
+        if t.pretrained_core and not self.config.run.restore:  # a resumed run has its core
+            self.pretrained = load_pretrained_core(self.model, self.config, t.pretrained_core)
+        # pretrained network weights inside the core train only with a positive core rate
+        self.model.core.set_fine_tuning(t.core_lr is not None and t.core_lr > 0)
+        self.frozen_core = t.core_lr == 0
+        if self.frozen_core:
+            freeze(self.model.core)
         self.notes: list[str] = []
         if getattr(self.config.model.readout, "readout_init_positions", False):
             self._init_readout_positions()
@@ -160,6 +168,8 @@ class VideoTask(TrainingTask):
 
     # -- training ------------------------------------------------------------------------------
     def batches(self, epoch: int) -> Iterable[tuple[str, Batch]]:
+        if self.frozen_core:  # the loop has just put the whole model in training mode
+            freeze(self.model.core)
         return self.train_stream.epoch(epoch)
 
     def batch_counts(self) -> dict[str, int]:
@@ -250,7 +260,10 @@ class VideoTask(TrainingTask):
         saved = state.get("sessions", {})
         for name in self.groups:
             if name not in saved:
-                raise CheckpointError(f"{path}: the checkpoint has no session {name!r}")
+                raise CheckpointError(
+                    f"{path}: the checkpoint has no session {name!r}; --restore resumes a run "
+                    "on its own sessions (to train new sessions on its core: --pretrained_core)"
+                )
             if int(saved[name]["n_neurons"]) != int(self.specs[name]["n_neurons"]):
                 raise CheckpointError(
                     f"{path}: session {name} has {saved[name]['n_neurons']} neurons in the "
@@ -260,11 +273,19 @@ class VideoTask(TrainingTask):
     def describe(self) -> list[str]:
         d = self.config.data
         trials = "/".join(str(self.n_train_trials[s]) for s in self.groups)
+        notes = []
+        if self.pretrained is not None:
+            notes.append(f"core from {self.pretrained}" + (" (frozen)" if self.frozen_core else ""))
+        elif self.frozen_core:
+            notes.append("core frozen (core_lr 0)")
+        if d.folds > 1:
+            notes.append(f"training fold: all but fold {d.fold} of {d.folds}")
         return [
             summary(self.model),
             f"data: {d.data_dir}, {len(self.groups)} session(s), training trials {trials}, "
             f"validation tier {d.val_tier!r}",
             self.check.line(),
+            *notes,
             *self.notes,
         ]
 

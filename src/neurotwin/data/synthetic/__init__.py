@@ -59,7 +59,6 @@ from neurotwin.data.synthetic.params import (
     PRESETS,
     RECORDING_ORDER_FILE,
     REF_WIDTH,
-    SKIP_FRAMES,
     VARIANTS,
     VIDEO_IDS_FILE,
     ModelParams,
@@ -98,7 +97,6 @@ __all__ = [
     "HIDDEN_TIERS",
     "RECORDING_ORDER_FILE",
     "REF_WIDTH",
-    "SKIP_FRAMES",
     "VIDEO_IDS_FILE",
 ]
 

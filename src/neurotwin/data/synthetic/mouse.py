@@ -28,14 +28,13 @@ from neurotwin.data.synthetic.params import (
     S_SURROUND,
     S_TRAIN_CLIP,
     S_TRIAL,
-    SKIP_FRAMES,
     ModelParams,
     SyntheticSizes,
     rng,
 )
 from neurotwin.data.synthetic.population import Population
 from neurotwin.data.synthetic.receptive_fields import make_population
-from neurotwin.data.synthetic.statistics import Correlation, OverTrials
+from neurotwin.data.synthetic.statistics import Ceiling, OverTrials, skip_rule
 from neurotwin.data.synthetic.stimuli import make_clip
 
 
@@ -99,7 +98,7 @@ class Mouse:
         train_ids = np.flatnonzero(self.tiers == native.TRAIN_TIER)
         self.train_ids = set(int(i) for i in train_ids)
         self.stats = {n: OverTrials(self.MEDIAN_BYTES) for n in native.TRIAL_ARRAYS}
-        self.ceilings: dict[str, Correlation] = {}
+        self.ceilings = self._ceilings()
         noiseless_bytes = len(self.clips) * sizes.neurons * T * 4
         self.cache_noiseless = noiseless_bytes <= self.NOISELESS_CACHE_BYTES
         self.noiseless: dict[int, np.ndarray] = {}
@@ -112,6 +111,15 @@ class Mouse:
             disable=not progress,
             leave=False,
         )
+
+    def _ceilings(self) -> dict[str, Ceiling]:
+        """A ceiling per tier with responses, skipping the frames that the metrics skip there
+        (`metrics.frames_to_skip` of the tier's valid lengths, as validation and prediction)."""
+        lengths: dict[str, list[int]] = {}
+        for tier, clip in zip(self.tiers.tolist(), self.clips):
+            if tier not in HIDDEN_TIERS:
+                lengths.setdefault(tier, []).append(clip.length)
+        return {tier: Ceiling(skip_rule(values)) for tier, values in lengths.items()}
 
     @property
     def n_trials(self) -> int:
@@ -176,13 +184,11 @@ class Mouse:
     def _account(self, trial: int, arrays: Mapping[str, np.ndarray]) -> None:
         tier = str(self.tiers[trial])
         if trial in self.train_ids:
-            keep = True  # kept for the median while the budget allows (all, for small sessions)
             for name in native.TRIAL_ARRAYS:
-                self.stats[name].add(arrays[name], keep=keep)
-        if tier not in HIDDEN_TIERS:
-            skip = SKIP_FRAMES if self.sizes.frames > SKIP_FRAMES else 0
-            acc = self.ceilings.setdefault(tier, Correlation())
-            acc.add(arrays[native.NOISELESS][:, skip:], arrays[native.RESPONSES][:, skip:])
+                self.stats[name].add(arrays[name])
+        if tier in self.ceilings:
+            length = self.clips[trial].length
+            self.ceilings[tier].add(arrays[native.NOISELESS], arrays[native.RESPONSES], length)
         if self.cache_noiseless:
             self.noiseless[trial] = arrays[native.NOISELESS]
         elif self.spill_dir is not None:  # too big to keep: park on disk until written

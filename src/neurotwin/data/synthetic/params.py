@@ -21,7 +21,6 @@ REF_WIDTH = 64.0  # spatial parameters are given in pixels of a 64-pixel-wide sc
 HIDDEN_TIERS = ("final_test_main",)  # responses shipped as zeros
 VIDEO_IDS_FILE = "trials/video_ids.npy"  # under meta/: trials showing the same clip share an id
 RECORDING_ORDER_FILE = "trials/recording_order.npy"  # under meta/, only with slow drifts
-SKIP_FRAMES = 50  # the Sensorium metrics ignore the first 50 frames of each trial
 
 
 @dataclass(frozen=True)

@@ -1,46 +1,48 @@
 """Statistics of synthetic sessions: the shipped per-frame statistics over trials, and the
-ceiling (the correlation of the noiseless rates with the noisy responses)."""
+ceilings (the correlation of the noiseless rates with the noisy responses, scored like a model).
+
+Both build on the shared implementations: `native.RunningStatistics` for the moments and
+extremes, `metrics.CorrelationAccumulator` and `metrics.frames_to_skip` (the 50-frame rule of
+validation and prediction) for the ceilings. `metrics` needs torch, so it is imported where a
+ceiling is computed, not with this module (`neurotwin-data --help` stays fast).
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from neurotwin.data import native
-from neurotwin.data.synthetic.params import HIDDEN_TIERS, SKIP_FRAMES
+from neurotwin.data.synthetic.params import HIDDEN_TIERS
 from neurotwin.errors import DataFormatError
 
 
 class OverTrials:
-    """Streaming mean/std/min/max over trials of same-shaped arrays, NaN ignored; median over
-    the trials kept in memory (the first ones, all of them while they fit in `median_bytes`)."""
+    """The published per-frame statistics of one trial array: over trials, separately for every
+    element (frame included), NaN left out. Mean, std, min and max stream through
+    `native.RunningStatistics` (one channel per element, one value per trial); the median is
+    over the trials kept in memory (the first ones, all of them while they fit in
+    `median_bytes`)."""
 
     def __init__(self, median_bytes: int):
-        self.n = self.mean = self.m2 = self.min = self.max = None
         self.median_bytes = median_bytes
+        self.running: native.RunningStatistics | None = None
+        self.shape: tuple[int, ...] = ()
         self.kept: list[np.ndarray] = []
         self.trials = 0
 
-    def add(self, a: np.ndarray, keep: bool) -> None:
+    def add(self, a: np.ndarray) -> None:
         a = np.asarray(a, dtype=np.float64)
-        valid = np.isfinite(a)
-        x = np.where(valid, a, 0.0)
-        if self.n is None:
-            self.n = np.zeros(a.shape)
-            self.mean = np.zeros(a.shape)
-            self.m2 = np.zeros(a.shape)
-            self.min = np.full(a.shape, np.inf)
-            self.max = np.full(a.shape, -np.inf)
-        self.n += valid
-        delta = np.where(valid, x - self.mean, 0.0)
-        self.mean += delta / np.maximum(self.n, 1)
-        self.m2 += delta * np.where(valid, x - self.mean, 0.0)
-        self.min = np.where(valid, np.minimum(self.min, x), self.min)
-        self.max = np.where(valid, np.maximum(self.max, x), self.max)
-        if keep and (not self.kept or (len(self.kept) + 1) * a.size * 4 <= self.median_bytes):
+        if self.running is None:
+            self.shape = a.shape
+            # it keeps nothing for its own median (per channel, slow with NaN): ours is below
+            self.running = native.RunningStatistics(a.size, median_per_update=0)
+        self.running.update(a.reshape(-1, 1))
+        if not self.kept or (len(self.kept) + 1) * a.size * 4 <= self.median_bytes:
             self.kept.append(a.astype(np.float32))
         self.trials += 1
 
@@ -49,19 +51,16 @@ class OverTrials:
         return len(self.kept) == self.trials
 
     def result(self) -> dict[str, np.ndarray]:
-        empty = self.n == 0
-        nan = np.float64("nan")
-        with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-            stats = {
-                "mean": np.where(empty, nan, self.mean),
-                "std": np.where(empty, nan, np.sqrt(self.m2 / np.maximum(self.n, 1))),
-                "min": np.where(empty, nan, self.min),
-                "max": np.where(empty, nan, self.max),
-                "median": _nanmedian0(np.stack(self.kept)),
-            }
-            # a subset median can miss frames that only longer trials reach: use the mean there
-            stats["median"] = np.where(np.isnan(stats["median"]), stats["mean"], stats["median"])
-        return {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
+        """{stat: float32 array of the trial array's shape}; NaN where no trial has a value."""
+        if self.running is None:
+            raise ValueError("no trials added")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # its median of nothing: NaN
+            stats = {k: v.reshape(self.shape) for k, v in self.running.result().items()}
+        median = _nanmedian0(np.stack(self.kept))
+        # a subset median can miss frames that only longer trials reach: use the mean there
+        stats["median"] = np.where(np.isnan(median), stats["mean"], median).astype(np.float32)
+        return stats
 
 
 def _nanmedian0(a: np.ndarray) -> np.ndarray:
@@ -72,15 +71,6 @@ def _nanmedian0(a: np.ndarray) -> np.ndarray:
     hi = np.maximum(n // 2, 0)[None]
     med = 0.5 * (np.take_along_axis(a, lo, 0)[0] + np.take_along_axis(a, hi, 0)[0])
     return np.where(n > 0, med, np.nan)
-
-
-@contextlib.contextmanager
-def _quiet():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
 
 
 def shipped_statistics(trials: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
@@ -94,51 +84,56 @@ def shipped_statistics(trials: Sequence[Mapping[str, np.ndarray]]) -> dict[str, 
     acc = {name: OverTrials(median_bytes=2**62) for name in native.TRIAL_ARRAYS}
     for arrays in trials:
         for name in native.TRIAL_ARRAYS:
-            acc[name].add(arrays[name], keep=True)
+            acc[name].add(arrays[name])
     return {name: a.result() for name, a in acc.items()}
 
 
-class Correlation:
-    """Streaming per-neuron Pearson correlation between two (N, T) series."""
+class Ceiling:
+    """The ceiling of one set of trials, added trial by trial: per neuron, the correlation of
+    the noiseless rates with the responses over the frames a model is scored on (all but the
+    first `skip` of each trial's valid frames; frames NaN in either are left out), as
+    `metrics.CorrelationAccumulator`."""
 
-    def __init__(self) -> None:
-        self.sums: np.ndarray | None = None
+    def __init__(self, skip: int):
+        self.skip = int(skip)
+        self.accumulator: Any = None
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        valid = np.isfinite(x) & np.isfinite(y)
-        x, y = np.where(valid, x, 0.0), np.where(valid, y, 0.0)
-        s = np.stack([valid.sum(1), x.sum(1), y.sum(1), (x * x).sum(1), (y * y).sum(1)])
-        s = np.concatenate([s, (x * y).sum(1)[None]])
-        self.sums = s if self.sums is None else self.sums + s
+    def add(self, noiseless: np.ndarray, responses: np.ndarray, length: int | None = None):
+        """One trial: (N, T) arrays of one shape, valid for their first `length` frames (all)."""
+        x, y = _trial_pair(noiseless, responses)
+        if self.accumulator is None:
+            from neurotwin.metrics import CorrelationAccumulator
+
+            self.accumulator = CorrelationAccumulator(x.shape[0])
+        end = x.shape[1] if length is None else int(length)
+        self.accumulator.add(y[:, self.skip : end], x[:, self.skip : end], ignore_nan=True)
 
     def result(self) -> np.ndarray:
-        if self.sums is None:
-            return np.zeros(0)
-        n, sx, sy, sxx, syy, sxy = self.sums
-        n = np.maximum(n, 1)
-        cov = sxy / n - sx * sy / n**2
-        vx = np.maximum(sxx / n - (sx / n) ** 2, 0.0)
-        vy = np.maximum(syy / n - (sy / n) ** 2, 0.0)
-        denom = np.sqrt(vx * vy)
-        return np.where(denom > 1e-12, cov / np.maximum(denom, 1e-300), 0.0)
+        """(N,) float64; 0 for a neuron without variance (or without frames)."""
+        return np.zeros(0) if self.accumulator is None else self.accumulator.result().numpy()
+
+
+def skip_rule(lengths: Iterable[int]) -> int:
+    """`metrics.frames_to_skip`: the frames validation and prediction leave out of these trials."""
+    from neurotwin.metrics import frames_to_skip
+
+    return frames_to_skip(lengths)
 
 
 def ceiling_correlation(
     noiseless: np.ndarray | Sequence[np.ndarray],
     responses: np.ndarray | Sequence[np.ndarray],
-    skip_frames: int = 0,
+    skip_frames: int | None = None,
 ) -> np.ndarray:
     """Best reachable single-trial correlation of each neuron: Pearson correlation between the
     noiseless rates and the noisy responses, per neuron, over all frames of all trials given.
 
     `noiseless`, `responses`: one (N, T) array or a sequence of per-trial (N, T_i) arrays (same
-    order). The first `skip_frames` frames of every trial are left out (the Sensorium metrics use
-    50); frames that are NaN in either array (padding past a trial's end) are ignored. A neuron
-    with no variance gets 0. Returns (N,) float64. A model that predicted the noiseless rates
-    exactly would reach this correlation; the mean over neurons is the ceiling of the
-    single-trial correlation metric.
+    order). The first `skip_frames` frames of every trial are left out; None: the metrics' rule
+    (`metrics.frames_to_skip` of the trials' valid lengths, a trial ending at its first frame
+    that is NaN throughout either array), so that the ceiling is scored like a model. Frames
+    that are NaN in either array are ignored. A neuron with no variance gets 0. Returns (N,)
+    float64: a model that predicted the noiseless rates exactly would reach this correlation.
     """
     if isinstance(noiseless, np.ndarray) and noiseless.ndim == 2:
         noiseless = [noiseless]
@@ -146,33 +141,45 @@ def ceiling_correlation(
         responses = [responses]
     if len(noiseless) != len(responses):
         raise ValueError(f"{len(noiseless)} noiseless trials but {len(responses)} response trials")
-    acc = Correlation()
-    for x, y in zip(noiseless, responses):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.shape != y.shape or x.ndim != 2:
-            raise ValueError(f"expected two (N, T) arrays of one shape, got {x.shape}, {y.shape}")
-        acc.add(x[:, skip_frames:], y[:, skip_frames:])
-    return acc.result()
+    pairs = [_trial_pair(x, y) for x, y in zip(noiseless, responses)]
+    lengths = [_valid_length(x, y) for x, y in pairs]
+    ceiling = Ceiling(skip_rule(lengths) if skip_frames is None else skip_frames)
+    for (x, y), length in zip(pairs, lengths):
+        ceiling.add(x, y, length)
+    return ceiling.result()
+
+
+def _trial_pair(noiseless: Any, responses: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(noiseless), np.asarray(responses)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"expected two (N, T) arrays of one shape, got {x.shape}, {y.shape}")
+    return x, y
+
+
+def _valid_length(x: np.ndarray, y: np.ndarray) -> int:
+    """Frames before the first one that is NaN for every neuron of `x` or of `y` (padding)."""
+    first = np.flatnonzero(np.isnan(x).all(0) | np.isnan(y).all(0))
+    return int(first[0]) if first.size else x.shape[1]
 
 
 def session_ceiling(
-    session_dir: str | Path, tiers: Sequence[str] = ("train",), skip_frames: int = SKIP_FRAMES
+    session_dir: str | Path, tiers: Sequence[str] = ("train",), skip_frames: int | None = None
 ) -> np.ndarray:
-    """`ceiling_correlation` of a synthetic session folder over the trials of `tiers`, (N,)."""
-    folder = Path(session_dir)
-    tiers_file = folder / native.TIERS_FILE
-    noiseless_dir = folder / "data" / native.NOISELESS
-    if not tiers_file.is_file():
-        raise DataFormatError(tiers_file, "missing: not a session folder")
-    if not noiseless_dir.is_dir():
-        raise DataFormatError(noiseless_dir, "missing: not a synthetic session (no noiseless)")
-    tier_of = np.load(tiers_file)
+    """`ceiling_correlation` of a synthetic session folder over the trials of `tiers`, (N,);
+    `skip_frames` None: the metrics' rule over those trials' valid lengths."""
     hidden = set(tiers) & set(HIDDEN_TIERS)
     if hidden:
         raise ValueError(f"tiers {sorted(hidden)} have hidden responses: no ceiling")
-    acc = Correlation()
-    for trial in np.flatnonzero(np.isin(tier_of, list(tiers))):
-        x = np.load(noiseless_dir / f"{trial}.npy")
-        y = np.load(folder / "data" / native.RESPONSES / f"{trial}.npy")
-        acc.add(x[:, skip_frames:], y[:, skip_frames:])
-    return acc.result()
+    session = native.NativeSession(session_dir)
+    if not session.has_noiseless:
+        raise DataFormatError(
+            session.path / "data" / native.NOISELESS,
+            "missing: not a synthetic session (no noiseless)",
+        )
+    trials = [int(t) for t in session.trial_ids(list(tiers))]
+    lengths = [session.trial_length(t) for t in trials]
+    ceiling = Ceiling(skip_rule(lengths) if skip_frames is None else skip_frames)
+    for trial, length in zip(trials, lengths):
+        responses = session.load_trial(trial, frames=slice(0, length))[native.RESPONSES]
+        ceiling.add(session.load_noiseless(trial)[:, :length], responses)
+    return ceiling.result()

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,6 @@ from neurotwin.data.synthetic.params import (
     HIDDEN_TIERS,
     RECORDING_ORDER_FILE,
     S_SHARED_CLIP,
-    SKIP_FRAMES,
     VIDEO_IDS_FILE,
     ModelParams,
     SyntheticSizes,
@@ -41,7 +39,9 @@ from neurotwin.data.synthetic.params import (
 )
 from neurotwin.data.synthetic.population import threads_for
 from neurotwin.data.synthetic.receptive_fields import CELL_TYPES, RF_TRUTH_COLUMNS, rf_truth
+from neurotwin.data.synthetic.statistics import skip_rule
 from neurotwin.errors import ConfigError, NeurotwinError
+from neurotwin.files import staged_folder, temporary_name, write_text
 
 logger = logging.getLogger("neurotwin.data.synthetic")
 
@@ -106,11 +106,11 @@ def generate(
                     f"{out / name}: session folder already exists (pass overwrite=True / "
                     "--overwrite to replace it)"
                 )
-    if size_cfg.frames <= SKIP_FRAMES:
+    if skip_rule([size_cfg.frames]) == 0:
         logger.warning(
-            "synthetic trials have %d frames: the Sensorium metrics skip the first %d",
+            "synthetic trials have %d frames: too short for Sensorium's rule of leaving out the "
+            "first frames of each trial, so the metrics score every frame (metrics.frames_to_skip)",
             size_cfg.frames,
-            SKIP_FRAMES,
         )
     out.mkdir(parents=True, exist_ok=True)
     shared = shared_clips(seed, size_cfg)
@@ -141,10 +141,6 @@ def shared_clips(seed: int, s: SyntheticSizes) -> list[tuple[str, Clip, int]]:
 def _write_mouse(
     out: Path, name: str, mouse: Mouse, preset: str, mice: int, variants: tuple[str, ...]
 ) -> Path:
-    final = out / name
-    staging = out / f".{name}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
     session = native.SessionArrays(
         tiers=mouse.tiers,
         unit_ids=mouse.unit_ids,
@@ -154,22 +150,19 @@ def _write_mouse(
         extra_meta=_extra_meta(mouse),
         extra_data={native.NOISELESS: LazyNoiseless(mouse)},
     )
-    mouse.spill_dir = out / f".{name}.noiseless"
+    mouse.spill_dir = temporary_name(out / f"{name}.noiseless")
     try:
-        native.write_session(staging, session)
-        meta = _session_meta(mouse, preset, mice, variants)
-        tmp = staging / (native.SESSION_META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, staging / native.SESSION_META_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        # the session appears complete, neurotwin.json included, in one rename (or not at all)
+        with staged_folder(out / name) as staging:
+            native.write_session(staging, session, overwrite=True)
+            meta = _session_meta(mouse, preset, mice, variants)
+            write_text(
+                staging / native.SESSION_META_FILE,
+                json.dumps(meta, indent=2, sort_keys=True) + "\n",
+            )
     finally:
         shutil.rmtree(mouse.spill_dir, ignore_errors=True)
-    return final
+    return out / name
 
 
 def _session_meta(
@@ -178,11 +171,14 @@ def _session_meta(
     s, p, pop = mouse.sizes, mouse.p, mouse.pop
     tiers, counts = np.unique(mouse.tiers, return_counts=True)
     lengths = np.array([c.length for c in mouse.clips])
-    skip = SKIP_FRAMES if s.frames > SKIP_FRAMES else 0
     ceilings = {}
-    for tier, acc in sorted(mouse.ceilings.items()):
-        c = acc.result()
-        ceilings[tier] = {"mean": float(c.mean()), "median": float(np.median(c))}
+    for tier, ceiling in sorted(mouse.ceilings.items()):
+        c = ceiling.result()
+        ceilings[tier] = {
+            "mean": float(c.mean()),
+            "median": float(np.median(c)),
+            "skip_frames": ceiling.skip,
+        }
     median_exact = all(a.median_exact for a in mouse.stats.values())
     return {
         "source": "synthetic",
@@ -211,7 +207,11 @@ def _session_meta(
             "median": "exact" if median_exact else "over a subset of the training trials",
         },
         "extra_files": _extra_files(mouse),
-        "ceiling_correlation": {"skip_frames": skip, "by_tier": ceilings},
+        "ceiling_correlation": {
+            "frames": "per tier, all but the first skip_frames of every trial (the metrics' "
+            "rule, metrics.frames_to_skip, as validation and prediction)",
+            "by_tier": ceilings,
+        },
         "mouse": {
             "pupil_baseline": pop.behavior.pupil_baseline,
             "eye_center": list(pop.behavior.eye_center),

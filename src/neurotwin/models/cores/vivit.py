@@ -23,8 +23,11 @@ Implementation notes (GPU efficiency):
   pt - 1 frames are padded in the past, so there is one output frame per input frame and
   output frame t depends on input frames <= t only (with causal attention).
 - Per-block gradient checkpointing via `set_grad_checkpointing(True)`.
-- `core_fused_block` (default auto) switches the parallel blocks to vivit_fused's Triton
-  kernels for CUDA tensors; the unfused blocks (vivit_blocks.py) stay the reference and the CPU path.
+- `core_fused_block` (default false) switches the parallel blocks to vivit_fused's Triton
+  kernels for CUDA tensors; the unfused blocks (vivit_blocks.py) stay the reference and the CPU
+  path. Off by default because measured slower: on an H200 one fused block's forward+backward
+  takes 7.7 ms against 2.8 ms for the compiled unfused block (bench/RESULTS.md), for ~30% less
+  memory per block.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ class ViViTOptions(CoreOptions):
     core_reg_tokens: int = option(24, "learned register tokens per transformer")
     core_max_frame: int = option(300, "most frames a clip may have (learned positions)")
     core_fused_block: Literal[False, True, "auto"] = option(
-        "auto",
-        "fused Triton kernels for the parallel blocks (vivit_fused): auto (for CUDA tensors "
+        False,
+        "fused Triton kernels for the parallel blocks (vivit_fused; ~30 percent less memory per "
+        "block, but 2.7x slower than the compiled unfused block on an H200): auto (for CUDA tensors "
         "where Triton is installed and the block can be fused), true (every block must be "
         "fusable, else an error saying why; CPU tensors still run unfused), false (never)",
     )
