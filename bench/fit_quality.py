@@ -512,6 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--verbose", type=int, default=0, help="train.py --verbose of each run")
     p.add_argument("--output_dir", required=True, help="one folder per seed, and the tables")
+    p.add_argument("--json", default=None, help="also write fit_quality.json's content here")
     args = p.parse_args(argv)
     args.train_flags = train_flags
     clash = {a[2:].split("=", 1)[0] for a in train_flags if a.startswith("--")} & RESERVED
@@ -567,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
     }
     write_outputs(Path(args.output_dir), result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(strict(result), indent=1, allow_nan=False))
     print(f"tables: {Path(args.output_dir) / 'fit_quality.json'}, curve.csv, final.csv")
     return 0
 

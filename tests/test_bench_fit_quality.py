@@ -75,7 +75,19 @@ def run(bench, data_dir: Path, out: Path, *extra: str) -> dict:
 
 def test_curve_and_final_metrics_are_predicts(bench, mice, tmp_path):
     out = tmp_path / "fq"
-    result = run(bench, mice, out, "--epochs", "2", "--seeds", "5", "--no_early_stop")
+    result = run(
+        bench,
+        mice,
+        out,
+        "--epochs",
+        "2",
+        "--seeds",
+        "5",
+        "--no_early_stop",
+        "--json",
+        str(tmp_path / "copy.json"),
+    )
+    assert json.loads((tmp_path / "copy.json").read_text()) == result
     (r,) = result["runs"]
     assert r["seed"] == 5 and r["epochs"] == 2 and [c["epoch"] for c in r["curve"]] == [1, 2]
     # the curve is the trainer's validation correlation, as train.py logs it in metrics.csv
