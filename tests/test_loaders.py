@@ -168,7 +168,8 @@ def test_session_specs(native_dataset):
         for name, spec in specs.items():
             s = NativeSession(native_dataset / name)
             assert set(spec) == {
-                "n_neurons", "coordinates", "mean_response", "unit_ids", "pixel_range"
+                "n_neurons", "coordinates", "mean_response", "unit_ids", "pixel_range",
+                "behavior_mean",
             }  # fmt: skip
             assert spec["n_neurons"] == s.n_neurons
             assert spec["coordinates"].shape == (s.n_neurons, 3)
