@@ -59,23 +59,21 @@ for p in "$@"; do
     anchor) part anchor 200 python3 .anchor/viv1t_bench.py --steps 30 --configs readme_b1_compile ;;
     fused_tests) part fused_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_vivit_fused.py ;;
     fused) part fused 260 python3 bench/fused_block.py --budget_s 240 ;;
-    spikes) part spikes 170 python3 bench/spikes_throughput.py --device cuda \
-        --data_dir .gpudata/spikes --epochs 1 --conv auto --workers 16 --json "$OUT/spikes.json" ;;
-    encode) part encode 150 python3 bench/encode_throughput.py --network torchvision:vit_b_16 \
+    spikes) part spikes 80 python3 bench/spikes_throughput.py --device cuda \
+        --data_dir .gpudata/spikes --trials 200 --epochs 1 --conv auto --workers 16 --json "$OUT/spikes.json" ;;
+    encode) part encode 90 python3 bench/encode_throughput.py --network torchvision:vit_b_16 \
         --pooling cls --sessions 10 --frames_per_session 194000 --measure_frames 20000 \
         --batch_size 512 --neurons 8000 --train_stimuli 100000 --features 768 \
         --regressors ridge ridgecv --json "$OUT/encode.json" ;;
-    analysis) part analysis 200 python3 bench/analysis_throughput.py --config configs/viv1t.yaml \
-        --device cuda --sessions 10 --neurons 8000 --arf_sessions 1 --noise_images 10000 \
+    analysis) part analysis 90 python3 bench/analysis_throughput.py --config configs/viv1t.yaml \
+        --device cuda --sessions 10 --neurons 8000 --arf_sessions 1 --noise_images 4000 \
         --block_frames 30 --batch_size 16 --json "$OUT/analysis.json" ;;
-    presets) for c in dwiseneuro sensorium_gru viv1t; do
-        part "preset_$c" 150 python3 bench/train_throughput.py --config "configs/$c.yaml" \
+    presets) for c in dwiseneuro sensorium_gru; do
+        part "preset_$c" 90 python3 bench/train_throughput.py --config "configs/$c.yaml" \
             --mode model --steps 10 --warmup 5 --batch_size 1 --json "$OUT/preset_$c.json"
     done ;;
-    predict) part predict_data 240 python3 bench/predict_throughput.py --synthetic 10 \
-        --data_dir .gpudata/sens_predict --data_only
-        part predict 300 python3 bench/predict_throughput.py --synthetic 10 \
-        --data_dir .gpudata/sens_predict --config configs/viv1t.yaml --workdir .gpudata/predict \
+    predict) part predict 180 python3 bench/predict_throughput.py --random 10 \
+        --data_dir .gpudata/random --config configs/viv1t.yaml --workdir .gpudata/predict \
         --device cuda --batch_size 8 --num_workers 8 --repeats 1 --json "$OUT/predict.json" ;;
     sens_data) part sens_data 540 bash -c '[ -d .gpudata/sens ] || bash bench/gen_sens.sh .gpudata/sens 60' ;;
     fit_viv1t | fit_conv3d | fit_viv1t_new | fit_conv3d_new) sens_data 60 && fit_run "$p" 0 ;;

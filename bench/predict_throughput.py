@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from neurotwin import config as cfg
@@ -93,6 +94,56 @@ def write_synthetic(data_dir: Path, n: int, preset: str, sizes: dict) -> None:
     print(f"{len(missing)} {preset} sessions written to {data_dir} in {seconds:.0f} s", flush=True)
 
 
+RANDOM_TIERS = ["train"] * 10 + ["oracle"] * 4 + ["live_test_main"] * 3 + ["final_test_main"] * 3
+
+
+def _write_random_session(folder: str, seed: int, neurons: int, frames: int) -> None:
+    """A native session of Sensorium sizes (36x64 frames, `neurons`, 20 trials of `frames`)
+    holding random numbers: for timing reading and prediction, in seconds instead of the
+    synthetic generator's minutes (whose responses a random-weight model would not fit either)."""
+    rng = np.random.default_rng(seed)
+    trials = {}
+    for trial in range(len(RANDOM_TIERS)):
+        trials[trial] = {
+            native.VIDEOS: rng.uniform(0, 255, (36, 64, frames)).astype(np.float32),
+            native.RESPONSES: rng.gamma(0.5, 1.0, (neurons, frames)).astype(np.float32),
+            native.BEHAVIOR: rng.normal(0, 1, (2, frames)).astype(np.float32),
+            native.PUPIL_CENTER: rng.normal(0, 1, (2, frames)).astype(np.float32),
+        }
+    train = [trials[t] for t, tier in enumerate(RANDOM_TIERS) if tier == "train"]
+    stats = {
+        native.VIDEOS: native.trial_statistics((t[native.VIDEOS] for t in train), None),
+        native.RESPONSES: native.trial_statistics((t[native.RESPONSES] for t in train), 0),
+        native.BEHAVIOR: native.trial_statistics((t[native.BEHAVIOR] for t in train), 0),
+        native.PUPIL_CENTER: native.trial_statistics((t[native.PUPIL_CENTER] for t in train), 0),
+    }
+    session = native.SessionArrays(
+        tiers=np.asarray(RANDOM_TIERS),
+        unit_ids=np.arange(neurons, dtype=np.int64),
+        coordinates=rng.uniform(-300, 300, (neurons, 3)).astype(np.float32),
+        trials=trials,
+        statistics=stats,
+    )
+    native.write_session(folder, session)
+
+
+def write_random(data_dir: Path, n: int, neurons: int, frames: int) -> None:
+    """Sessions random-0 .. random-(n-1) in `data_dir` (kept when there), one process each."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    missing = [i for i in range(n) if not (data_dir / f"random-{i}").is_dir()]
+    tic = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, min(len(missing), os.cpu_count() or 1))) as pool:
+        jobs = [
+            pool.submit(_write_random_session, str(data_dir / f"random-{i}"), i, neurons, frames)
+            for i in missing
+        ]
+        for job in jobs:
+            job.result()
+    seconds = time.perf_counter() - tic
+    print(f"{len(missing)} random sessions written to {data_dir} in {seconds:.0f} s", flush=True)
+
+
 def parse_sizes(text: str) -> dict:
     """'neurons=12 frames=60' -> {'neurons': 12, 'frames': 60} (numbers as numbers)."""
     sizes = {}
@@ -150,6 +201,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=0, help="first write N synthetic sessions")
     p.add_argument("--synthetic_preset", default="sensorium", help="their preset")
     p.add_argument("--synthetic_sizes", default="train_trials=10", help="NAME=VALUE overrides")
+    p.add_argument(
+        "--random", type=int, default=0,
+        help="first write N sessions of random numbers (Sensorium sizes, 20 trials): fast",
+    )  # fmt: skip
+    p.add_argument("--random_neurons", type=int, default=8000)
+    p.add_argument("--random_frames", type=int, default=300)
     p.add_argument("--data_only", action="store_true", help="stop once the sessions are written")
     p.add_argument("--device", default=None)
     p.add_argument("--batch_size", type=int, default=None)
@@ -170,6 +227,12 @@ def main(argv=None) -> int:
             raise SystemExit("--synthetic needs --data_dir")
         sizes = parse_sizes(args.synthetic_sizes)
         write_synthetic(Path(args.data_dir), args.synthetic, args.synthetic_preset, sizes)
+        if args.data_only:
+            return 0
+    if args.random:
+        if args.data_dir is None:
+            raise SystemExit("--random needs --data_dir")
+        write_random(Path(args.data_dir), args.random, args.random_neurons, args.random_frames)
         if args.data_only:
             return 0
     if args.run is None:

@@ -134,12 +134,11 @@ def build(config: cfg.Config, specs: dict, case: Case, frame_shape, device):
 
 
 def compile_model(model, case: Case, args) -> None:
-    """torch.compile the core, as the trainer does, with --compile_mode or with the --inductor
-    options (torch.compile takes one or the other)."""
+    """torch.compile the core in place, as the trainer does (`Module.compile`: a core that
+    compiles only its parts, as conv_gru its 2D stack and GRU step, does so here too), with
+    --compile_mode or with the --inductor options (torch.compile takes one or the other)."""
     if case.compile:
-        model.core = torch.compile(
-            model.core, mode=args.compile_mode, options=args.inductor or None
-        )
+        model.core.compile(mode=args.compile_mode, options=args.inductor or None)
 
 
 def inductor_option(text: str) -> tuple[str, object]:

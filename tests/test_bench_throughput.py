@@ -38,6 +38,30 @@ def test_model_mode_on_the_cpu(tmp_path):
     assert row["frames/s"] == pytest.approx(row["trials/s"] * 12)
 
 
+PRESETS = {
+    "dwiseneuro": ("8", "--core_features 4 8 --core_spatial_strides 2 2 --core_cortex_features "
+                   "16 32 --core_expansion_ratio 2 --core_se_reduce_ratio 2 --core_clip_frames 4"),
+    "sensorium_gru": ("8", "--core_num_layers 2 --core_hidden_dim 4 --core_gru_channels 4 "
+                      "--core_spatial_input_kernel 5 --core_gru_input_kernel 3 "
+                      "--core_gru_rec_kernel 3"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_model_mode_runs_the_other_systems_presets(preset, tmp_path):
+    """The presets of issue 20 at a tiny size (dwiseneuro: clips of 4 frames taken every 2nd,
+    a crop of 8 frames = two clips, as its 32-frame crop is two clips of 16)."""
+    frames, override = PRESETS[preset]
+    out = tmp_path / "rows.json"
+    argv = ["--config", str(ROOT / f"configs/{preset}.yaml"), "--device", "cpu", "--mode",
+            "model", "--steps", "1", "--warmup", "1", "--sessions", "2", "--neurons", "20",
+            "--frames", frames, "--frame_shape", "18", "32", "--compile", "0", "--autocast", "0",
+            "--batch_size", "2", "--override", override, "--json", str(out)]  # fmt: skip
+    assert load_bench().main(argv) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["trials/s"] > 0 and row["TFLOP/trial"] > 0
+
+
 def test_loader_mode_reads_the_native_layout(synthetic_mice, tmp_path):
     data = synthetic_mice
     out = tmp_path / "rows.json"

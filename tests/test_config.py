@@ -340,17 +340,17 @@ def test_a_previous_release_config_loads_without_the_other_parts_fields():
 def test_help_groups_flags_by_part_and_states_each_default_once(capsys):
     parser = train_cli.build_parser()
     groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
-    assert groups["core options of conv2d, conv3d, pretrained"] == [
+    assert groups["core options of conv2d, conv3d, conv_gru, pretrained"] == [
         "core_num_layers",
         "core_hidden_dim",
         "core_spatial_input_kernel",
         "core_spatial_hidden_kernel",
-    ]  # one flag for the option the three cores share
+    ]  # one flag for the option the four cores share
     assert "core_emb_dim" in groups["core options of vivit"]
     assert "readout_grid_mode" in groups["readout options of gaussian"]
     # the option every core has (other tests may register more cores)
     every = next(t for t, dests in groups.items() if "core_behavior_mode" in dests)
-    assert "conv2d, conv3d, pretrained" in every and every.endswith("vivit")
+    assert "conv2d, conv3d, conv_gru, dwiseneuro, pretrained" in every and every.endswith("vivit")
     assert "lr" in groups["train options"] and "core" in groups[next(t for t in groups if t.startswith("core ("))]  # fmt: skip
     for action in parser._actions:
         if action.dest != "help":

@@ -169,8 +169,9 @@ def test_session_specs(native_dataset):
             s = NativeSession(native_dataset / name)
             assert set(spec) == {
                 "n_neurons", "coordinates", "mean_response", "unit_ids", "pixel_range",
-                "behavior_mean",
+                "behavior_mean", "opto_channels",
             }  # fmt: skip
+            assert spec["opto_channels"] == 0  # no data/opto/
             assert spec["n_neurons"] == s.n_neurons
             assert spec["coordinates"].shape == (s.n_neurons, 3)
             np.testing.assert_array_equal(spec["unit_ids"], s.unit_ids)

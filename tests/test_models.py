@@ -20,8 +20,13 @@ from neurotwin.models.readouts.gaussian import GaussianOptions, GaussianReadout
 from neurotwin.models.shifter import MLPShifter, ShifterOptions
 
 FRAME = (12, 16)
-CORE_NAMES = ["conv2d", "conv3d", "vivit", "pretrained"]
+CORE_NAMES = ["conv2d", "conv3d", "vivit", "pretrained", "conv_gru", "dwiseneuro"]
 READOUT_NAMES = ["gaussian", "factorized"]
+# each core with the readouts whose every parameter its features reach (dwiseneuro's features
+# are 1x1: positions mean nothing there, its own readout has none)
+CORE_READOUTS = [(c, r) for c in CORE_NAMES if c != "dwiseneuro" for r in READOUT_NAMES] + [
+    ("dwiseneuro", "pooled_linear")
+]
 
 SMALL_VIVIT = dict(
     core_emb_dim=16,
@@ -44,6 +49,16 @@ SMALL_CONV = dict(
     core_temporal_hidden_kernel=3,
 )
 NO_DROPOUT = dict(core_p_dropout=0.0, core_mha_dropout=0.0, core_ff_dropout=0.0, core_drop_path=0.0)
+SMALL_GRU = dict(core_gru_channels=5, core_gru_input_kernel=3, core_gru_rec_kernel=3)
+SMALL_DWISE = dict(
+    core_features=[6, 8],
+    core_spatial_strides=[2, 1],
+    core_expansion_ratio=2,
+    core_se_reduce_ratio=4,
+    core_cortex_features=[8, 12],
+    core_frame_size=[16, 16],
+    core_clip_frames=3,  # clips of 3 frames, every 2nd: trials of >= 6 frames
+)
 
 
 # small models on a shared CPU: one intra-op thread (conftest.one_thread)
@@ -53,7 +68,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make_config(core="conv3d", readout="gaussian", shifter_mode=1, activation="elu1", **core_kw):
     """Small parts: of SMALL_CONV, SMALL_VIVIT and `core_kw`, the options the core has."""
     own = {f.name for f in dataclasses.fields(CORES.options_class(core))}
-    values = {k: v for k, v in {**SMALL_CONV, **SMALL_VIVIT, **core_kw}.items() if k in own}
+    small = {**SMALL_CONV, **SMALL_VIVIT, **SMALL_GRU, **SMALL_DWISE, **core_kw}
+    values = {k: v for k, v in small.items() if k in own}
     return ModelConfig(
         core=CORES.options(core, **values),
         readout=READOUTS.options(readout),
@@ -170,12 +186,12 @@ def _assert_all_grads(model):
     return missing
 
 
-@pytest.mark.parametrize("readout", READOUT_NAMES)
-@pytest.mark.parametrize("core", CORE_NAMES)
+@pytest.mark.parametrize("core,readout", CORE_READOUTS)
 def test_gradients_reach_every_trainable_parameter(core, readout):
     torch.manual_seed(1)
     kw = dict(NO_DROPOUT, core_behavior_tokens=True) if core == "vivit" else {}
-    cfg = make_config(core, readout, shifter_mode=2, activation="softplus", **kw)
+    shifter_mode = 0 if readout == "pooled_linear" else 2
+    cfg = make_config(core, readout, shifter_mode=shifter_mode, activation="softplus", **kw)
     cfg.readout.readout_reg_weight = 0.01
     specs = make_specs(sizes=(("mouse_a", 7),))
     model = build(cfg, specs).train()
@@ -261,6 +277,8 @@ def _causality_check(model, t_len=10, t_star=6, perturb_behavior=True):
     "core,kw",
     [
         ("conv3d", {}),
+        ("conv_gru", {}),
+        ("conv_gru", {"core_pad_input": True, "core_behavior_mode": 2}),
         ("vivit", {"core_pos_encoding": "rope", "core_behavior_tokens": True}),
         ("vivit", {"core_pos_encoding": "learned", "core_parallel_attention": False}),
         ("vivit", {"core_temporal_patch_stride": 2, "core_norm_qk": True}),
@@ -275,9 +293,13 @@ def test_causal_cores_are_causal(core, kw):
     assert diff_after > 1e-3
 
 
-def test_non_causal_vivit_sees_the_future():
+@pytest.mark.parametrize(
+    "core,kw",
+    [("vivit", {"core_use_causal_attention": False}), ("dwiseneuro", {"core_drop_path": 0.0})],
+)
+def test_non_causal_cores_see_the_future(core, kw):
     torch.manual_seed(0)
-    cfg = make_config("vivit", "gaussian", 0, core_use_causal_attention=False)
+    cfg = make_config(core, "gaussian", 0, **kw)
     diff_before, _ = _causality_check(build(cfg, make_specs()))
     assert diff_before > 1e-4
 

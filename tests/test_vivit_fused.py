@@ -325,7 +325,9 @@ def test_core_fused_block_is_a_flag():
     """--core_fused_block reaches the vivit core's options (false, true, auto) and only its."""
     from neurotwin.config import parse_config
 
-    assert parse_config(["--core", "vivit"]).model.core.core_fused_block == "auto"
+    assert (
+        parse_config(["--core", "vivit"]).model.core.core_fused_block is False
+    )  # measured slower: see RESULTS
     for text, value in (("false", False), ("true", True), ("auto", "auto")):
         config = parse_config(["--core", "vivit", "--core_fused_block", text])
         assert config.model.core.core_fused_block == value

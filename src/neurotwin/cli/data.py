@@ -7,12 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from neurotwin.cli import data_allen, data_spikes, data_synthetic
+from neurotwin.cli import data_allen, data_spikes, data_synthetic, data_table_video
 from neurotwin.errors import NeurotwinError
 
 # Each sub-command lives in its own module with `register(subparsers)`; the parser it adds
 # sets `func(args) -> int`.
-SUBCOMMANDS = (data_synthetic, data_allen, data_spikes)
+SUBCOMMANDS = (data_synthetic, data_allen, data_spikes, data_table_video)
 
 
 def build_parser() -> argparse.ArgumentParser:

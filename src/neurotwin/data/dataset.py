@@ -203,7 +203,9 @@ class SessionDataset(Dataset):
     """One session and tier. Items are dicts:
 
     ``video`` (1, T, H, W) float32, ``response`` (N, T) float32, ``behavior`` (2, T),
-    ``pupil_center`` (2, T), ``trial_id`` int, ``session`` str.
+    ``pupil_center`` (2, T), ``trial_id`` int, ``session`` str. A session with data/opto has
+    K more video channels, (1 + K, T, H, W): each frame's opto values, spatially uniform and not
+    transformed.
 
     With `random_crop` (default: tier "train" and crop_frame > 0) each item is a crop of
     `crop_frame` consecutive valid frames, its start drawn from (seed, epoch, trial) so that it
@@ -291,9 +293,14 @@ class SessionDataset(Dataset):
         data = self.session.load_trial(trial, frames=self.frames(index, epoch))
         video = np.moveaxis(data[native.VIDEOS], -1, 0)[None]  # (H, W, T) -> (1, T, H, W)
         it = self.input_transform
+        video = it.apply_(native.VIDEOS, _float32(video))
+        if native.OPTO in data:  # (K, T) -> K spatially uniform channels after the movie's
+            opto = _float32(data[native.OPTO])
+            opto = np.broadcast_to(opto[:, :, None, None], (*opto.shape, *video.shape[2:]))
+            video = np.concatenate((video, opto), axis=0)
         # the arrays load_trial returns are private copies: transform them in place
         return {
-            "video": _tensor(it.apply_(native.VIDEOS, _float32(video))),
+            "video": _tensor(video),
             "response": _tensor(self.output_transform.apply_(_float32(data[native.RESPONSES]))),
             "behavior": _tensor(it.apply_(native.BEHAVIOR, _float32(data[native.BEHAVIOR]))),
             "pupil_center": _tensor(

@@ -352,8 +352,9 @@ def _behavior_mean(stats, transform_input: int, source) -> np.ndarray:
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
     output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video),
-    "behavior_mean" (2,) in the transformed behaviour}} for building a model's per-session
-    parts (and telling its core what its input is, a modulator where to centre behaviour)."""
+    "behavior_mean" (2,) in the transformed behaviour, "opto_channels"}} for building a model's
+    per-session parts (and telling its core what its input is, a modulator where to centre
+    behaviour)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -370,5 +371,6 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
                 stats, data_config.transform_input, session.path
             ).pixel_range(),
             "behavior_mean": _behavior_mean(stats, data_config.transform_input, session.path),
+            "opto_channels": session.opto_channels,
         }
     return specs

@@ -8,7 +8,8 @@ is in at least one clip once T >= (frames - 1) step + step. With stride 1 these 
 that fit, as DwiseNeuro's predictor slides its window over every frame of a trial; each output
 frame is the mean of the outputs of the clips that hold it. In training the clips of a crop lie
 side by side (stride = frames): a crop of frames x step frames is `step` clips, each frame in
-exactly one.
+exactly one. A trial too short for that (fewer than (frames - 1) step + step frames) is cut
+into one clip per phase, of as many frames as the phase has.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class Clips:
         return self.span + self.step - 1
 
     def index(self, length: int, training: bool) -> torch.Tensor:
-        """(clips, frames) frame indices of the clips of a trial of `length` frames."""
+        """(clips, frames) frame indices of the clips of a trial of `length` frames (at least
+        `min_length`; see `groups` for any length)."""
         if length < self.min_length:
             raise ValueError(
                 f"clips of {self.frames} frames taken every {self.step} need trials of at "
@@ -61,6 +63,15 @@ class Clips:
             rows += [phase + self.step * (start + offsets) for start in starts]
         return torch.stack(rows)
 
+    def groups(self, length: int, training: bool) -> list[torch.Tensor]:
+        """The clips of a trial as groups of clips of one length: `index` for trials of at
+        least `min_length` frames, else one clip per phase (phases of equal length together)."""
+        if length >= self.min_length:
+            return [self.index(length, training)]
+        phases = [torch.arange(p, length, self.step) for p in range(min(self.step, length))]
+        sizes = sorted({len(p) for p in phases}, reverse=True)
+        return [torch.stack([p for p in phases if len(p) == n]) for n in sizes]
+
     def apply(
         self,
         fn: ClipFunction,
@@ -72,11 +83,8 @@ class Clips:
         """Outputs (B, N, T) of `fn` on every clip of the trials (B, C, T, H, W), averaged over
         the clips that hold each frame; outside training `batch` clips at a time."""
         b, t = video.shape[0], video.shape[2]
-        index = self.index(t, training).to(video.device)
-        rows = index.shape[0] if training else max(1, self.batch // b)
         out = counts = None
-        for first in range(0, index.shape[0], rows):
-            part = index[first : first + rows]
+        for part in self._parts(t, b, training, video.device):
             y = fn(
                 rearrange(video[:, :, part], "b c n f h w -> (b n) c f h w"),
                 _clip_rows(behavior, part),
@@ -89,6 +97,16 @@ class Clips:
             out = out.index_add(2, part.reshape(-1), y)
             counts = counts.index_add(0, part.reshape(-1), torch.ones_like(part.reshape(-1), dtype=y.dtype))  # fmt: skip
         return out / counts
+
+    def _parts(self, length: int, batch: int, training: bool, device) -> list[torch.Tensor]:
+        """The clip index groups of `groups`, split into passes of at most `batch` clips
+        outside training."""
+        parts = []
+        for group in self.groups(length, training):
+            group = group.to(device)
+            rows = group.shape[0] if training else max(1, self.batch // batch)
+            parts += [group[i : i + rows] for i in range(0, group.shape[0], rows)]
+        return parts
 
 
 def _clip_rows(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:

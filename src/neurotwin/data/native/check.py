@@ -112,18 +112,20 @@ class SessionCheck:
 
     def run(self, report: CheckReport) -> None:
         known = self._read_cache()
-        listed = {name: _listing(self.session.path / "data" / name) for name in layout.TRIAL_ARRAYS}
+        names = layout.TRIAL_ARRAYS + ((layout.OPTO,) if self.session.opto_channels else ())
+        listed = {name: _listing(self.session.path / "data" / name) for name in names}
         entries: dict[str, list[Any]] = {}
         frames: dict[int, int] = {}
         for trial in range(self.session.n_trials):
-            for name in layout.TRIAL_ARRAYS:
+            for name in names:
                 rel = f"{name}/{trial}.npy"
                 stat = listed[name].get(f"{trial}.npy")
                 if stat is None:
                     raise DataFormatError(
                         self.session.path / "data" / rel,
                         f"file not found (trial {trial} is in {layout.TIERS_FILE} and has a "
-                        "video; every trial needs all four trial files)",
+                        "video; every trial needs all four trial files, and its opto file "
+                        "where data/opto/ exists)",
                         name,
                     )
                 old = known.get(rel)
@@ -158,8 +160,11 @@ class SessionCheck:
             layout.RESPONSES: ((n,), f"(N, T) with N = {n} neurons (meta/neurons/unit_ids.npy)"),
             layout.BEHAVIOR: ((2,), "(2, T): pupil dilation, running speed"),
             layout.PUPIL_CENTER: ((2,), "(2, T): gaze x, y"),
+            layout.OPTO: ((self.session.opto_channels,), "(K, T) with trial 0's K channels"),
         }[name]
         lead, meaning = expected
+        if name == layout.OPTO and len(h.shape) == 1 and lead == (1,):
+            lead = ()  # a (T,) opto file is one channel
         if len(h.shape) != len(lead) + 1 or h.shape[:-1] != lead:
             shape = (*lead, "T")
             raise DataFormatError(path, f"expected shape {shape} {meaning}, got {h.shape}", name)

@@ -8,6 +8,7 @@ meta/trials/tiers.npy          (n_trials,) str, indexed by the integer trial fil
 meta/neurons/unit_ids.npy      (N,) int
 meta/neurons/cell_motor_coordinates.npy  (N, 3) (int64 microns in the published data)
 meta/statistics/{array}/all/{mean,std,min,max,median}.npy
+data/opto/{trial}.npy          (K, T)    optional: optogenetic stimulation per frame (K channels)
 """
 
 # Trial-wise arrays under data/{name}/{trial}.npy and their per-trial shapes.
@@ -17,6 +18,9 @@ BEHAVIOR = "behavior"  # (2, T): pupil dilation, running speed
 PUPIL_CENTER = "pupil_center"  # (2, T): gaze x, y
 TRIAL_ARRAYS = (VIDEOS, RESPONSES, BEHAVIOR, PUPIL_CENTER)
 PIXEL_RANGE = (0.0, 255.0)  # grey levels of the frames of data/videos (black, white)
+# Optional trial-wise array: (K, T) (or (T,) for one channel) optogenetic stimulation per frame,
+# spatially uniform (e.g. LED power); when data/opto/ exists every trial has its file.
+OPTO = "opto"
 
 TIERS_FILE = "meta/trials/tiers.npy"
 UNIT_IDS_FILE = "meta/neurons/unit_ids.npy"

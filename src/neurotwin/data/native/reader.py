@@ -283,6 +283,7 @@ class NativeSession:
             )
         self.frame_shape: tuple[int, int] = (int(first.shape[0]), int(first.shape[1]))
         self.n_frames = int(first.shape[2])
+        self.opto_channels = self._opto_channels()
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -304,6 +305,33 @@ class NativeSession:
             f"NativeSession({self.name!r}, neurons={self.n_neurons}, trials={self.n_trials}, "
             f"frame_shape={self.frame_shape})"
         )
+
+    def _opto_channels(self) -> int:
+        """K of the optional data/opto arrays (K, T) (0 without data/opto/)."""
+        if not (self.path / "data" / layout.OPTO).is_dir():
+            return 0
+        return int(self._load_opto(0).shape[0])
+
+    def _load_opto(self, trial: int, mmap: bool = False) -> np.ndarray:
+        """A trial's opto array as (K, T) (a 1-D file is one channel), checked."""
+        path = self._file(layout.OPTO, trial)
+        if not path.is_file():
+            raise DataFormatError(
+                path, "file not found: data/opto/ exists, so every trial needs its opto array",
+                layout.OPTO,
+            )  # fmt: skip
+        a = _load(path, layout.OPTO, mmap=mmap)
+        a = a.reshape(1, -1) if a.ndim == 1 else a
+        expected = f"a float (K, {self.n_frames}) or ({self.n_frames},) array"
+        if a.dtype.kind != "f" or a.ndim != 2 or a.shape[1] != self.n_frames:
+            raise DataFormatError(
+                path, f"expected {expected}, got {a.dtype} {a.shape}", layout.OPTO
+            )
+        if getattr(self, "opto_channels", a.shape[0]) != a.shape[0]:
+            raise DataFormatError(
+                path, f"{a.shape[0]} opto channels, but trial 0 has {self.opto_channels}", layout.OPTO
+            )  # fmt: skip
+        return a
 
     def _file(self, array: str, trial: int) -> Path:
         return self.path / "data" / array / f"{int(trial)}.npy"
@@ -370,7 +398,8 @@ class NativeSession:
         return self._hidden[key]
 
     def load_trial(self, trial: int, frames: slice | None = None) -> dict[str, np.ndarray]:
-        """The four native arrays of a trial, as stored (all T frames, NaN padding included).
+        """The four native arrays of a trial (and "opto", where the session has it), as stored
+        (all T frames, NaN padding included).
 
         `frames` reads only those frames (memory-mapped). Responses keep the selected neurons.
         """
@@ -407,6 +436,8 @@ class NativeSession:
             if name == layout.RESPONSES and self.neuron_index is not None:
                 a = a[self.neuron_index]
             out[name] = np.array(a[..., t]) if mmap else a[..., t]
+        if self.opto_channels:
+            out[layout.OPTO] = np.array(self._load_opto(trial, mmap=mmap)[:, t])
         if self.tiers[trial] == layout.TRAIN_TIER:
             # training data must be complete within the valid frames (video's first NaN frame)
             length = self.trial_length(trial)
