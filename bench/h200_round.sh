@@ -37,7 +37,10 @@ sens_data() {  # ten sensorium-size synthetic sessions in .gpudata/sens (kept wh
 # fit quality (issue #15): a preset on the ten sessions for FIT_MINUTES of training, continued
 # where the previous call left it (--resume: call the part again for the next minutes); _new =
 # the preset with the readout positions from the data and the behaviour gain
+# SENS_TRIALS: training trials per session of the data (the generator took over 8 minutes for
+# ten 20-trial sessions on 16 cores, so the issue's 60 would not fit one call)
 FIT_MINUTES=${FIT_MINUTES:-7}
+SENS_TRIALS=${SENS_TRIALS:-20}
 fit_run() {  # fit_run PART GPU
     local name=$1 preset=viv1t extra=()
     case $name in *conv3d*) preset=cnn3d ;; esac
@@ -75,10 +78,10 @@ for p in "$@"; do
     predict) part predict 180 python3 bench/predict_throughput.py --random 10 \
         --data_dir .gpudata/random --config configs/viv1t.yaml --workdir .gpudata/predict \
         --device cuda --batch_size 8 --num_workers 8 --repeats 1 --json "$OUT/predict.json" ;;
-    sens_data) part sens_data 540 bash -c '[ -d .gpudata/sens ] || bash bench/gen_sens.sh .gpudata/sens 60' ;;
-    fit_viv1t | fit_conv3d | fit_viv1t_new | fit_conv3d_new) sens_data 60 && fit_run "$p" 0 ;;
-    fit_pair) sens_data 60 && fit_parallel fit_viv1t fit_conv3d ;;  # 2 GPUs
-    fit_four) sens_data 60 && fit_parallel fit_viv1t fit_conv3d fit_viv1t_new fit_conv3d_new ;;
+    sens_data) part sens_data 590 bash -c "[ -d .gpudata/sens ] || bash bench/gen_sens.sh .gpudata/sens $SENS_TRIALS" ;;
+    fit_viv1t | fit_conv3d | fit_viv1t_new | fit_conv3d_new) sens_data "$SENS_TRIALS" && fit_run "$p" 0 ;;
+    fit_pair) sens_data "$SENS_TRIALS" && fit_parallel fit_viv1t fit_conv3d ;;  # 2 GPUs
+    fit_four) sens_data "$SENS_TRIALS" && fit_parallel fit_viv1t fit_conv3d fit_viv1t_new fit_conv3d_new ;;
     *) echo "unknown part $p" ;;
     esac
 done
