@@ -5,7 +5,9 @@
 #   bash bench/h200_round.sh PART [PART ...]
 #
 # Parts: anchor (ViV1T's own step, ../shared/anchor copied to .anchor), fused_tests, fused,
-# spikes, encode, analysis, presets, predict, fit_viv1t, fit_conv3d. Wheels the GPU image lacks
+# spikes, encode, analysis, presets, predict, sens_data (the fit parts' data: call it first, alone),
+# fit_viv1t, fit_conv3d (_new: with the issue #15 changes), fit_pair (viv1t and conv3d at once on
+# 2 GPUs), fit_four (both, before and after, on 4 GPUs). Wheels the GPU image lacks
 # (schedulefree, ruamel.yaml, pytz) are installed from .whl/ when that folder exists.
 set -uo pipefail
 OUT=${OUT:-/tmp/h200_out}
@@ -32,6 +34,29 @@ sens_data() {  # ten sensorium-size synthetic sessions in .gpudata/sens (kept wh
     [ -d .gpudata/sens ] || bash bench/gen_sens.sh .gpudata/sens "${1:-30}"
 }
 
+# fit quality (issue #15): a preset on the ten sessions for FIT_MINUTES of training, continued
+# where the previous call left it (--resume: call the part again for the next minutes); _new =
+# the preset with the readout positions from the data and the behaviour gain
+# SENS_TRIALS: training trials per session of the data (the generator took over 8 minutes for
+# ten 20-trial sessions on 16 cores, so the issue's 60 would not fit one call)
+FIT_MINUTES=${FIT_MINUTES:-7}
+SENS_TRIALS=${SENS_TRIALS:-20}
+fit_run() {  # fit_run PART GPU
+    local name=$1 preset=viv1t extra=()
+    case $name in *conv3d*) preset=cnn3d ;; esac
+    case $name in *_new) extra=(-- --readout_init_positions true --modulator gain) ;; esac
+    CUDA_VISIBLE_DEVICES=$2 part "$name" $((FIT_MINUTES * 60 + 90)) python3 bench/fit_quality.py \
+        --config "configs/$preset.yaml" --data_dir .gpudata/sens --minutes "$FIT_MINUTES" \
+        --epochs 1000 --seeds 0 --resume --output_dir ".gpudata/$name" --json "$OUT/$name.json" \
+        ${extra[@]+"${extra[@]}"}
+}
+fit_parallel() {  # fit_parallel PART...: one part per GPU, all at once
+    local gpu=0
+    for name in "$@"; do fit_run "$name" "$gpu" > "$OUT/$name.part.txt" 2>&1 & gpu=$((gpu + 1)); done
+    wait
+    cat "$OUT"/*.part.txt
+}
+
 for p in "$@"; do
     case $p in
     anchor) part anchor 200 python3 .anchor/viv1t_bench.py --steps 30 --configs readme_b1_compile ;;
@@ -53,12 +78,10 @@ for p in "$@"; do
     predict) part predict 180 python3 bench/predict_throughput.py --random 10 \
         --data_dir .gpudata/random --config configs/viv1t.yaml --workdir .gpudata/predict \
         --device cuda --batch_size 8 --num_workers 8 --repeats 1 --json "$OUT/predict.json" ;;
-    fit_viv1t) sens_data 60 && part fit_viv1t 420 python3 bench/fit_quality.py \
-        --config configs/viv1t.yaml --data_dir .gpudata/sens --minutes 6 \
-        --output_dir .gpudata/fit_viv1t --json "$OUT/fit_viv1t.json" ;;
-    fit_conv3d) sens_data 60 && part fit_conv3d 420 python3 bench/fit_quality.py \
-        --config configs/conv3d.yaml --data_dir .gpudata/sens --minutes 6 \
-        --output_dir .gpudata/fit_conv3d --json "$OUT/fit_conv3d.json" ;;
+    sens_data) part sens_data 590 bash -c "[ -d .gpudata/sens ] || bash bench/gen_sens.sh .gpudata/sens $SENS_TRIALS" ;;
+    fit_viv1t | fit_conv3d | fit_viv1t_new | fit_conv3d_new) sens_data "$SENS_TRIALS" && fit_run "$p" 0 ;;
+    fit_pair) sens_data "$SENS_TRIALS" && fit_parallel fit_viv1t fit_conv3d ;;  # 2 GPUs
+    fit_four) sens_data "$SENS_TRIALS" && fit_parallel fit_viv1t fit_conv3d fit_viv1t_new fit_conv3d_new ;;
     *) echo "unknown part $p" ;;
     esac
 done

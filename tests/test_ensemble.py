@@ -31,6 +31,10 @@ def _demo_run(data: Path, out: Path, seed: int, session: str, epochs: int = 2) -
     config.run.seed = seed
     config.run.verbose = 0
     config.train.epochs = epochs
+    # 10 trials of 64 frames are too few for the receptive-field estimate the demo starts its
+    # readout from (members 0.08 without it, -0.02 and 0.04 with it, seeds 1 and 2): the
+    # default start keeps the members above chance, which the ensemble's check needs
+    config.model.readout.readout_init_positions = False
     train(config)
     return out
 

@@ -169,7 +169,7 @@ def test_session_specs(native_dataset):
             s = NativeSession(native_dataset / name)
             assert set(spec) == {
                 "n_neurons", "coordinates", "mean_response", "unit_ids", "pixel_range",
-                "opto_channels",
+                "behavior_mean", "opto_channels",
             }  # fmt: skip
             assert spec["opto_channels"] == 0  # no data/opto/
             assert spec["n_neurons"] == s.n_neurons

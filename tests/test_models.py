@@ -195,6 +195,8 @@ def test_gradients_reach_every_trainable_parameter(core, readout):
     cfg.readout.readout_reg_weight = 0.01
     specs = make_specs(sizes=(("mouse_a", 7),))
     model = build(cfg, specs).train()
+    for shifter in (model.shifters or {}).values():  # last layer starts at 0: no gradient before
+        torch.nn.init.normal_(shifter.mlp[-2].weight, std=0.1)
     video, behavior, pupil = make_inputs(b=2, t=6)
     y = model(video, "mouse_a", behavior, pupil)
     loss = (y - y.detach().mean()).square().mean() + model.regularizer("mouse_a")
@@ -408,6 +410,21 @@ def test_shifter_modes_and_shapes():
         MLPShifter(ShifterOptions(shifter_mode=0))
     with pytest.raises(ConfigError, match="--shifter_layers"):
         ShifterOptions(shifter_layers=0)
+
+
+def test_shifter_starts_without_a_shift_and_learns_one():
+    torch.manual_seed(0)
+    shifter = MLPShifter(ShifterOptions(shifter_mode=1, shifter_size=5, shifter_layers=3))
+    pupil = torch.randn(4, 2, 9)
+    assert torch.equal(shifter(None, pupil), torch.zeros(4, 9, 2))
+    target = 0.3 * pupil.transpose(1, 2)  # a linear gaze -> shift map
+    optimizer = torch.optim.Adam(shifter.parameters(), lr=0.02)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = ((shifter(None, pupil) - target) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05 * (target**2).mean().item()
 
 
 @dataclasses.dataclass

@@ -68,6 +68,8 @@ def test_gaussian_readout_matches_neuralpredictors_full_gaussian2d(gauss_type):
 def test_shifter_matches_neuralpredictors_mlp():
     torch.manual_seed(0)
     ours = MLPShifter(ShifterOptions(shifter_mode=2, shifter_size=5, shifter_layers=3))
+    for p in ours.parameters():  # the last layer starts at zero: compare with weights everywhere
+        torch.nn.init.normal_(p)
     ref = shifters.MLP(input_features=4, hidden_channels=5, shift_layers=3)
     ref.load_state_dict(ours.state_dict())  # same layer layout: Linear/Tanh x 3
     behavior, pupil = torch.randn(2, 2, 7), torch.randn(2, 2, 7)

@@ -505,9 +505,11 @@ def test_demo_model_learns_from_the_stimulus(tmp_path):
     """A short run of configs/demo.yaml's model (8 epochs, one small synthetic mouse at the
     preset's resolution) must predict held-out oracle trials above chance, and the prediction
     must come from the movie: with a grey movie (behaviour and gaze kept) the correlation
-    collapses. Measured on CPU: 0.07-0.11 over seeds 1-3, grey movie -0.02-0.0; a model that
-    ignores the movie, a loss of the wrong sign or misaligned data fails one of the checks.
-    (The full demo, 20 epochs on three mice, reaches about 0.30.)"""
+    collapses to what the behaviour gain alone explains. Measured on CPU (branch quality, the
+    same model): 0.44-0.47 over seeds 1-3, grey movie 0.19-0.20; a model that ignores the
+    movie, a loss of the wrong sign or misaligned data fails one of the checks. (The full
+    demo, 20 epochs on three mice, reaches two thirds of the ceiling: bench/RESULTS.md "Fit
+    quality".)"""
     data = tmp_path / "data"
     synthetic.generate(
         data,
@@ -533,13 +535,15 @@ def test_demo_model_learns_from_the_stimulus(tmp_path):
     trainer = make_trainer(config)
     result = trainer.fit()
     best = result["best_value"]
-    assert best > 0.06, result["history"]
+    assert best > 0.3, result["history"]
     trainer.model.load_state_dict(
         torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)["model"]
     )
     trained = validation_correlation(trainer)
     assert trained == pytest.approx(best, abs=1e-6)
-    assert validation_correlation(trainer, blank_video=True) < trained - 0.05
+    grey = validation_correlation(trainer, blank_video=True)
+    print(f"demo model: {trained:.3f}, grey movie {grey:.3f}")
+    assert grey < trained - 0.15
 
 
 def test_vivit_with_the_gpu_run_flags_in_miniature(data_dir, tmp_path):

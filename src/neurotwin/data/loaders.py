@@ -340,11 +340,21 @@ def training_mix(data_config: DataConfig, seed: int) -> CutMix | None:
     return CutMix(data_config.cutmix_prob, data_config.cutmix_alpha, seed)
 
 
+def _behavior_mean(stats, transform_input: int, source) -> np.ndarray:
+    """The mean (pupil dilation, running speed) of the training tier, as the model sees it."""
+    mean = np.asarray(stats[native.BEHAVIOR]["mean"], dtype=np.float32)
+    if mean.ndim > 1:  # shipped statistics with a frame axis
+        mean = np.nanmean(mean.reshape(mean.shape[0], -1), axis=1)
+    values = torch.as_tensor(mean.reshape(2, 1))
+    return InputTransform(stats, transform_input, source)(native.BEHAVIOR, values)[:, 0].numpy()
+
+
 def session_specs(data_config: DataConfig) -> dict[str, dict]:
     """{session: {"n_neurons", "coordinates" (N, 3), "mean_response" (N,) in the transformed
     output space, "unit_ids" (N,), "pixel_range" (black, white in the transformed video),
-    "opto_channels"}} for building a model's per-session parts (and telling its core what its
-    input is)."""
+    "behavior_mean" (2,) in the transformed behaviour, "opto_channels"}} for building a model's
+    per-session parts (and telling its core what its input is, a modulator where to centre
+    behaviour)."""
     specs = {}
     for session in open_sessions(data_config):
         stats = _statistics(session, data_config)
@@ -360,6 +370,7 @@ def session_specs(data_config: DataConfig) -> dict[str, dict]:
             "pixel_range": InputTransform(
                 stats, data_config.transform_input, session.path
             ).pixel_range(),
+            "behavior_mean": _behavior_mean(stats, data_config.transform_input, session.path),
             "opto_channels": session.opto_channels,
         }
     return specs

@@ -92,9 +92,15 @@ class NeuralPredictor(nn.Module):
                 None if behavior is None else behavior[..., -t:], pupil_center[..., -t:]
             )
         y = self.readouts[session](features, shift)
-        if self.modulators is not None and session in self.modulators:
-            y = self.modulators[session](y, behavior, pupil_center)
-        return self.activation(session)(y) if activate else y
+        modulator = self.modulators[session] if self.modulators is not None and session in self.modulators else None  # fmt: skip
+        if modulator is not None and not modulator.on_rates:
+            y = modulator(y, behavior, pupil_center)
+        if not activate:  # the readout's values, before the activation (and a gain on rates)
+            return y
+        rates = self.activation(session)(y)
+        if modulator is not None and modulator.on_rates:
+            rates = modulator(rates, behavior, pupil_center)
+        return rates
 
     def regularizer(self, session: str) -> torch.Tensor:
         """Readout (shifter, modulator) penalty of one session, and the core's, a scalar."""
@@ -134,7 +140,7 @@ def build_model(
 ) -> NeuralPredictor:
     """Build the model of `model_config` for the sessions given as
     {name: {"n_neurons": N, "coordinates": (N, 3), "mean_response": (N,), "pixel_range":
-    (black, white), ...}}: each part is the registered class of the name its slot's options
+    (black, white), "behavior_mean": (2,), ...}}: each part is the registered class of the name its slot's options
     carry, made with those options. A spec's "opto_channels" (optogenetic input channels of its
     videos) add to `in_channels`."""
     core_cls = CORES.get(model_config.core.name)
@@ -176,7 +182,13 @@ def build_model(
         if shifter.shifter_mode:
             shifters[name] = SHIFTERS.get(shifter.name)(shifter)
         if modulator.name != "none":
-            modulators[name] = MODULATORS.get(modulator.name)(spec["n_neurons"], modulator)
+            modulator_cls = MODULATORS.get(modulator.name)
+            centre = (
+                {"behavior_mean": spec.get("behavior_mean")}
+                if getattr(modulator_cls, "takes_behavior_mean", False)
+                else {}
+            )
+            modulators[name] = modulator_cls(spec["n_neurons"], modulator, **centre)
     return NeuralPredictor(
         core,
         nn.ModuleDict(readouts),

@@ -3,7 +3,10 @@
 shifter_mode 1: input pupil centre (x, y); mode 2: behaviour (dilation, speed) + pupil centre;
 mode 0: no shifter. Layers: (shifter_layers - 1) x [Linear(., shifter_size), tanh], then
 Linear(., 2), tanh, so the shift is in (-1, 1)^2 in grid_sample coordinates, one per frame.
-Weights: Xavier normal.
+Weights: Xavier normal, but the last layer's start at zero, so that the initial shift is zero
+(the gradient still reaches the last layer through the hidden units): Xavier weights there
+would move every readout position by up to half the screen with the gaze, a random jitter
+that the readouts must first unlearn (bench/RESULTS.md, "Fit quality").
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class MLPShifter(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.mlp[-2].weight)  # no shift at the start
 
     def forward(self, behavior: torch.Tensor | None, pupil_center: torch.Tensor) -> torch.Tensor:
         """behavior, pupil_center (B, 2, T) -> shift (B, T, 2)."""

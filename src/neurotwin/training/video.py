@@ -63,6 +63,19 @@ class VideoTask(TrainingTask):
         self.frozen_core = t.core_lr == 0
         if self.frozen_core:
             freeze(self.model.core)
+        self.notes: list[str] = []
+        if getattr(self.config.model.readout, "readout_init_positions", False):
+            self._init_readout_positions()
+
+    def _init_readout_positions(self) -> None:
+        """Readout positions from the training data (readout_init_positions); a restored run
+        gets its checkpoint's instead, so nothing is estimated."""
+        if self.config.run.restore:
+            return
+        from neurotwin.training.readout_init import initialise_positions
+
+        datasets = {s: self.train_loaders[s].dataset for s in self.groups}
+        self.notes += initialise_positions(self.model, datasets, device=self.runtime.device)
 
     def _open_data(self) -> None:
         data, info = self.config.data, self.runtime.info
@@ -273,6 +286,7 @@ class VideoTask(TrainingTask):
             f"validation tier {d.val_tier!r}",
             self.check.line(),
             *notes,
+            *self.notes,
         ]
 
 

@@ -1,8 +1,12 @@
 """What every modulator is: behaviour (and pupil centre) -> a positive gain (B, N, T) that
 multiplies a session's readout output before the output activation (as neuralpredictors'
-modulators act in the Sensorium video models). "none" is the slot's default: no modulator.
+modulators act in the Sensorium video models), or, for a modulator with `on_rates = True`, the
+activated rates. "none" is the slot's default: no modulator.
 
-A modulator is built as `cls(n_neurons, options)` with the options it was registered with.
+A modulator is built as `cls(n_neurons, options)` with the options it was registered with; one
+with `takes_behavior_mean = True` also gets `behavior_mean=` (2,), the training tier's mean
+pupil dilation and running speed in the model's input units (the session spec's
+"behavior_mean"), so that it can centre the behaviour it sees.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class Modulator(nn.Module, metaclass=ABCMeta):
     """Base class: subclasses implement `gain` and `regularizer`."""
 
     registered_name: str
+    on_rates = False  # True: the gain multiplies the activated rates, not the readout's output
+    takes_behavior_mean = False  # True: built with behavior_mean= (2,)
 
     def __init__(self, n_neurons: int, options: ModulatorOptions) -> None:
         super().__init__()

@@ -50,6 +50,12 @@ class GaussianOptions(ReadoutOptions):
     readout_init_sigma: float = option(
         1.0, "initial spread (full: matrix entries uniform in [-s, s]; else all equal s)"
     )
+    readout_init_positions: bool = option(
+        False,
+        "before training, start each position at its neuron's receptive field, estimated from "
+        "the response-weighted stimulus average of the training trials and a retinotopic fit "
+        "over cortical coordinates (neurotwin.training.readout_init)",
+    )
 
     def check(self) -> None:
         r, s = self.readout_init_mu_range, self.readout_init_sigma
@@ -133,6 +139,29 @@ class GaussianReadout(Readout):
         if self.mu_transform is not None:
             return self.mu_transform(self.source_grid)
         return self._mu
+
+    def set_positions(self, grid: np.ndarray, steps: int = 300) -> str:
+        """Put positions `grid` (N, 2, in [-1, 1]) in: free ones directly, ones predicted from
+        coordinates by fitting the MLP to them (Adam, `steps` steps). Returns what was done."""
+        target = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
+        if target.shape != (self.n_neurons, 2):
+            raise ValueError(
+                f"positions: expected ({self.n_neurons}, 2), got {tuple(target.shape)}"
+            )
+        if self._mu is not None:
+            with torch.no_grad():
+                self._mu.copy_(target.clamp(-1, 1).to(self._mu))
+            return "free positions set"
+        source = self.source_grid
+        target = target.to(source).clamp(-0.95, 0.95)  # the MLP ends in tanh
+        optimizer = torch.optim.Adam(self.mu_transform.parameters(), lr=0.01)
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.mse_loss(self.mu_transform(source), target)
+                loss.backward()
+                optimizer.step()
+        return f"position MLP fitted (rms {float(loss.detach()) ** 0.5:.3f} grid units)"
 
     def sample_grid(self, batch: int, sample: bool | None = None) -> torch.Tensor:
         """(batch, N, 2) positions: mu + Sigma n in training (or when sample=True), else mu."""
