@@ -312,7 +312,9 @@ def run_one(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     train_s, train_cpu_s = budget.totals()
     budget.save(run_dir / SEGMENTS_FILE)
     tic = time.perf_counter()
-    metrics = predict_run(run_dir, "best", tiers=scored_tiers(run_dir, args.tiers), verbose=0)
+    metrics = predict_run(
+        run_dir, checkpoint="best", tiers=scored_tiers(run_dir, args.tiers), verbose=0
+    )
     predict_s = time.perf_counter() - tic
     return {
         "seed": seed,
