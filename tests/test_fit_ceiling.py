@@ -72,9 +72,9 @@ def train_preset(preset: str, data_dir: Path, output_dir: Path, *flags: str) -> 
         # demo before issue #15 (free positions starting near the centre, no behaviour gain, a
         # random initial shift) reached 0.33 here and fails
         ("demo", 8, 0.45),
-        # measured: 0.578 (seed 0, torch 2.14.1; the demo here: 0.534); cpu_small's plateau
-        # schedule (patience 5) over 12 epochs instead of 80
-        ("cpu_small", 12, 0.5),
+        # measured: 0.642 (seed 0, torch 2.14.1, 12 channels; 0.578 with 8; the demo here:
+        # 0.534); cpu_small's plateau schedule (patience 5) over 12 epochs instead of 80
+        ("cpu_small", 12, 0.55),
     ],
 )
 def test_cpu_presets_reach_a_fraction_of_the_ceiling(two_mice, tmp_path, preset, epochs, bound):
