@@ -111,18 +111,12 @@ def _write_random_session(folder: str, seed: int, neurons: int, frames: int) -> 
             native.PUPIL_CENTER: rng.normal(0, 1, (2, frames)).astype(np.float32),
         }
     train = [trials[t] for t, tier in enumerate(RANDOM_TIERS) if tier == "train"]
-    stats = {
-        native.VIDEOS: native.trial_statistics((t[native.VIDEOS] for t in train), None),
-        native.RESPONSES: native.trial_statistics((t[native.RESPONSES] for t in train), 0),
-        native.BEHAVIOR: native.trial_statistics((t[native.BEHAVIOR] for t in train), 0),
-        native.PUPIL_CENTER: native.trial_statistics((t[native.PUPIL_CENTER] for t in train), 0),
-    }
     session = native.SessionArrays(
         tiers=np.asarray(RANDOM_TIERS),
         unit_ids=np.arange(neurons, dtype=np.int64),
         coordinates=rng.uniform(-300, 300, (neurons, 3)).astype(np.float32),
         trials=trials,
-        statistics=stats,
+        statistics=native.training_statistics(train),
     )
     native.write_session(folder, session)
 

@@ -300,9 +300,8 @@ def build_session(
         for i in range(n)
     }
     train = [trials[i] for i in range(n) if tiers[i] == native.TRAIN_TIER] or list(trials.values())
-    from neurotwin.data.allen.trials import training_statistics
 
-    statistics = training_statistics(train)
+    statistics = native.training_statistics(train)
     meta = {
         "trials/stimulus.npy": np.asarray([pres.name] * n, dtype=str),
         "trials/condition.npy": cond.astype(np.int64),

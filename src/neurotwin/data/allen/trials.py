@@ -203,7 +203,7 @@ def build_session(
             "%s: no training trial (every clip held out); statistics from all trials", source
         )
         train = list(trials.values())
-    statistics = training_statistics(train)
+    statistics = native.training_statistics(train)
     meta = {
         "trials/movie.npy": np.asarray(info["movie"], dtype=str),
         "trials/clip.npy": np.asarray(info["clip"], dtype=np.int64),
@@ -220,16 +220,6 @@ def build_session(
         statistics=statistics,
         extra_meta=meta,
     )
-
-
-def training_statistics(train: Sequence[Mapping[str, np.ndarray]]) -> dict:
-    """The shipped statistics of a converted session: over the training trials and frames."""
-    return {
-        native.VIDEOS: native.trial_statistics((t[native.VIDEOS] for t in train), None),
-        native.RESPONSES: native.trial_statistics((t[native.RESPONSES] for t in train), 0),
-        native.BEHAVIOR: native.trial_statistics((t[native.BEHAVIOR] for t in train), 0),
-        native.PUPIL_CENTER: native.trial_statistics((t[native.PUPIL_CENTER] for t in train), 0),
-    }
 
 
 def _trial_arrays(movie: MovieRecording, rep: int, a: int, b: int, length: int) -> dict:

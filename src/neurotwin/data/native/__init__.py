@@ -15,7 +15,12 @@ from neurotwin.data.native.reader import (
     is_session_folder,
     session_alias,
 )
-from neurotwin.data.native.statistics import RunningStatistics, compute_statistics, trial_statistics
+from neurotwin.data.native.statistics import (
+    RunningStatistics,
+    compute_statistics,
+    training_statistics,
+    trial_statistics,
+)
 from neurotwin.data.native.writer import SessionArrays, write_session
 
 __all__ = [  # noqa: F405
@@ -28,6 +33,7 @@ __all__ = [  # noqa: F405
     "find_sessions",
     "is_session_folder",
     "session_alias",
+    "training_statistics",
     "trial_statistics",
     "write_session",
 ]

@@ -11,7 +11,7 @@ tier over trials and frames (`compute_statistics`, cached in meta/statistics_neu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,17 @@ def trial_statistics(arrays: Iterable[np.ndarray], axis_keep: int | None) -> dic
     if running is None:
         raise ValueError("trial_statistics: no trials")
     return running.result(scalar=axis_keep is None)
+
+
+def training_statistics(train: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
+    """The statistics a writer ships in meta/statistics for trials held in memory (a converter's
+    training trials): videos one scalar, responses per neuron, behaviour and pupil per row."""
+    return {
+        VIDEOS: trial_statistics((t[VIDEOS] for t in train), None),
+        RESPONSES: trial_statistics((t[RESPONSES] for t in train), 0),
+        BEHAVIOR: trial_statistics((t[BEHAVIOR] for t in train), 0),
+        PUPIL_CENTER: trial_statistics((t[PUPIL_CENTER] for t in train), 0),
+    }
 
 
 def compute_statistics(session: Any, trials: Sequence[int]) -> Statistics:

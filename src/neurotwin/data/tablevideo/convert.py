@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from neurotwin.data.allen.resample import area_resize
-from neurotwin.data.allen.trials import training_statistics, write
-from neurotwin.data.native import SessionArrays, layout
+from neurotwin.data.allen.trials import write
+from neurotwin.data.native import SessionArrays, layout, training_statistics
 from neurotwin.data.tablevideo import tables
 from neurotwin.data.tablevideo.video import covered_bins, frames_in_bins, read_movie
 from neurotwin.errors import ConfigError, DataFormatError
