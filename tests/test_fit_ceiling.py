@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurotwin import metrics as M
 from neurotwin.cli.train import build_parser, resolve_config
 from neurotwin.data import native, synthetic
 from neurotwin.training.video import train
@@ -26,17 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def validation_ceiling(data_dir: Path, tier: str = "oracle") -> float:
     """Mean over sessions of the noiseless rates' correlation with the responses of `tier`."""
-    values = []
-    for path in native.find_sessions(data_dir):
-        session, acc = native.NativeSession(path), M.CorrelationAccumulator()
-        trials = [int(t) for t in session.trial_ids(tier)]
-        start = M.frames_to_skip(session.trial_length(t) for t in trials)
-        for trial in trials:
-            t = session.trial_length(trial)
-            response = session.load_trial(trial, frames=slice(0, t))[native.RESPONSES]
-            acc.add(response[:, start:], session.load_noiseless(trial)[:, start:t])
-        values.append(float(acc.result().mean()))
-    return float(np.mean(values))
+    sessions = native.find_sessions(data_dir)
+    return float(np.mean([synthetic.session_ceiling(p, (tier,)).mean() for p in sessions]))
 
 
 @pytest.fixture(scope="module")
