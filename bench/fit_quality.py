@@ -179,24 +179,19 @@ def validation_ceiling(config) -> dict[str, float | None]:
     """Per session: the single-trial correlation of the noiseless rates with the responses of the
     validation tier, frames left out as the trainer's validation does (None: no noiseless)."""
 
-    from neurotwin import metrics as M
-    from neurotwin.data import native
+    from neurotwin.data import native, synthetic
 
     out: dict[str, float | None] = {}
     for path in native.find_sessions(config.data.data_dir, config.data.mouse_ids):
         session = native.NativeSession(path, limit_neurons=config.data.limit_neurons)
         tier = config.data.val_tier
-        if not session.has_noiseless or session.responses_hidden(tier):
+        scorable = session.has_noiseless and not session.responses_hidden(tier)
+        if not scorable or not len(session.trial_ids(tier)):
             out[session.name] = None
             continue
-        acc = M.CorrelationAccumulator()
-        trials = [int(t) for t in session.trial_ids(tier)]
-        start = M.frames_to_skip(session.trial_length(t) for t in trials)  # as validation does
-        for trial in trials:
-            t = session.trial_length(trial)
-            response = session.load_trial(trial, frames=slice(0, t))[native.RESPONSES]
-            acc.add(response[:, start:t], session.load_noiseless(int(trial))[:, start:t])
-        out[session.name] = float(acc.result().mean()) if acc.n_frames else None
+        # the metrics' first-frames rule over the tier's lengths, as validation does
+        ceiling = synthetic.session_ceiling(path, (tier,), limit_neurons=config.data.limit_neurons)
+        out[session.name] = float(ceiling.mean())
     return out
 
 

@@ -163,14 +163,18 @@ def _valid_length(x: np.ndarray, y: np.ndarray) -> int:
 
 
 def session_ceiling(
-    session_dir: str | Path, tiers: Sequence[str] = ("train",), skip_frames: int | None = None
+    session_dir: str | Path,
+    tiers: Sequence[str] = ("train",),
+    skip_frames: int | None = None,
+    limit_neurons: int | None = None,
 ) -> np.ndarray:
-    """`ceiling_correlation` of a synthetic session folder over the trials of `tiers`, (N,);
-    `skip_frames` None: the metrics' rule over those trials' valid lengths."""
+    """`ceiling_correlation` of a synthetic session folder over the trials of `tiers`, (N,) (the
+    first `limit_neurons` neurons, as a run's `limit_neurons` reads them); `skip_frames` None:
+    the metrics' rule over those trials' valid lengths."""
     hidden = set(tiers) & set(HIDDEN_TIERS)
     if hidden:
         raise ValueError(f"tiers {sorted(hidden)} have hidden responses: no ceiling")
-    session = native.NativeSession(session_dir)
+    session = native.NativeSession(session_dir, limit_neurons=limit_neurons)
     if not session.has_noiseless:
         raise DataFormatError(
             session.path / "data" / native.NOISELESS,
