@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,11 +156,18 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+# np.load parses each .npy header with ast.literal_eval, which CPython 3.11 does not make safe
+# across threads ("SystemError: AST constructor recursion depth mismatch", seen in CI while
+# prediction's threads read trials): one load at a time per process.
+_NPY_LOAD_LOCK = threading.Lock()
+
+
 def _load(path: Path, field: str | None = None, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise DataFormatError(path, "file not found", field=field)
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _NPY_LOAD_LOCK:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise why_unreadable(path, field, e) from None
 
